@@ -1,0 +1,7 @@
+"""fused_lr: learning-rate-scheduled SGD for PyTorch with the schedule on the device."""
+
+from . import lr_scheduler, schedules
+from .optimizer import FusedSGD
+
+__all__ = ["FusedSGD", "lr_scheduler", "schedules", "__version__"]
+__version__ = "0.1.0"

@@ -1,0 +1,401 @@
+"""Schedulers with torch.optim.lr_scheduler's names and signatures whose LR is computed on the device.
+
+Each scheduler turns its arguments into rows of a :class:`fused_lr.schedules.DeviceSchedule`
+(description + int64 step counter on the optimizer's device) and attaches it to a
+:class:`fused_lr.FusedSGD`. ``step()`` advances the device counter and recomputes every group's LR
+with the closed form ``fused_lr.schedules.lr_at`` in torch ops: no value is read back to the host.
+The host keeps ``last_epoch`` itself, so ``get_last_lr()`` is answered from a CPU mirror of the
+description, also without a sync.
+
+Differences from torch, by design:
+
+* Closed forms instead of torch's chained recurrences. The LR at every step equals stock's (to
+  float64 rounding), but a manual edit of ``group["lr"]`` lasts only until the next scheduler
+  ``step()``, which rewrites the LR from the schedule (torch's chained StepLR/ExponentialLR/
+  CosineAnnealingLR would carry the edit forward).
+* ``get_last_lr()`` returns Python floats (torch returns tensors when ``group["lr"]`` is one).
+* Constructing with ``last_epoch=k`` gives the closed-form LR at ``k + 1`` (torch's chained
+  ExponentialLR/StepLR keep the LR found in the optimizer). Resume with ``load_state_dict``.
+
+LambdaLR callables run on the device one of two ways (see :class:`LambdaLR`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from . import schedules as S
+from .optimizer import FusedSGD
+
+__all__ = ["StepLR", "ExponentialLR", "LambdaLR", "CosineAnnealingLR", "LRScheduler"]
+
+
+def _int_arg(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _real_arg(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if nonnegative and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _check_optimizer(optimizer: Any, scheduler: str) -> FusedSGD:
+    if not isinstance(optimizer, FusedSGD):
+        raise TypeError(
+            f"fused_lr.lr_scheduler.{scheduler} needs a fused_lr.FusedSGD optimizer, got "
+            f"{type(optimizer).__name__}; use torch.optim.lr_scheduler.{scheduler} for other optimizers"
+        )
+    return optimizer
+
+
+class _FusedLRScheduler(LRScheduler):
+    """Shared machinery: a closed-form device schedule behind torch's LRScheduler interface."""
+
+    # Names of the constructor arguments saved in state_dict (besides torch's bookkeeping keys).
+    _arg_names: tuple[str, ...] = ()
+
+    def __init__(self, optimizer: FusedSGD, last_epoch: int = -1) -> None:
+        last_epoch = _int_arg("last_epoch", last_epoch, -1)
+        if last_epoch >= 0:
+            for i, group in enumerate(optimizer.param_groups):
+                if "initial_lr" not in group:
+                    raise KeyError(
+                        f"param 'initial_lr' is not specified in param_groups[{i}] when resuming "
+                        "scheduler with last_epoch >= 0"
+                    )
+        self._sched: S.DeviceSchedule | None = None
+        if last_epoch == -1:
+            # torch stores a clone of a tensor lr here; a float keeps state_dicts stock-shaped.
+            for group in optimizer.param_groups:
+                initial = group.get("initial_lr", group["lr"])
+                group["initial_lr"] = float(initial)
+        super().__init__(optimizer, last_epoch)
+
+    # -------------------------------------------------------------- schedule description
+
+    def _rows(self) -> list[list[float]]:
+        """One description row per group, from ``self.base_lrs`` and the constructor arguments."""
+        raise NotImplementedError
+
+    def _build_schedule(self) -> None:
+        sched = S.DeviceSchedule(self.optimizer._lr_buf.device)
+        sched.set_rows(self._rows())
+        self._sched = sched
+
+    # -------------------------------------------------------------- stepping
+
+    def step(self, epoch: int | None = None) -> None:
+        """Advance the schedule by one (or to ``epoch``, deprecated as in torch) on the device."""
+        if self._step_count == 1:
+            if not hasattr(self.optimizer.step, "_wrapped_by_lr_sched"):
+                warnings.warn(
+                    "Seems like `optimizer.step()` has been overridden after learning rate scheduler "
+                    "initialization. Please, make sure to call `optimizer.step()` before "
+                    "`lr_scheduler.step()`. See more details at "
+                    "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            elif not getattr(self.optimizer, "_opt_called", False):
+                warnings.warn(
+                    "Detected call of `lr_scheduler.step()` before `optimizer.step()`. "
+                    "In PyTorch 1.1.0 and later, you should call them in the opposite order: "
+                    "`optimizer.step()` before `lr_scheduler.step()`.  Failure to do this "
+                    "will result in PyTorch skipping the first value of the learning rate schedule. "
+                    "See more details at "
+                    "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        if epoch is not None:
+            epoch = _int_arg("epoch", epoch, 0)
+        if self._sched is None:
+            self._build_schedule()
+        self.optimizer._schedule = self._sched
+        self._step_count += 1
+        if epoch is None:
+            self.last_epoch += 1
+            if self._step_count == 1:
+                self._sched.set_step(self.last_epoch)
+            else:
+                self._sched.advance()
+        else:
+            warnings.warn(
+                "The epoch parameter in `scheduler.step()` was not necessary and is being "
+                "deprecated where possible. Please use `scheduler.step()` to step the scheduler.",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.last_epoch = epoch
+            self._sched.set_step(epoch)
+        self._before_write()
+        self._sched.write_lr(self.optimizer._lr_buf)
+        self._host_cache = None
+
+    def _before_write(self) -> None:
+        """Hook for subclasses (LambdaLR grows its table here)."""
+
+    def get_lr(self) -> list[float]:
+        """LRs at ``last_epoch`` from the closed form (host floats, no device read)."""
+        return self.get_last_lr()
+
+    def get_last_lr(self) -> list[float]:
+        """The LR of every group at ``last_epoch``, as floats, computed on the host (no sync)."""
+        cache = getattr(self, "_host_cache", None)
+        if cache is None or cache[0] != self.last_epoch:
+            cache = (self.last_epoch, self._sched.host_lrs(self.last_epoch))
+            self._host_cache = cache
+        return list(cache[1])
+
+    @property
+    def _last_lr(self) -> list[float]:  # torch's attribute name, read by some tooling
+        return self.get_last_lr()
+
+    @property
+    def step_counter(self) -> torch.Tensor:
+        """The int64 device tensor holding the schedule's step (``last_epoch``)."""
+        return self._sched.counter
+
+    # -------------------------------------------------------------- state_dict
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's keys and values (floats), so stock and fused state dicts interchange."""
+        sd = {name: getattr(self, name) for name in self._arg_names}
+        sd.update(
+            base_lrs=list(self.base_lrs),
+            last_epoch=self.last_epoch,
+            _step_count=self._step_count,
+            _is_initial=False,
+            _get_lr_called_within_step=False,
+            _last_lr=self.get_last_lr(),
+        )
+        return sd
+
+    def _validate_args(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Checked constructor arguments (subclasses)."""
+        return values
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a fused_lr or stock state dict of the same scheduler; checks before changing anything."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        missing = [k for k in ("base_lrs", "last_epoch", *self._arg_names) if k not in state_dict]
+        if missing:
+            raise KeyError(f"{type(self).__name__} state_dict is missing {missing}")
+        n = len(self.optimizer.param_groups)
+        base_lrs = state_dict["base_lrs"]
+        if len(base_lrs) != n:
+            raise ValueError(f"state_dict has {len(base_lrs)} base_lrs, the optimizer has {n} param groups")
+        base_lrs = [
+            _real_arg("base_lrs", float(b) if isinstance(b, torch.Tensor) else b, nonnegative=True)
+            for b in base_lrs
+        ]
+        last_epoch = _int_arg("last_epoch", state_dict["last_epoch"], -1)
+        step_count = _int_arg("_step_count", state_dict.get("_step_count", last_epoch + 1), 0)
+        args = self._validate_args({k: state_dict[k] for k in self._arg_names})
+        for k, v in args.items():
+            setattr(self, k, v)
+        self.base_lrs = base_lrs
+        self.last_epoch = last_epoch
+        self._step_count = step_count
+        self._build_schedule()
+        self._sched.set_step(max(last_epoch, 0))
+        self.optimizer._schedule = self._sched
+        self._before_write()
+        self._sched.write_lr(self.optimizer._lr_buf)
+        self._host_cache = None
+
+
+class StepLR(_FusedLRScheduler):
+    """Decays each group's LR by ``gamma`` every ``step_size`` epochs, on the device.
+
+    ``lr(t) = base_lr * gamma ** floor(t / step_size)``. Same signature as
+    ``torch.optim.lr_scheduler.StepLR``; ``step_size`` must be a positive integer and ``gamma > 0``.
+    """
+
+    _arg_names = ("step_size", "gamma")
+
+    def __init__(self, optimizer: FusedSGD, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer, "StepLR")
+        args = self._validate_args({"step_size": step_size, "gamma": gamma})
+        self.step_size, self.gamma = args["step_size"], args["gamma"]
+        super().__init__(optimizer, last_epoch)
+
+    def _validate_args(self, values):
+        return {
+            "step_size": _int_arg("step_size", values["step_size"], 1),
+            "gamma": _real_arg("gamma", values["gamma"], positive=True),
+        }
+
+    def _rows(self):
+        return [S.step_row(b, self.step_size, self.gamma) for b in self.base_lrs]
+
+
+class ExponentialLR(_FusedLRScheduler):
+    """Decays each group's LR by ``gamma`` every epoch, on the device: ``lr(t) = base_lr * gamma ** t``.
+
+    Same signature as ``torch.optim.lr_scheduler.ExponentialLR``; ``gamma > 0``. This is also the
+    fused form of the manual decay loop ``lr *= (1 - decay_rate)``: ``gamma = 1 - decay_rate``.
+    """
+
+    _arg_names = ("gamma",)
+
+    def __init__(self, optimizer: FusedSGD, gamma: float, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer, "ExponentialLR")
+        self.gamma = self._validate_args({"gamma": gamma})["gamma"]
+        super().__init__(optimizer, last_epoch)
+
+    def _validate_args(self, values):
+        return {"gamma": _real_arg("gamma", values["gamma"], positive=True)}
+
+    def _rows(self):
+        return [S.exponential_row(b, self.gamma) for b in self.base_lrs]
+
+
+class CosineAnnealingLR(_FusedLRScheduler):
+    r"""Cosine annealing on the device.
+
+    ``lr(t) = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2``, which past
+    ``T_max`` rises again with period ``2 * T_max``, exactly as torch's recurrence does. Same
+    signature as ``torch.optim.lr_scheduler.CosineAnnealingLR``; ``T_max > 0``, ``eta_min >= 0``.
+    """
+
+    _arg_names = ("T_max", "eta_min")
+
+    def __init__(self, optimizer: FusedSGD, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer, "CosineAnnealingLR")
+        args = self._validate_args({"T_max": T_max, "eta_min": eta_min})
+        self.T_max, self.eta_min = args["T_max"], args["eta_min"]
+        super().__init__(optimizer, last_epoch)
+
+    def _validate_args(self, values):
+        t_max = values["T_max"]
+        t_max = _real_arg("T_max", t_max, positive=True)
+        if float(t_max).is_integer():
+            t_max = int(t_max)
+        return {"T_max": t_max, "eta_min": _real_arg("eta_min", values["eta_min"], nonnegative=True)}
+
+    def _rows(self):
+        return [S.cosine_row(b, self.T_max, self.eta_min) for b in self.base_lrs]
+
+
+class LambdaLR(_FusedLRScheduler):
+    """``lr(t) = base_lr * lr_lambda(t)`` with an arbitrary Python callable, kept on the device.
+
+    Same signature as ``torch.optim.lr_scheduler.LambdaLR`` (one callable, or a list with one per
+    group), plus the keyword-only ``horizon``. Each callable runs on the device one of two ways,
+    decided once at construction (``scheduler.modes`` tells which, per group):
+
+    * ``"device"`` — the callable is plain arithmetic (``lambda e: 0.95 ** e``,
+      ``lambda e: 0.1 * 0.95 ** e``, ``lambda e: (1 - e / 100) ** 0.9``): it is called on the
+      int64 device step counter (as a float64 tensor) at every ``step()``. No sync, capturable, and
+      a callable that reads mutable state sees it at each step, as in torch. The check: the
+      callable is evaluated on a tensor with every host read forbidden (``if``, ``min``/``max`` on
+      the value, ``math.*``, indexing, ``int()``) and must agree with its Python evaluation at a
+      set of probe epochs (0..4099) to 1e-12.
+    * ``"table"`` — anything else (``lambda e: 1.0 if e < 5 else 0.1``, ``math.cos``, lookups):
+      the callable is evaluated on the host ahead of time for epochs ``[0, horizon)`` and the
+      table lives on the device. When ``last_epoch`` passes three quarters of the horizon, the
+      table doubles (one host-to-device copy at that step). The callable must therefore be a pure
+      function of the epoch; under CUDA-graph replay the counter outruns the host, so give a
+      ``horizon`` that covers the whole run (past its end the last value is held).
+    """
+
+    _arg_names = ()
+
+    def __init__(
+        self,
+        optimizer: FusedSGD,
+        lr_lambda: Callable[[int], float] | list[Callable[[int], float]],
+        last_epoch: int = -1,
+        *,
+        horizon: int = 1024,
+    ) -> None:
+        _check_optimizer(optimizer, "LambdaLR")
+        n = len(optimizer.param_groups)
+        if isinstance(lr_lambda, (list, tuple)):
+            if len(lr_lambda) != n:
+                raise ValueError(f"Expected {n} lr_lambdas, but got {len(lr_lambda)}")
+            fns = list(lr_lambda)
+        else:
+            fns = [lr_lambda] * n
+        for i, fn in enumerate(fns):
+            if not callable(fn):
+                raise TypeError(f"lr_lambda[{i}] must be callable, got {type(fn).__name__}")
+        self.lr_lambdas = fns
+        self.horizon = _int_arg("horizon", horizon, 1)
+        modes = {}
+        self.modes = [
+            modes.setdefault(id(fn), "device" if S.lambda_runs_on_device(fn) else "table") for fn in fns
+        ]
+        super().__init__(optimizer, last_epoch)
+
+    def _rows(self):
+        rows, table, direct = [], [], {}
+        for g, (fn, base, mode) in enumerate(zip(self.lr_lambdas, self.base_lrs, self.modes)):
+            if mode == "device":
+                rows.append(S.direct_row(base, base * float(fn(max(self.last_epoch, 0)))))
+                direct[g] = fn
+            else:
+                offset = len(table)
+                table.extend(S.tabulate([fn], 0, self.horizon)[0])
+                rows.append(S.table_row(base, offset, self.horizon))
+        self._pending = (table, direct)
+        return rows
+
+    def _build_schedule(self) -> None:
+        sched = S.DeviceSchedule(self.optimizer._lr_buf.device)
+        rows = self._rows()
+        table, direct = self._pending
+        sched.set_rows(rows, table, direct)
+        self._sched = sched
+
+    def _before_write(self) -> None:
+        if "table" not in self.modes:
+            return
+        if self.last_epoch >= self.horizon - self.horizon // 4:
+            while self.last_epoch >= self.horizon - self.horizon // 4:
+                self.horizon *= 2
+            self._build_schedule()
+            self._sched.set_step(max(self.last_epoch, 0))
+            self.optimizer._schedule = self._sched
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's format: ``lr_lambdas`` holds the ``__dict__`` of callable objects, None for functions."""
+        sd = super().state_dict()
+        sd["lr_lambdas"] = [
+            None if isinstance(fn, types.FunctionType) else fn.__dict__.copy() for fn in self.lr_lambdas
+        ]
+        sd["horizon"] = self.horizon
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        lambdas = state_dict.get("lr_lambdas", [None] * len(self.lr_lambdas))
+        if len(lambdas) != len(self.lr_lambdas):
+            raise ValueError(f"state_dict has {len(lambdas)} lr_lambdas, this scheduler has {len(self.lr_lambdas)}")
+        horizon = _int_arg("horizon", state_dict.get("horizon", self.horizon), 1)
+        for fn, saved in zip(self.lr_lambdas, lambdas):
+            if saved is not None:
+                fn.__dict__.update(saved)
+        self.horizon = horizon
+        super().load_state_dict(state_dict)

@@ -1,0 +1,370 @@
+"""``FusedSGD``: torch.optim.SGD with its learning rates kept in device memory.
+
+The optimizer is thin, as torch.optim's are: it validates, gathers each group's tensors and calls a
+functional update (``fused_lr._torch_path.sgd_torch`` today; the Triton kernel where it is
+available). Learning rates live in one float64 tensor on the parameters' device, ``_lr_buf``, and
+``param_groups[i]["lr"]`` is a 0-dim view of element ``i``: the device schedule writes it without a
+host round trip, reading it (``float(group["lr"])``) syncs only when the user asks.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._torch_path import sgd_torch
+
+__all__ = ["FusedSGD"]
+
+_BACKENDS = ("auto", "torch", "triton")
+# Hyper-parameters a FusedSGD group carries, in torch.optim.SGD's order.
+_HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+# Keys torch.optim.SGD adds to its groups that mean nothing here (FusedSGD picks its primitive).
+_STOCK_ONLY_KEYS = ("foreach", "fused", "differentiable")
+
+
+def _as_float(name: str, value: Any) -> float:
+    """A hyper-parameter as a Python float, or a clear error naming it."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"Invalid {name}: {value}")
+    return value
+
+
+def _validate_hyper(group: dict[str, Any], where: str) -> dict[str, Any]:
+    """Checked copy of a group's hyper-parameters (torch.optim.SGD's rules, per group)."""
+    out: dict[str, Any] = {}
+    lr = _as_float("lr", group["lr"])
+    if lr < 0.0 or math.isinf(lr):
+        raise ValueError(f"Invalid learning rate: {lr}{where}")
+    momentum = _as_float("momentum", group["momentum"])
+    if momentum < 0.0 or math.isinf(momentum):
+        raise ValueError(f"Invalid momentum value: {momentum}{where}")
+    dampening = _as_float("dampening", group["dampening"])
+    if math.isinf(dampening):
+        raise ValueError(f"Invalid dampening value: {dampening}{where}")
+    weight_decay = _as_float("weight_decay", group["weight_decay"])
+    if weight_decay < 0.0 or math.isinf(weight_decay):
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}{where}")
+    nesterov = group["nesterov"]
+    maximize = group["maximize"]
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {nesterov!r}{where}")
+    if not isinstance(maximize, bool):
+        raise TypeError(f"maximize must be a bool, got {maximize!r}{where}")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError(
+            "Nesterov momentum requires a momentum and zero dampening "
+            f"(got momentum={momentum}, dampening={dampening}){where}"
+        )
+    out.update(
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+    )
+    return out
+
+
+class FusedSGD(Optimizer):
+    r"""Stochastic gradient descent whose learning rate lives on the device.
+
+    A drop-in replacement for :class:`torch.optim.SGD`: same arguments in the same order, same
+    update, same ``state_dict`` format. Pair it with the schedulers of
+    :mod:`fused_lr.lr_scheduler` (same names and signatures as :mod:`torch.optim.lr_scheduler`)
+    and the learning rate is computed on the device from a step counter, without host syncs.
+
+    Algorithm (torch's order, per parameter ``p`` with gradient ``g``)::
+
+        g = -g                        if maximize
+        g = g + weight_decay * p      if weight_decay != 0
+        if momentum != 0:
+            buf = g                   on the parameter's first step with momentum
+            buf = momentum * buf + (1 - dampening) * g   afterwards
+            g = g + momentum * buf    if nesterov else buf
+        p = p - lr * g
+
+    Args:
+        params: parameters or parameter-group dicts (per-group ``lr``, ``momentum``,
+            ``dampening``, ``weight_decay``, ``nesterov``, ``maximize``).
+        lr, momentum, dampening, weight_decay, nesterov, maximize: as in torch.optim.SGD.
+        foreach, fused: accepted for drop-in compatibility and ignored: FusedSGD always uses its
+            own fused path.
+        differentiable: must be False (FusedSGD's step is not differentiable).
+        backend: ``"auto"`` (the Triton kernel for CUDA tensors when it is available, else the
+            pure-PyTorch path), ``"torch"`` (the pure-PyTorch path), or ``"triton"`` (forced).
+
+    All parameters must live on one device (the schedule's); parameters on the meta device and
+    sparse gradients are refused with an error, before anything is modified.
+
+    ``param_groups[i]["lr"]`` is a 0-dim float64 tensor on that device, kept current by the
+    schedule. Read it with ``float(...)`` (a sync on an accelerator, when you ask), update it in
+    place (``group["lr"] *= 0.9``, on the device) or assign a float (copied to the device at the
+    next ``step()``).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        backend: str = "auto",
+    ) -> None:
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if differentiable:
+            raise ValueError("FusedSGD does not support differentiable=True")
+        defaults = _validate_hyper(
+            dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                maximize=maximize,
+            ),
+            "",
+        )
+        self.backend = backend
+        self._device: torch.device | None = None
+        self._lr_buf: Tensor | None = None
+        self._lr_views: list[Tensor] = []
+        self._schedule = None  # the fused_lr scheduler's device schedule, when one is attached
+        super().__init__(params, defaults)
+        self._impl = self._resolve_backend()
+
+    # ------------------------------------------------------------------ groups and LR buffer
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, checking its hyper-parameters and parameters before anything changes."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the "
+                "ordering of tensors in sets will change between runs. Please use a list instead."
+            )
+        else:
+            params = list(params)
+        merged = {k: param_group.get(k, self.defaults.get(k)) for k in _HYPER}
+        where = f" (param group {len(self.param_groups)})"
+        checked = _validate_hyper(merged, where)
+        device = self._device
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, got {type(p).__name__}")
+            if p.device.type == "meta":
+                raise ValueError(
+                    f"FusedSGD cannot optimize parameters on the meta device{where}: "
+                    "materialize the model (e.g. module.to_empty(device=...)) first"
+                )
+            if not (p.is_floating_point() or p.is_complex()):
+                raise TypeError(f"FusedSGD optimizes floating-point or complex tensors, got {p.dtype}{where}")
+            if p.is_sparse:
+                raise ValueError(f"FusedSGD does not support sparse parameters{where}")
+            if device is None:
+                device = p.device
+            elif p.device != device:
+                raise ValueError(
+                    "FusedSGD keeps its learning rates and schedule on one device; "
+                    f"got parameters on {device} and {p.device}{where}"
+                )
+        group = dict(param_group)
+        group["params"] = params
+        group.update(checked)
+        super().add_param_group(group)
+        self._device = device
+        self._rebuild_lr_buf()
+
+    def _rebuild_lr_buf(self) -> None:
+        """One float64 LR tensor on the device; each group's "lr" is a 0-dim view of its slot."""
+        values = [_as_float("lr", g["lr"]) for g in self.param_groups]
+        device = self._device if self._device is not None else torch.device("cpu")
+        self._lr_buf = torch.tensor(values, dtype=torch.float64, device=device)
+        self._lr_views = [self._lr_buf[i] for i in range(len(values))]
+        for g, view in zip(self.param_groups, self._lr_views):
+            g["lr"] = view
+
+    def _sync_assigned_lrs(self) -> None:
+        """Copy LRs a user assigned to ``group["lr"]`` into the device buffer (no host read)."""
+        for i, g in enumerate(self.param_groups):
+            lr = g["lr"]
+            view = self._lr_views[i]
+            if lr is view:
+                continue
+            if isinstance(lr, Tensor):
+                if lr.numel() != 1:
+                    raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)} (param group {i})")
+                view.copy_(lr.reshape(()))
+            else:
+                value = _as_float("lr", lr)
+                if value < 0.0 or math.isinf(value):
+                    raise ValueError(f"Invalid learning rate: {value} (param group {i})")
+                view.fill_(value)
+            g["lr"] = view
+
+    @property
+    def lr_tensor(self) -> Tensor:
+        """The float64 device tensor holding every group's current learning rate."""
+        return self._lr_buf
+
+    # ------------------------------------------------------------------ backend
+
+    def _resolve_backend(self) -> str:
+        if self.backend == "torch":
+            return "torch"
+        if self.backend == "triton":
+            raise NotImplementedError(
+                "backend='triton': the Triton kernels are not part of this release yet; "
+                "use backend='torch' or 'auto'"
+            )
+        return "torch"
+
+    # ------------------------------------------------------------------ step
+
+    def _collect(self, group: dict[str, Any], gi: int):
+        params, grads, bufs = [], [], []
+        use_momentum = group["momentum"] != 0
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError(
+                    f"FusedSGD does not support sparse gradients (param group {gi}, shape {tuple(p.shape)})"
+                )
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise RuntimeError(
+                    f"gradient does not match its parameter in param group {gi}: grad "
+                    f"{tuple(g.shape)} {g.dtype} on {g.device}, param {tuple(p.shape)} {p.dtype} on {p.device}"
+                )
+            params.append(p)
+            grads.append(g)
+            if use_momentum:
+                state = self.state.get(p)
+                bufs.append(None if state is None else state.get("momentum_buffer"))
+        return params, grads, bufs
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Gather and check everything first: a bad gradient raises before any tensor changes.
+        self._sync_assigned_lrs()
+        work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
+        for gi, (group, (params, grads, bufs)) in enumerate(zip(self.param_groups, work)):
+            if not params:
+                continue
+            new_bufs = sgd_torch(
+                params,
+                grads,
+                bufs,
+                lr=self._lr_views[gi],
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+            )
+            for p, b, old in zip(params, new_bufs, bufs):
+                if b is not old:
+                    self.state[p]["momentum_buffer"] = b
+        return loss
+
+    # ------------------------------------------------------------------ state_dict
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim.SGD's format: float ``lr`` (read from the device, on request)."""
+        sd = super().state_dict()
+        lrs = self._lr_buf.tolist()
+        for i, g in enumerate(sd["param_groups"]):
+            g["lr"] = lrs[i]
+            if isinstance(g.get("initial_lr"), Tensor):
+                g["initial_lr"] = g["initial_lr"].item()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a FusedSGD or torch.optim.SGD state dict; checks everything before changing anything."""
+        if not isinstance(state_dict, dict) or "param_groups" not in state_dict or "state" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (an optimizer state_dict)")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"loaded state dict has {len(saved_groups)} parameter groups, this optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        converted_groups = []
+        id_to_param: dict[Any, Tensor] = {}
+        for gi, (ours, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(ours["params"]):
+                raise ValueError(
+                    f"loaded state dict's param group {gi} has {len(saved['params'])} parameters, "
+                    f"this optimizer's has {len(ours['params'])}"
+                )
+            g = {k: v for k, v in saved.items() if k not in _STOCK_ONLY_KEYS}
+            merged = {k: g.get(k, self.defaults[k]) for k in _HYPER}
+            g.update(_validate_hyper(merged, f" (loaded param group {gi})"))
+            if isinstance(g.get("initial_lr"), Tensor):
+                g["initial_lr"] = g["initial_lr"].item()
+            converted_groups.append(g)
+            id_to_param.update(zip(saved["params"], ours["params"]))
+        for key, st in state_dict["state"].items():
+            if key not in id_to_param:
+                raise ValueError(f"loaded state dict has state for unknown parameter id {key!r}")
+            buf = st.get("momentum_buffer") if isinstance(st, dict) else None
+            p = id_to_param[key]
+            if buf is not None and (not isinstance(buf, Tensor) or buf.shape != p.shape):
+                shape = tuple(buf.shape) if isinstance(buf, Tensor) else type(buf).__name__
+                raise ValueError(
+                    f"loaded momentum_buffer for parameter id {key!r} has shape {shape}, "
+                    f"the parameter has shape {tuple(p.shape)}"
+                )
+        converted = dict(state_dict)
+        converted["param_groups"] = converted_groups
+        super().load_state_dict(converted)
+        # torch leaves a loaded momentum_buffer=None entry in place; FusedSGD treats it as "none yet".
+        # The loaded LRs are used until the scheduler next steps, as with torch.optim.SGD.
+        self._rebuild_lr_buf()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for g in self.param_groups:
+            for k in _STOCK_ONLY_KEYS:
+                g.pop(k, None)
+        self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("_schedule", None)
+        self.__dict__.setdefault("_impl", "torch")
+        if self.param_groups:
+            self._device = self.param_groups[0]["params"][0].device
+            self._rebuild_lr_buf()

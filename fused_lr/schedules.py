@@ -1,0 +1,322 @@
+"""Device-resident learning-rate schedules: the description format and the torch-op reference.
+
+A schedule is *data*: one row of float64 numbers per parameter group, plus an int64 step counter,
+both held on the parameters' device. The learning rate at step ``t`` is one closed-form function
+``lr_at(t, desc, table)`` of that data. It is written here in torch ops (any device, never reads a
+value back to the host, so it can be captured in a CUDA graph) and, in ``fused_lr.kernels``, as a
+Triton device function; both are tested against each other and against ``torch.optim.lr_scheduler``.
+
+Closed forms instead of torch's chained recurrences: they do not drift, and resuming at any step is
+exact. Everything is computed in float64, like torch's Python floats.
+
+Row layout (``desc[g]``, float64, ``DESC_WIDTH`` columns)::
+
+    col 0  kind        one of the KIND_* codes below
+    col 1  base_lr     the group's initial learning rate (``initial_lr``)
+    col 2  p0          kind-specific parameter
+    col 3  p1          kind-specific parameter
+    col 4.. reserved   zero (room for later kinds without changing the layout)
+
+Kinds (``t`` is the scheduler's ``last_epoch``, an integer >= 0)::
+
+    KIND_CONSTANT     lr = base_lr
+    KIND_STEP         lr = base_lr * gamma ** floor(t / step_size)            p0=step_size, p1=gamma
+    KIND_EXPONENTIAL  lr = base_lr * gamma ** t                               p0=gamma
+    KIND_COSINE       lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2
+                                                                             p0=T_max, p1=eta_min
+                      (periodic with period 2*T_max past T_max, exactly as torch's recurrence;
+                      t is reduced modulo 2*T_max first so giant step counts keep full precision)
+    KIND_TABLE        lr = base_lr * table[offset + min(t, length - 1)]       p0=offset, p1=length
+                      (a tabulated multiplier, used for LambdaLR callables that cannot run on a
+                      tensor; the host extends the table before the counter reaches its end)
+    KIND_DIRECT       lr = p0                                                  p0 = the lr itself
+                      (written on the device by torch ops each scheduler step, for LambdaLR
+                      callables that are plain arithmetic and so run on a device tensor)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "DESC_WIDTH",
+    "KIND_CONSTANT",
+    "KIND_STEP",
+    "KIND_EXPONENTIAL",
+    "KIND_COSINE",
+    "KIND_TABLE",
+    "KIND_DIRECT",
+    "KIND_NAMES",
+    "constant_row",
+    "step_row",
+    "exponential_row",
+    "cosine_row",
+    "table_row",
+    "direct_row",
+    "lr_at",
+    "lambda_runs_on_device",
+]
+
+DESC_WIDTH = 8
+
+KIND_CONSTANT = 0
+KIND_STEP = 1
+KIND_EXPONENTIAL = 2
+KIND_COSINE = 3
+KIND_TABLE = 4
+KIND_DIRECT = 5
+
+KIND_NAMES = {
+    KIND_CONSTANT: "constant",
+    KIND_STEP: "step",
+    KIND_EXPONENTIAL: "exponential",
+    KIND_COSINE: "cosine",
+    KIND_TABLE: "table",
+    KIND_DIRECT: "direct",
+}
+
+
+def _row(kind: int, base_lr: float, *params: float) -> list[float]:
+    row = [float(kind), float(base_lr), *map(float, params)]
+    if len(row) > DESC_WIDTH:
+        raise AssertionError(f"schedule row too wide: {row}")
+    return row + [0.0] * (DESC_WIDTH - len(row))
+
+
+def constant_row(base_lr: float) -> list[float]:
+    """``lr = base_lr``."""
+    return _row(KIND_CONSTANT, base_lr)
+
+
+def step_row(base_lr: float, step_size: int, gamma: float) -> list[float]:
+    """``lr = base_lr * gamma ** floor(t / step_size)`` (torch's StepLR)."""
+    return _row(KIND_STEP, base_lr, step_size, gamma)
+
+
+def exponential_row(base_lr: float, gamma: float) -> list[float]:
+    """``lr = base_lr * gamma ** t`` (torch's ExponentialLR)."""
+    return _row(KIND_EXPONENTIAL, base_lr, gamma)
+
+
+def cosine_row(base_lr: float, T_max: float, eta_min: float) -> list[float]:
+    """``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2`` (CosineAnnealingLR)."""
+    return _row(KIND_COSINE, base_lr, T_max, eta_min)
+
+
+def table_row(base_lr: float, offset: int, length: int) -> list[float]:
+    """``lr = base_lr * table[offset + min(t, length - 1)]``."""
+    return _row(KIND_TABLE, base_lr, offset, length)
+
+
+def direct_row(base_lr: float, lr: float) -> list[float]:
+    """``lr = p0``, a value kept current on the device by torch ops."""
+    return _row(KIND_DIRECT, base_lr, lr)
+
+
+def lr_at(
+    step: Tensor,
+    desc: Tensor,
+    table: Tensor | None = None,
+    kinds: Iterable[int] | None = None,
+) -> Tensor:
+    """Learning rate of every group at step ``step``, in torch ops, without a host read.
+
+    Args:
+        step: int64 tensor with one element (the step counter ``t``), on ``desc``'s device.
+        desc: float64 tensor ``[groups, DESC_WIDTH]`` (see the module docstring).
+        table: float64 tensor of tabulated multipliers (needed only for ``KIND_TABLE`` rows).
+        kinds: the kind codes present in ``desc``, known on the host; only those formulas are
+            evaluated. ``None`` evaluates every kind.
+
+    Returns:
+        float64 tensor ``[groups]``.
+    """
+    kinds = set(KIND_NAMES) if kinds is None else set(kinds)
+    t_int = step.reshape(()).to(torch.int64)
+    t = t_int.to(torch.float64)
+    kind = desc[:, 0]
+    base = desc[:, 1]
+    p0 = desc[:, 2]
+    p1 = desc[:, 3]
+    out = base
+    if KIND_STEP in kinds:
+        # Integer floor division: exact for every step count, unlike a float quotient.
+        n_decays = torch.div(t_int, p0.to(torch.int64).clamp_min(1), rounding_mode="floor")
+        out = torch.where(kind == KIND_STEP, base * torch.pow(p1, n_decays.to(torch.float64)), out)
+    if KIND_EXPONENTIAL in kinds:
+        out = torch.where(kind == KIND_EXPONENTIAL, base * torch.pow(p0, t), out)
+    if KIND_COSINE in kinds:
+        t_max = torch.where(p0 > 0, p0, torch.ones_like(p0))
+        # cos is 2*T_max periodic in t; reduce first (fmod of floats is exact) so the angle stays
+        # small and precise at giant step counts.
+        phase = torch.remainder(t, 2.0 * t_max)
+        cos_lr = p1 + (base - p1) * (1.0 + torch.cos(math.pi * phase / t_max)) / 2.0
+        out = torch.where(kind == KIND_COSINE, cos_lr, out)
+    if KIND_TABLE in kinds:
+        if table is None:
+            raise ValueError("a KIND_TABLE schedule row needs its table")
+        length = p1.to(torch.int64).clamp_min(1)
+        idx = p0.to(torch.int64) + torch.minimum(t_int.clamp_min(0), length - 1)
+        idx = idx.clamp(0, max(table.numel() - 1, 0))
+        out = torch.where(kind == KIND_TABLE, base * table[idx], out)
+    if KIND_DIRECT in kinds:
+        out = torch.where(kind == KIND_DIRECT, p0, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# LambdaLR callables: can this one run on a device tensor?
+# ---------------------------------------------------------------------------------------------
+
+# Tensor methods that read a value back to the host (a sync on CUDA) or leave torch altogether.
+_HOST_READS = frozenset(
+    {
+        "__bool__",
+        "__float__",
+        "__int__",
+        "__index__",
+        "__complex__",
+        "item",
+        "tolist",
+        "numpy",
+        "__array__",
+        "__len__",
+        "__iter__",
+    }
+)
+
+
+class _HostReadError(RuntimeError):
+    pass
+
+
+class _ForbidHostReads(TorchFunctionMode):
+    """Raise on any tensor operation that would read a value back to the host."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in _HOST_READS:
+            raise _HostReadError(f"host read through Tensor.{func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+# Epochs at which a candidate device lambda is compared with its host evaluation: the start,
+# small values, typical milestones (10, 30, 100), off-by-one neighbours and a large count.
+_PROBE_EPOCHS = (0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 15, 29, 30, 31, 50, 99, 100, 101, 257, 1000, 4099)
+# Relative agreement required between the tensor and the host evaluation: both are float64, so
+# the same arithmetic agrees to a few ulps; 1e-12 leaves room for pow/exp ulp differences between
+# libm and ATen while rejecting any real change of formula.
+_PROBE_RTOL = 1e-12
+
+
+def lambda_runs_on_device(fn: Callable[[int], float]) -> bool:
+    """True when ``fn(epoch)`` is plain arithmetic that torch ops evaluate on a float64 tensor.
+
+    The callable is evaluated on a 0-dim float64 tensor with every host read forbidden (``if``,
+    ``min``/``max`` on the value, ``math.*``, indexing a list, ``int()``...). It must return a
+    tensor that agrees with the host evaluation ``fn(int(epoch))`` at every probe epoch.
+    Anything else (an exception, a non-tensor result, a disagreement) means it is tabulated.
+    """
+    for epoch in _PROBE_EPOCHS:
+        try:
+            host = float(fn(epoch))
+        except Exception:  # noqa: BLE001 - a lambda undefined at a probe epoch: tabulate it
+            return False
+        try:
+            with _ForbidHostReads():
+                dev = fn(torch.tensor(float(epoch), dtype=torch.float64))
+        except Exception:  # noqa: BLE001 - any failure on a tensor means it is not plain arithmetic
+            return False
+        if not isinstance(dev, Tensor) or dev.numel() != 1 or not dev.is_floating_point():
+            return False
+        dev_val = float(dev.detach().reshape(()).to(torch.float64))
+        if math.isnan(host) or math.isnan(dev_val):
+            if not (math.isnan(host) and math.isnan(dev_val)):
+                return False
+            continue
+        if math.isinf(host) or math.isinf(dev_val):
+            if host != dev_val:
+                return False
+            continue
+        if abs(dev_val - host) > _PROBE_RTOL * max(abs(host), 1e-300):
+            return False
+    return True
+
+
+def eval_lambda_on_device(fn: Callable, step: Tensor) -> Tensor:
+    """``fn(t)`` as a float64 0-dim tensor on ``step``'s device (``fn`` passed the check above)."""
+    t = step.reshape(()).to(torch.float64)
+    return fn(t).reshape(()).to(torch.float64)
+
+
+def tabulate(fns: Sequence[Callable[[int], float]], start: int, stop: int) -> list[list[float]]:
+    """Host evaluation ``[[fn(e) for e in range(start, stop)] for fn in fns]``."""
+    return [[float(fn(e)) for e in range(start, stop)] for fn in fns]
+
+
+# ---------------------------------------------------------------------------------------------
+# The device schedule a scheduler attaches to its optimizer
+# ---------------------------------------------------------------------------------------------
+
+
+class DeviceSchedule:
+    """Description rows, multiplier table and int64 step counter of one optimizer, on its device.
+
+    ``desc``/``table``/``counter`` live on the device and are what ``lr_at`` (torch ops) and the
+    Triton kernel read. ``desc_host``/``table_host`` are CPU mirrors, so the host can answer
+    ``get_last_lr()`` from its own step count without reading the device.
+
+    ``direct_fns`` maps a group index to a LambdaLR callable evaluated on the device counter
+    (``KIND_DIRECT`` rows): ``write_lr`` stores ``base_lr * fn(t)`` in the row's ``p0``.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.counter = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self.desc_host = torch.zeros(0, DESC_WIDTH, dtype=torch.float64)
+        self.desc = self.desc_host.to(self.device)
+        self.table_host = torch.zeros(1, dtype=torch.float64)
+        self.table = self.table_host.to(self.device)
+        self.kinds: frozenset[int] = frozenset()
+        self.direct_fns: dict[int, Callable] = {}
+
+    def set_rows(
+        self,
+        rows: Sequence[Sequence[float]],
+        table: Sequence[float] | None = None,
+        direct_fns: dict[int, Callable] | None = None,
+    ) -> None:
+        """Replace the description (a host-to-device copy: done at construction, load and table growth)."""
+        desc_host = torch.tensor([list(r) for r in rows], dtype=torch.float64).reshape(-1, DESC_WIDTH)
+        table_host = torch.tensor(list(table) if table else [1.0], dtype=torch.float64)
+        self.desc_host = desc_host
+        self.table_host = table_host
+        self.desc = desc_host.to(self.device)
+        self.table = table_host.to(self.device)
+        self.kinds = frozenset(int(k) for k in desc_host[:, 0].tolist())
+        self.direct_fns = dict(direct_fns or {})
+
+    def set_step(self, step: int) -> None:
+        self.counter.fill_(step)
+
+    def advance(self) -> None:
+        self.counter.add_(1)
+
+    def write_lr(self, lr_buf: Tensor) -> None:
+        """``lr_buf[:] = lr_at(counter)`` on the device: no host read, capturable."""
+        for g, fn in self.direct_fns.items():
+            self.desc[g, 2].copy_(self.desc[g, 1] * eval_lambda_on_device(fn, self.counter))
+        lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds))
+
+    def host_lrs(self, step: int) -> list[float]:
+        """The same ``lr_at`` evaluated on the CPU mirror at a host-known step."""
+        desc = self.desc_host
+        if self.direct_fns:
+            desc = desc.clone()
+            for g, fn in self.direct_fns.items():
+                desc[g, 2] = desc[g, 1] * float(fn(step))
+        return lr_at(torch.tensor([step], dtype=torch.int64), desc, self.table_host, self.kinds).tolist()

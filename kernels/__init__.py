@@ -1,0 +1,1 @@
+"""Triton kernels of fused_lr, installed as ``fused_lr.kernels``."""
