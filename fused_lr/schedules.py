@@ -131,12 +131,14 @@ def lr_at(
         desc: float64 tensor ``[groups, DESC_WIDTH]`` (see the module docstring).
         table: float64 tensor of tabulated multipliers (needed only for ``KIND_TABLE`` rows).
         kinds: the kind codes present in ``desc``, known on the host; only those formulas are
-            evaluated. ``None`` evaluates every kind.
+            evaluated. ``None`` evaluates every kind (every kind but ``KIND_TABLE`` without a table).
 
     Returns:
         float64 tensor ``[groups]``.
     """
-    kinds = set(KIND_NAMES) if kinds is None else set(kinds)
+    if kinds is None:
+        kinds = set(KIND_NAMES) if table is not None else set(KIND_NAMES) - {KIND_TABLE}
+    kinds = set(kinds)
     t_int = step.reshape(()).to(torch.int64)
     t = t_int.to(torch.float64)
     kind = desc[:, 0]

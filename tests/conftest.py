@@ -1,0 +1,60 @@
+"""Shared test helpers: tolerances per dtype (justified once, here) and informative comparisons."""
+
+from __future__ import annotations
+
+import torch
+
+# Parameter-trajectory tolerances against stock torch.optim.SGD's for-loop implementation, which
+# rounds after every elementary operation. fused_lr's CPU path runs torch's own fused SGD kernel,
+# which contracts `p - lr*g` and `momentum*buf + (1-dampening)*g` into fused multiply-adds: each
+# step may differ from the for-loop by ~1-2 ulp of the values involved, and the differences add up
+# over the steps of a trajectory (25-30 here) without growing faster (SGD is a contraction for these
+# small learning rates). fp32: 2 ulp * 30 steps ~ 7e-6 relative -> rtol 1e-5, with atol 1e-6 for
+# elements that pass through zero. fp64: the same argument with eps = 2.2e-16 gives ~1e-14 -> 1e-12.
+# The learning rates themselves agree to ~1e-15 (see LR_RTOL), far below either bound.
+TRAJ_TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float64: dict(rtol=1e-12, atol=1e-13),
+    torch.complex64: dict(rtol=1e-5, atol=1e-6),
+}
+
+# LR sequences: stock computes in Python float64 through chained recurrences (StepLR and
+# ExponentialLR multiply by gamma each time, CosineAnnealingLR uses a ratio of cosines); fused_lr
+# uses the closed forms in float64. Both are float64 evaluations of the same real number, so they
+# differ by rounding only: ~n ulp after n chained products, and for the cosine recurrence by
+# eps / (1 + cos(pi (t-1)/T_max)), which for T_max <= 1000 stays below 1e-10. 1e-9 is therefore
+# safe and still far below any real schedule error (an off-by-one step changes the LR by > 1e-3
+# relative), and tighter than the issue's bound of 1e-6. atol covers LRs that are exactly 0
+# (cosine with eta_min=0 at T_max) where one side may produce 1e-20.
+LR_RTOL = 1e-9
+LR_ATOL = 1e-15
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, atol: float, what: str) -> None:
+    """torch.testing.assert_close with a message naming what differs, where and by how much."""
+    actual = actual.detach()
+    expected = expected.detach()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    if actual.is_complex():
+        actual, expected = torch.view_as_real(actual), torch.view_as_real(expected)
+    a64, e64 = actual.double(), expected.double()
+    diff = (a64 - e64).abs()
+    bound = atol + rtol * e64.abs()
+    bad = diff > bound
+    if bool(bad.any()):
+        idx = int(torch.argmax((diff - bound).reshape(-1)))
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{bad.numel()} elements differ beyond rtol={rtol}, atol={atol}; "
+            f"worst at flat index {idx}: got {a64.reshape(-1)[idx].item()!r}, "
+            f"expected {e64.reshape(-1)[idx].item()!r} (|diff| {diff.reshape(-1)[idx].item():.3e}); "
+            f"max |diff| overall {diff.max().item():.3e}"
+        )
+
+
+def assert_lrs_close(actual: list[float], expected: list[float], what: str) -> None:
+    assert len(actual) == len(expected), f"{what}: {len(actual)} groups vs {len(expected)}"
+    for g, (a, e) in enumerate(zip(actual, expected)):
+        a, e = float(a), float(e)
+        assert abs(a - e) <= LR_ATOL + LR_RTOL * abs(e), (
+            f"{what}, group {g}: fused {a!r} vs stock {e!r} (rel {abs(a - e) / max(abs(e), 1e-300):.2e})"
+        )
