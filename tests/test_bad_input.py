@@ -1,0 +1,228 @@
+"""Bad input raises a clear error naming the bad value, before anything is modified."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.optim.lr_scheduler as stock
+
+import fused_lr
+import fused_lr.lr_scheduler as fused
+
+
+def _snapshot(opt):
+    """Everything a failed call must leave untouched: params, state, groups (LRs read as floats)."""
+    params = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+    state = {id(p): {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()} for p, s in opt.state.items()}
+    groups = [
+        {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in g.items() if k != "params"}
+        for g in opt.param_groups
+    ]
+    return params, state, groups, opt._lr_buf.clone()
+
+
+def _assert_unchanged(opt, snap):
+    params, state, groups, lr_buf = snap
+    now = _snapshot(opt)
+    for a, b in zip(params, now[0]):
+        assert torch.equal(a, b), "a parameter changed"
+    assert state.keys() == now[1].keys(), "optimizer state gained or lost entries"
+    for k in state:
+        for name, v in state[k].items():
+            w = now[1][k][name]
+            assert (torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w), f"state {name} changed"
+    assert groups == now[2], "param_groups changed"
+    assert torch.equal(lr_buf, now[3]), "the device LR buffer changed"
+
+
+def _stepped_opt(**kw):
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(3))]
+    opt = fused_lr.FusedSGD([{"params": [ps[0]]}, {"params": [ps[1]], "lr": 0.05}], lr=0.1, momentum=0.9, **kw)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    return ps, opt
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=-0.1), "Invalid learning rate: -0.1"),
+        (dict(lr=float("nan")), "Invalid lr: nan"),
+        (dict(momentum=-0.5), "Invalid momentum value: -0.5"),
+        (dict(weight_decay=-1e-4), "Invalid weight_decay value: -0.0001"),
+        (dict(nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
+        (dict(nesterov=True, momentum=0.9, dampening=0.1), "dampening=0.1"),
+        (dict(lr=torch.tensor([0.1, 0.2])), "Tensor lr must be 1-element"),
+        (dict(backend="cuda"), "backend must be one of"),
+        (dict(differentiable=True), "differentiable"),
+    ],
+)
+def test_optimizer_constructor_rejects(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        fused_lr.FusedSGD([torch.nn.Parameter(torch.ones(2))], **{"lr": 0.1, **kwargs})
+
+
+def test_triton_backend_not_yet_available_is_clear():
+    with pytest.raises(NotImplementedError, match="backend='triton'"):
+        fused_lr.FusedSGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, backend="triton")
+
+
+def test_bad_param_group_is_rejected_before_it_is_added():
+    ps, opt = _stepped_opt()
+    snap = _snapshot(opt)
+    extra = torch.nn.Parameter(torch.ones(2))
+    for bad, match in [
+        (dict(lr=-1.0), "Invalid learning rate: -1.0 \\(param group 2\\)"),
+        (dict(momentum=-1.0), "Invalid momentum value"),
+        (dict(nesterov=True, momentum=0.0), "Nesterov"),
+        (dict(weight_decay=-2.0), "Invalid weight_decay value: -2.0"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            opt.add_param_group({"params": [extra], **bad})
+        assert len(opt.param_groups) == 2
+        _assert_unchanged(opt, snap)
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        opt.add_param_group({"params": [ps[0]]})
+    _assert_unchanged(opt, snap)
+
+
+def test_meta_device_params_are_rejected():
+    with pytest.raises(ValueError, match="meta device"):
+        fused_lr.FusedSGD([torch.nn.Parameter(torch.empty(3, device="meta"))], lr=0.1)
+
+
+def test_integer_params_are_rejected():
+    with pytest.raises(TypeError, match="torch.int64"):
+        fused_lr.FusedSGD([torch.zeros(3, dtype=torch.int64)], lr=0.1)
+
+
+def test_sparse_gradient_raises_before_any_update():
+    ps, opt = _stepped_opt()
+    snap = _snapshot(opt)
+    ps[0].grad = torch.randn(4)  # a valid dense grad in the first group...
+    ps[1].grad = torch.randn(3).to_sparse()  # ...and a sparse one in the second
+    with pytest.raises(RuntimeError, match="sparse gradients \\(param group 1"):
+        opt.step()
+    _assert_unchanged(opt, snap)
+
+
+def test_mismatched_gradient_raises_before_any_update():
+    ps, opt = _stepped_opt()
+    snap = _snapshot(opt)
+    ps[0].grad = torch.randn(4)
+    ps[1].grad_dtype = None  # torch's opt-in to a gradient dtype that differs from the param's
+    ps[1].grad = torch.randn(3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="gradient does not match its parameter in param group 1"):
+        opt.step()
+    _assert_unchanged(opt, snap)
+
+
+def test_assigned_negative_lr_raises_before_any_update():
+    ps, opt = _stepped_opt()
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.param_groups[1]["lr"] = -0.5
+    params_before = [p.detach().clone() for p in ps]
+    with pytest.raises(ValueError, match="Invalid learning rate: -0.5 \\(param group 1\\)"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(params_before, ps))
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda sd: sd["param_groups"].pop(), "has 1 parameter groups, this optimizer has 2"),
+        (lambda sd: sd["param_groups"][1]["params"].append(99), "param group 1 has 2 parameters"),
+        (lambda sd: sd["param_groups"][0].__setitem__("lr", -3.0), "Invalid learning rate: -3.0 \\(loaded param group 0\\)"),
+        (lambda sd: sd["param_groups"][1].__setitem__("momentum", -1.0), "Invalid momentum value"),
+        (lambda sd: sd["state"][0].__setitem__("momentum_buffer", torch.zeros(5)), "has shape \\(5,\\), the parameter has shape \\(4,\\)"),
+        (lambda sd: sd["state"].__setitem__(42, {"momentum_buffer": torch.zeros(1)}), "unknown parameter id 42"),
+        (lambda sd: sd.pop("state"), "'state' and 'param_groups'"),
+    ],
+)
+def test_load_state_dict_rejects_mismatch_without_mutation(mutate, match):
+    ps, opt = _stepped_opt()
+    other_ps, other = _stepped_opt()
+    for p in other_ps:
+        p.grad = torch.randn_like(p)
+    other.step()
+    sd = copy.deepcopy(other.state_dict())
+    mutate(sd)
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(sd)
+    _assert_unchanged(opt, snap)
+
+
+# ---------------------------------------------------------------- schedulers
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda o: fused.StepLR(o, step_size=0), ValueError, "step_size must be >= 1, got 0"),
+        (lambda o: fused.StepLR(o, step_size=-3), ValueError, "step_size must be >= 1, got -3"),
+        (lambda o: fused.StepLR(o, step_size=2.5), TypeError, "step_size must be an integer, got 2.5"),
+        (lambda o: fused.StepLR(o, step_size=3, gamma=0.0), ValueError, "gamma must be > 0, got 0.0"),
+        (lambda o: fused.StepLR(o, step_size=3, gamma=-0.1), ValueError, "gamma must be > 0, got -0.1"),
+        (lambda o: fused.ExponentialLR(o, gamma=0), ValueError, "gamma must be > 0, got 0"),
+        (lambda o: fused.ExponentialLR(o, gamma=float("inf")), ValueError, "gamma must be finite"),
+        (lambda o: fused.CosineAnnealingLR(o, T_max=0), ValueError, "T_max must be > 0, got 0"),
+        (lambda o: fused.CosineAnnealingLR(o, T_max=-5), ValueError, "T_max must be > 0, got -5"),
+        (lambda o: fused.CosineAnnealingLR(o, T_max=10, eta_min=-1e-3), ValueError, "eta_min must be >= 0"),
+        (lambda o: fused.LambdaLR(o, lr_lambda=0.95), TypeError, "lr_lambda\\[0\\] must be callable, got float"),
+        (lambda o: fused.LambdaLR(o, lr_lambda=[lambda e: 1.0]), ValueError, "Expected 2 lr_lambdas, but got 1"),
+        (lambda o: fused.LambdaLR(o, lr_lambda=[lambda e: 1.0, "x"]), TypeError, "lr_lambda\\[1\\] must be callable, got str"),
+        (lambda o: fused.LambdaLR(o, lr_lambda=lambda e: 1.0, horizon=0), ValueError, "horizon must be >= 1"),
+        (lambda o: fused.StepLR(o, step_size=3, last_epoch=-2), ValueError, "last_epoch must be >= -1, got -2"),
+        (lambda o: fused.StepLR(o, step_size=3, last_epoch=4), KeyError, "initial_lr"),
+    ],
+)
+def test_scheduler_constructor_rejects_without_mutation(make, exc, match):
+    ps, opt = _stepped_opt()
+    snap = _snapshot(opt)
+    with pytest.raises(exc, match=match):
+        make(opt)
+    _assert_unchanged(opt, snap)
+    assert all("initial_lr" not in g for g in opt.param_groups)
+    assert opt._schedule is None
+
+
+@pytest.mark.parametrize("name", ["StepLR", "ExponentialLR", "LambdaLR", "CosineAnnealingLR"])
+def test_scheduler_requires_fused_sgd(name):
+    args = {"StepLR": (3,), "ExponentialLR": (0.9,), "LambdaLR": (lambda e: 1.0,), "CosineAnnealingLR": (10,)}[name]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    with pytest.raises(TypeError, match=f"fused_lr.lr_scheduler.{name} needs a fused_lr.FusedSGD optimizer, got SGD"):
+        getattr(fused, name)(opt, *args)
+    assert "initial_lr" not in opt.param_groups[0]
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda sd: sd.pop("step_size"), KeyError, "missing \\['step_size'\\]"),
+        (lambda sd: sd.__setitem__("step_size", 0), ValueError, "step_size must be >= 1, got 0"),
+        (lambda sd: sd.__setitem__("gamma", -1.0), ValueError, "gamma must be > 0"),
+        (lambda sd: sd.__setitem__("base_lrs", [0.1]), ValueError, "1 base_lrs, the optimizer has 2"),
+        (lambda sd: sd.__setitem__("last_epoch", -7), ValueError, "last_epoch must be >= -1"),
+    ],
+)
+def test_scheduler_load_state_dict_rejects_without_mutation(mutate, exc, match):
+    ps, opt = _stepped_opt()
+    s = fused.StepLR(opt, step_size=2, gamma=0.5)
+    for _ in range(3):
+        opt.step()
+        s.step()
+    donor_ps, donor = _stepped_opt()
+    sd = stock.StepLR(donor, step_size=4, gamma=0.3).state_dict()
+    mutate(sd)
+    before = (s.step_size, s.gamma, list(s.base_lrs), s.last_epoch, s._step_count, s.get_last_lr(), opt._lr_buf.clone())
+    with pytest.raises(exc, match=match):
+        s.load_state_dict(sd)
+    after = (s.step_size, s.gamma, list(s.base_lrs), s.last_epoch, s._step_count, s.get_last_lr(), opt._lr_buf.clone())
+    assert before[:-1] == after[:-1]
+    assert torch.equal(before[-1], after[-1])
