@@ -177,3 +177,39 @@ def test_scheduler_step_never_reads_the_host():
         s._sched.advance()
         s._sched.write_lr(b.lr_tensor)
     assert b.lr_tensor.tolist() == pytest.approx([lr * 0.1 * 0.95**2 for lr in BASE_LRS], rel=1e-14)
+
+
+# ---------------------------------------------------------------- random configurations (hypothesis)
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_base_lrs = st.lists(st.floats(1e-5, 10.0), min_size=1, max_size=3)
+_configs = st.one_of(
+    st.tuples(st.just("StepLR"), st.fixed_dictionaries({"step_size": st.integers(1, 40), "gamma": st.floats(0.01, 2.0)})),
+    st.tuples(st.just("ExponentialLR"), st.fixed_dictionaries({"gamma": st.floats(0.5, 1.1)})),
+    st.tuples(
+        st.just("CosineAnnealingLR"),
+        st.fixed_dictionaries({"T_max": st.integers(1, 200), "eta_min": st.one_of(st.just(0.0), st.floats(0.0, 1e-3))}),
+    ),
+)
+
+
+# 200 examples x up to 150 steps each: every kind drawn ~65 times with random periods, gammas and
+# base LRs (one to three groups); runs in a few seconds.
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=_configs, base_lrs=_base_lrs, steps=st.integers(1, 150))
+def test_random_configurations_match_stock(config, base_lrs, steps):
+    name, kwargs = config
+    ps = [torch.nn.Parameter(torch.zeros(1)) for _ in base_lrs]
+    qs = [torch.nn.Parameter(torch.zeros(1)) for _ in base_lrs]
+    a = torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(ps, base_lrs)])
+    b = fused_lr.FusedSGD([{"params": [q], "lr": lr} for q, lr in zip(qs, base_lrs)])
+    sa = getattr(stock, name)(a, **kwargs)
+    sb = getattr(fused, name)(b, **kwargs)
+    for t in range(steps):
+        a.step()
+        b.step()
+        sa.step()
+        sb.step()
+        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"{name}{kwargs} at step {t + 1}")
+    assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups], f"{name}{kwargs} after {steps}")
