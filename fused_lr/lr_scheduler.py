@@ -30,12 +30,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.optim.lr_scheduler as stock_lr_scheduler
 from torch.optim.lr_scheduler import LRScheduler
 
 from . import schedules as S
 from .optimizer import FusedSGD
 
-__all__ = ["StepLR", "ExponentialLR", "LambdaLR", "CosineAnnealingLR", "LRScheduler"]
+__all__ = ["StepLR", "ExponentialLR", "LambdaLR", "CosineAnnealingLR", "ReduceLROnPlateau", "LRScheduler"]
 
 
 def _int_arg(name: str, value: Any, minimum: int) -> int:
@@ -399,3 +400,216 @@ class LambdaLR(_FusedLRScheduler):
                 fn.__dict__.update(saved)
         self.horizon = horizon
         super().load_state_dict(state_dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# ReduceLROnPlateau: the decision logic as device tensor ops
+# ---------------------------------------------------------------------------------------------
+
+
+class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
+    """Reduce each group's LR when a metric stops improving; decisions made on the device.
+
+    Same signature and decisions as ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (mode min/max,
+    threshold_mode rel/abs, threshold, patience, cooldown, min_lr scalar or per group, eps, factor),
+    plus the keyword-only ``monitor``: a callable that combines several metrics into one, run on
+    the device (``ReduceLROnPlateau(opt, monitor=lambda loss, acc: loss * (1 - acc))`` then
+    ``sched.step(val_loss, val_acc)``).
+
+    ``step(metric)`` accepts a device tensor (never read back to the host: no sync) or a Python
+    number. The plateau state (``best``, ``num_bad_epochs``, ``cooldown_counter``) lives in device
+    tensors; reading it (the properties, ``get_last_lr()``, ``state_dict()``) copies it to the host,
+    which syncs on an accelerator, and only then.
+
+    The reduction applies to the LR currently in the optimizer (``opt.lr_tensor``), as torch's
+    applies to ``group["lr"]``. NaN metrics are never "better", as in torch.
+    """
+
+    def __init__(
+        self,
+        optimizer: FusedSGD,
+        mode: str = "min",
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: list[float] | float = 0,
+        eps: float = 1e-8,
+        *,
+        monitor: Callable[..., Any] | None = None,
+    ) -> None:
+        _check_optimizer(optimizer, "ReduceLROnPlateau")
+        n = len(optimizer.param_groups)
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode {mode!r} is unknown! (expected 'min' or 'max')")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold mode {threshold_mode!r} is unknown! (expected 'rel' or 'abs')")
+        factor = _real_arg("factor", factor)
+        if not 0.0 <= factor < 1.0:
+            raise ValueError(f"Factor should be < 1.0 (and >= 0), got {factor}")
+        patience = _int_arg("patience", patience, 0)
+        cooldown = _int_arg("cooldown", cooldown, 0)
+        threshold = _real_arg("threshold", threshold, nonnegative=True)
+        eps = _real_arg("eps", eps, nonnegative=True)
+        if isinstance(min_lr, (list, tuple)):
+            if len(min_lr) != n:
+                raise ValueError(f"expected {n} min_lrs, got {len(min_lr)}")
+            min_lrs = [_real_arg(f"min_lr[{i}]", v, nonnegative=True) for i, v in enumerate(min_lr)]
+            default_min_lr = None
+        else:
+            default_min_lr = _real_arg("min_lr", min_lr, nonnegative=True)
+            min_lrs = [default_min_lr] * n
+        if monitor is not None and not callable(monitor):
+            raise TypeError(f"monitor must be callable, got {type(monitor).__name__}")
+        # Everything is checked: nothing below can fail on user input.
+        self.optimizer = optimizer
+        self.factor = factor
+        self.patience = patience
+        self.cooldown = cooldown
+        self.eps = eps
+        self.default_min_lr = default_min_lr
+        self.min_lrs = min_lrs
+        self.monitor = monitor
+        self.last_epoch = 0
+        self._init_is_better(mode=mode, threshold=threshold, threshold_mode=threshold_mode)
+        dev = optimizer.lr_tensor.device
+        self._best = torch.full((), self.mode_worse, dtype=torch.float64, device=dev)
+        self._num_bad = torch.zeros((), dtype=torch.int64, device=dev)
+        self._cooldown_counter = torch.zeros((), dtype=torch.int64, device=dev)
+        self._metric = torch.zeros((), dtype=torch.float64, device=dev)
+        self._min_lrs_t = torch.tensor(min_lrs, dtype=torch.float64, device=dev)
+
+    # torch's _reset() sets these attributes; here they are device tensors behind properties.
+    def _reset(self) -> None:
+        self._best.fill_(self.mode_worse)
+        self._cooldown_counter.zero_()
+        self._num_bad.zero_()
+
+    @property
+    def best(self) -> float:
+        """Best metric so far (reads the device)."""
+        return self._best.item()
+
+    @property
+    def num_bad_epochs(self) -> int:
+        """Epochs without improvement (reads the device)."""
+        return int(self._num_bad.item())
+
+    @property
+    def cooldown_counter(self) -> int:
+        """Remaining cooldown epochs (reads the device)."""
+        return int(self._cooldown_counter.item())
+
+    @property
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    @property
+    def _last_lr(self) -> list[float]:
+        return self.get_last_lr()
+
+    def get_last_lr(self) -> list[float]:
+        """Current LRs (reads the device: a sync on an accelerator)."""
+        return self.optimizer.lr_tensor.tolist()
+
+    def _metric_tensor(self, metrics: tuple) -> torch.Tensor:
+        if self.monitor is not None:
+            value = self.monitor(*metrics)
+        else:
+            (value,) = metrics
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"the metric must have one element, got shape {tuple(value.shape)}")
+            return value.detach().reshape(()).to(device=self._metric.device, dtype=torch.float64)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"the metric must be a number or a 1-element tensor, got {value!r}")
+        # fill_ passes the number as a kernel argument: a host-to-device write, not a sync.
+        return self._metric.fill_(float(value))
+
+    def step(self, metrics: Any, *more: Any, epoch: int | None = None) -> None:  # type: ignore[override]
+        """One plateau decision from ``metrics`` (or ``monitor(metrics, *more)``), on the device."""
+        if self.monitor is None and more:
+            if len(more) == 1 and isinstance(more[0], numbers.Integral):
+                epoch = more[0]  # torch's deprecated positional step(metrics, epoch)
+            else:
+                raise TypeError(
+                    f"ReduceLROnPlateau.step got {1 + len(more)} metrics without a monitor to combine them; "
+                    "pass monitor=callable at construction"
+                )
+        current = self._metric_tensor((metrics, *more))
+        if epoch is None:
+            epoch = self.last_epoch + 1
+        else:
+            epoch = _int_arg("epoch", epoch, 0)
+            warnings.warn(stock_lr_scheduler.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
+        self.last_epoch = epoch
+        self.optimizer._sync_assigned_lrs()
+        self._decide(current)
+
+    def _is_better_t(self, a: torch.Tensor) -> torch.Tensor:
+        best = self._best
+        if self.mode == "min" and self.threshold_mode == "rel":
+            return a < best * (1.0 - self.threshold)
+        if self.mode == "min":
+            return a < best - self.threshold
+        if self.threshold_mode == "rel":
+            return a > best * (self.threshold + 1.0)
+        return a > best + self.threshold
+
+    def _decide(self, current: torch.Tensor) -> None:
+        """torch's step() as tensor ops: same comparisons, same float64 arithmetic."""
+        better = self._is_better_t(current)
+        self._best.copy_(torch.where(better, current, self._best))
+        num_bad = torch.where(better, torch.zeros_like(self._num_bad), self._num_bad + 1)
+        in_cooldown = self._cooldown_counter > 0
+        self._cooldown_counter.sub_(in_cooldown.to(torch.int64))
+        num_bad = torch.where(in_cooldown, torch.zeros_like(num_bad), num_bad)
+        reduce = num_bad > self.patience
+        lr = self.optimizer.lr_tensor
+        new_lr = torch.maximum(lr * self.factor, self._min_lrs_t)
+        lr.copy_(torch.where(reduce & (lr - new_lr > self.eps), new_lr, lr))
+        self._cooldown_counter.copy_(torch.where(reduce, torch.full_like(self._cooldown_counter, self.cooldown), self._cooldown_counter))
+        self._num_bad.copy_(torch.where(reduce, torch.zeros_like(num_bad), num_bad))
+
+    _STATE_KEYS = ("factor", "min_lrs", "patience", "cooldown", "eps", "last_epoch", "mode", "threshold",
+                   "threshold_mode", "best", "cooldown_counter", "num_bad_epochs", "mode_worse", "default_min_lr")
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's keys and value types (reads the device state: a sync on an accelerator)."""
+        sd = {k: getattr(self, k) for k in self._STATE_KEYS}
+        sd["min_lrs"] = list(self.min_lrs)
+        sd["_last_lr"] = self.get_last_lr()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a fused_lr or stock ReduceLROnPlateau state dict; checks before changing anything."""
+        missing = [k for k in ("factor", "min_lrs", "patience", "cooldown", "eps", "last_epoch", "mode",
+                               "threshold", "threshold_mode", "best", "cooldown_counter", "num_bad_epochs")
+                   if k not in state_dict]
+        if missing:
+            raise KeyError(f"ReduceLROnPlateau state_dict is missing {missing}")
+        probe = ReduceLROnPlateau(
+            self.optimizer,
+            mode=state_dict["mode"],
+            factor=state_dict["factor"],
+            patience=state_dict["patience"],
+            threshold=state_dict["threshold"],
+            threshold_mode=state_dict["threshold_mode"],
+            cooldown=state_dict["cooldown"],
+            min_lr=list(state_dict["min_lrs"]),
+            eps=state_dict["eps"],
+        )  # validates every argument without touching self
+        last_epoch = _int_arg("last_epoch", state_dict["last_epoch"], 0)
+        best = float(state_dict["best"])
+        cooldown_counter = _int_arg("cooldown_counter", state_dict["cooldown_counter"], 0)
+        num_bad = _int_arg("num_bad_epochs", state_dict["num_bad_epochs"], 0)
+        for k in ("factor", "patience", "cooldown", "eps", "mode", "threshold", "threshold_mode", "mode_worse"):
+            setattr(self, k, getattr(probe, k))
+        self.min_lrs = probe.min_lrs
+        self.default_min_lr = state_dict.get("default_min_lr", None)
+        self._min_lrs_t.copy_(probe._min_lrs_t)
+        self.last_epoch = last_epoch
+        self._best.fill_(best)
+        self._cooldown_counter.fill_(cooldown_counter)
+        self._num_bad.fill_(num_bad)
