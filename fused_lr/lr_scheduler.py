@@ -26,6 +26,7 @@ import math
 import numbers
 import types
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,18 @@ from torch.optim.lr_scheduler import LRScheduler
 from . import schedules as S
 from .optimizer import FusedSGD
 
-__all__ = ["StepLR", "ExponentialLR", "LambdaLR", "CosineAnnealingLR", "ReduceLROnPlateau", "LRScheduler"]
+__all__ = [
+    "StepLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "ExponentialLR",
+    "PolynomialLR",
+    "CosineAnnealingLR",
+    "LambdaLR",
+    "ReduceLROnPlateau",
+    "LRScheduler",
+]
 
 
 def _int_arg(name: str, value: Any, minimum: int) -> int:
@@ -98,9 +110,13 @@ class _FusedLRScheduler(LRScheduler):
         """One description row per group, from ``self.base_lrs`` and the constructor arguments."""
         raise NotImplementedError
 
+    def _describe(self):
+        """``(rows, table, direct_fns)`` of the device schedule; most schedulers need rows only."""
+        return self._rows(), None, None
+
     def _build_schedule(self) -> None:
         sched = S.DeviceSchedule(self.optimizer._lr_buf.device)
-        sched.set_rows(self._rows())
+        sched.set_rows(*self._describe())
         self._sched = sched
 
     # -------------------------------------------------------------- stepping
@@ -273,6 +289,136 @@ class ExponentialLR(_FusedLRScheduler):
         return [S.exponential_row(b, self.gamma) for b in self.base_lrs]
 
 
+class MultiStepLR(_FusedLRScheduler):
+    """Decays each group's LR by ``gamma`` at every milestone, on the device.
+
+    ``lr(t) = base_lr * gamma ** (number of milestones <= t)``; a milestone repeated ``n`` times
+    decays by ``gamma ** n``, as in torch. Same signature as ``torch.optim.lr_scheduler.MultiStepLR``;
+    milestones must be non-negative integers in non-decreasing order, ``gamma > 0``.
+    """
+
+    _arg_names = ("milestones", "gamma")
+
+    def __init__(self, optimizer: FusedSGD, milestones, gamma: float = 0.1, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer, "MultiStepLR")
+        args = self._validate_args({"milestones": milestones, "gamma": gamma})
+        self.milestones, self.gamma = args["milestones"], args["gamma"]
+        super().__init__(optimizer, last_epoch)
+
+    def _validate_args(self, values):
+        raw = values["milestones"]
+        if isinstance(raw, Counter):
+            ms = sorted(raw.elements())
+        else:
+            try:
+                ms = list(raw)
+            except TypeError:
+                raise TypeError(f"milestones must be a list of integers, got {raw!r}") from None
+            for i, m in enumerate(ms):
+                _int_arg(f"milestones[{i}]", m, 0)
+            if any(b < a for a, b in zip(ms, ms[1:])):
+                raise ValueError(f"milestones must be in non-decreasing order, got {ms}")
+        for i, m in enumerate(ms):
+            _int_arg(f"milestones[{i}]", m, 0)
+        return {"milestones": Counter(int(m) for m in ms), "gamma": _real_arg("gamma", values["gamma"], positive=True)}
+
+    def _describe(self):
+        ms = [float(m) for m in sorted(self.milestones.elements())]
+        rows = [S.multistep_row(b, self.gamma, 0, len(ms)) for b in self.base_lrs]
+        return rows, ms, None
+
+
+class ConstantLR(_FusedLRScheduler):
+    """Multiplies each group's LR by ``factor`` until ``total_iters`` steps have passed, on the device.
+
+    ``lr(t) = base_lr * (factor if t < total_iters else 1)``. Same signature as
+    ``torch.optim.lr_scheduler.ConstantLR``; ``0 <= factor <= 1`` and ``total_iters >= 0``.
+    As in torch, ``total_iters=0`` keeps the factor for ever (torch lifts it only on reaching
+    ``total_iters`` after step 0).
+    """
+
+    _arg_names = ("factor", "total_iters")
+
+    def __init__(self, optimizer: FusedSGD, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer, "ConstantLR")
+        args = self._validate_args({"factor": factor, "total_iters": total_iters})
+        self.factor, self.total_iters = args["factor"], args["total_iters"]
+        super().__init__(optimizer, last_epoch)
+
+    def _validate_args(self, values):
+        factor = _real_arg("factor", values["factor"])
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"Constant multiplicative factor expected to be between 0 and 1, got {factor}")
+        return {"factor": factor, "total_iters": _int_arg("total_iters", values["total_iters"], 0)}
+
+    def _rows(self):
+        # torch's ConstantLR applies the factor at step 0 and lifts it only when last_epoch reaches
+        # total_iters on a later step, so with total_iters=0 the factor is never lifted: match that.
+        total = self.total_iters if self.total_iters > 0 else math.inf
+        return [S.constant_factor_row(b, self.factor, total) for b in self.base_lrs]
+
+
+class LinearLR(_FusedLRScheduler):
+    """Moves each group's LR factor linearly from ``start_factor`` to ``end_factor``, on the device.
+
+    ``lr(t) = base_lr * (start + (end - start) * min(t, total_iters) / total_iters)`` — the usual
+    warmup. Same signature as ``torch.optim.lr_scheduler.LinearLR``; ``0 < start_factor <= 1``,
+    ``0 <= end_factor <= 1``, ``total_iters >= 1``.
+    """
+
+    _arg_names = ("start_factor", "end_factor", "total_iters")
+
+    def __init__(
+        self,
+        optimizer: FusedSGD,
+        start_factor: float = 1.0 / 3,
+        end_factor: float = 1.0,
+        total_iters: int = 5,
+        last_epoch: int = -1,
+    ) -> None:
+        _check_optimizer(optimizer, "LinearLR")
+        args = self._validate_args({"start_factor": start_factor, "end_factor": end_factor, "total_iters": total_iters})
+        self.start_factor, self.end_factor, self.total_iters = args["start_factor"], args["end_factor"], args["total_iters"]
+        super().__init__(optimizer, last_epoch)
+
+    def _validate_args(self, values):
+        start = _real_arg("start_factor", values["start_factor"])
+        end = _real_arg("end_factor", values["end_factor"])
+        if not 0.0 < start <= 1.0:
+            raise ValueError(f"Starting multiplicative factor expected to be greater than 0 and less or equal to 1, got {start}")
+        if not 0.0 <= end <= 1.0:
+            raise ValueError(f"Ending multiplicative factor expected to be between 0 and 1, got {end}")
+        return {"start_factor": start, "end_factor": end, "total_iters": _int_arg("total_iters", values["total_iters"], 1)}
+
+    def _rows(self):
+        return [S.linear_row(b, self.start_factor, self.end_factor, self.total_iters) for b in self.base_lrs]
+
+
+class PolynomialLR(_FusedLRScheduler):
+    """Polynomial decay to zero over ``total_iters`` steps, on the device.
+
+    ``lr(t) = base_lr * (1 - min(t, total_iters) / total_iters) ** power``. Same signature as
+    ``torch.optim.lr_scheduler.PolynomialLR``; ``total_iters >= 1``, ``power >= 0``.
+    """
+
+    _arg_names = ("total_iters", "power")
+
+    def __init__(self, optimizer: FusedSGD, total_iters: int = 5, power: float = 1.0, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer, "PolynomialLR")
+        args = self._validate_args({"total_iters": total_iters, "power": power})
+        self.total_iters, self.power = args["total_iters"], args["power"]
+        super().__init__(optimizer, last_epoch)
+
+    def _validate_args(self, values):
+        return {
+            "total_iters": _int_arg("total_iters", values["total_iters"], 1),
+            "power": _real_arg("power", values["power"], nonnegative=True),
+        }
+
+    def _rows(self):
+        return [S.polynomial_row(b, self.total_iters, self.power) for b in self.base_lrs]
+
+
 class CosineAnnealingLR(_FusedLRScheduler):
     r"""Cosine annealing on the device.
 
@@ -351,7 +497,7 @@ class LambdaLR(_FusedLRScheduler):
         ]
         super().__init__(optimizer, last_epoch)
 
-    def _rows(self):
+    def _describe(self):
         rows, table, direct = [], [], {}
         for g, (fn, base, mode) in enumerate(zip(self.lr_lambdas, self.base_lrs, self.modes)):
             if mode == "device":
@@ -361,15 +507,7 @@ class LambdaLR(_FusedLRScheduler):
                 offset = len(table)
                 table.extend(S.tabulate([fn], 0, self.horizon)[0])
                 rows.append(S.table_row(base, offset, self.horizon))
-        self._pending = (table, direct)
-        return rows
-
-    def _build_schedule(self) -> None:
-        sched = S.DeviceSchedule(self.optimizer._lr_buf.device)
-        rows = self._rows()
-        table, direct = self._pending
-        sched.set_rows(rows, table, direct)
-        self._sched = sched
+        return rows, table, direct
 
     def _before_write(self) -> None:
         if "table" not in self.modes:

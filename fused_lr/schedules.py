@@ -32,6 +32,15 @@ Kinds (``t`` is the scheduler's ``last_epoch``, an integer >= 0)::
     KIND_DIRECT       lr = p0                                                  p0 = the lr itself
                       (written on the device by torch ops each scheduler step, for LambdaLR
                       callables that are plain arithmetic and so run on a device tensor)
+    KIND_MULTISTEP    lr = base_lr * gamma ** #{milestones m : m <= t}        p0=gamma, p1=offset,
+                      (the sorted milestones, repeats included, are         p2=count
+                      table[offset : offset + count])
+    KIND_CONSTANT_FACTOR  lr = base_lr * (factor if t < total_iters else 1)   p0=factor, p1=total_iters
+    KIND_LINEAR       lr = base_lr * (start + (end - start) * min(t, total_iters) / total_iters)
+                                                                             p0=start, p1=end,
+                                                                             p2=total_iters
+    KIND_POLYNOMIAL   lr = base_lr * (1 - min(t, total_iters) / total_iters) ** power
+                                                                             p0=total_iters, p1=power
 """
 
 from __future__ import annotations
@@ -51,6 +60,10 @@ __all__ = [
     "KIND_COSINE",
     "KIND_TABLE",
     "KIND_DIRECT",
+    "KIND_MULTISTEP",
+    "KIND_CONSTANT_FACTOR",
+    "KIND_LINEAR",
+    "KIND_POLYNOMIAL",
     "KIND_NAMES",
     "constant_row",
     "step_row",
@@ -58,6 +71,10 @@ __all__ = [
     "cosine_row",
     "table_row",
     "direct_row",
+    "multistep_row",
+    "constant_factor_row",
+    "linear_row",
+    "polynomial_row",
     "lr_at",
     "lambda_runs_on_device",
 ]
@@ -70,6 +87,10 @@ KIND_EXPONENTIAL = 2
 KIND_COSINE = 3
 KIND_TABLE = 4
 KIND_DIRECT = 5
+KIND_MULTISTEP = 6
+KIND_CONSTANT_FACTOR = 7
+KIND_LINEAR = 8
+KIND_POLYNOMIAL = 9
 
 KIND_NAMES = {
     KIND_CONSTANT: "constant",
@@ -78,6 +99,10 @@ KIND_NAMES = {
     KIND_COSINE: "cosine",
     KIND_TABLE: "table",
     KIND_DIRECT: "direct",
+    KIND_MULTISTEP: "multistep",
+    KIND_CONSTANT_FACTOR: "constant_factor",
+    KIND_LINEAR: "linear",
+    KIND_POLYNOMIAL: "polynomial",
 }
 
 
@@ -118,6 +143,26 @@ def direct_row(base_lr: float, lr: float) -> list[float]:
     return _row(KIND_DIRECT, base_lr, lr)
 
 
+def multistep_row(base_lr: float, gamma: float, offset: int, count: int) -> list[float]:
+    """``lr = base_lr * gamma ** (number of milestones <= t)`` (torch's MultiStepLR)."""
+    return _row(KIND_MULTISTEP, base_lr, gamma, offset, count)
+
+
+def constant_factor_row(base_lr: float, factor: float, total_iters: int) -> list[float]:
+    """``lr = base_lr * (factor if t < total_iters else 1)`` (torch's ConstantLR)."""
+    return _row(KIND_CONSTANT_FACTOR, base_lr, factor, total_iters)
+
+
+def linear_row(base_lr: float, start: float, end: float, total_iters: int) -> list[float]:
+    """``lr = base_lr * (start + (end - start) * min(t, total_iters) / total_iters)`` (LinearLR)."""
+    return _row(KIND_LINEAR, base_lr, start, end, total_iters)
+
+
+def polynomial_row(base_lr: float, total_iters: int, power: float) -> list[float]:
+    """``lr = base_lr * (1 - min(t, total_iters) / total_iters) ** power`` (PolynomialLR)."""
+    return _row(KIND_POLYNOMIAL, base_lr, total_iters, power)
+
+
 def lr_at(
     step: Tensor,
     desc: Tensor,
@@ -137,7 +182,7 @@ def lr_at(
         float64 tensor ``[groups]``.
     """
     if kinds is None:
-        kinds = set(KIND_NAMES) if table is not None else set(KIND_NAMES) - {KIND_TABLE}
+        kinds = set(KIND_NAMES) if table is not None else set(KIND_NAMES) - {KIND_TABLE, KIND_MULTISTEP}
     kinds = set(kinds)
     t_int = step.reshape(()).to(torch.int64)
     t = t_int.to(torch.float64)
@@ -145,6 +190,7 @@ def lr_at(
     base = desc[:, 1]
     p0 = desc[:, 2]
     p1 = desc[:, 3]
+    p2 = desc[:, 4]
     out = base
     if KIND_STEP in kinds:
         # Integer floor division: exact for every step count, unlike a float quotient.
@@ -168,6 +214,23 @@ def lr_at(
         out = torch.where(kind == KIND_TABLE, base * table[idx], out)
     if KIND_DIRECT in kinds:
         out = torch.where(kind == KIND_DIRECT, p0, out)
+    if KIND_MULTISTEP in kinds:
+        if table is None:
+            raise ValueError("a KIND_MULTISTEP schedule row needs its table of milestones")
+        j = torch.arange(table.numel(), device=desc.device, dtype=torch.float64)
+        mine = (j >= p1[:, None]) & (j < (p1 + p2)[:, None])  # [groups, table]
+        passed = (mine & (table[None, :] <= t)).sum(dim=1).to(torch.float64)
+        out = torch.where(kind == KIND_MULTISTEP, base * torch.pow(p0, passed), out)
+    if KIND_CONSTANT_FACTOR in kinds:
+        out = torch.where(kind == KIND_CONSTANT_FACTOR, torch.where(t < p1, base * p0, base), out)
+    if KIND_LINEAR in kinds:
+        total = torch.where(p2 > 0, p2, torch.ones_like(p2))
+        lin = base * (p0 + (p1 - p0) * torch.minimum(total, t) / total)
+        out = torch.where(kind == KIND_LINEAR, lin, out)
+    if KIND_POLYNOMIAL in kinds:
+        total = torch.where(p0 > 0, p0, torch.ones_like(p0))
+        poly = base * torch.pow(1.0 - torch.minimum(total, t) / total, p1)
+        out = torch.where(kind == KIND_POLYNOMIAL, poly, out)
     return out
 
 

@@ -180,6 +180,18 @@ def test_load_state_dict_rejects_mismatch_without_mutation(mutate, match):
         (lambda o: fused.LambdaLR(o, lr_lambda=lambda e: 1.0, horizon=0), ValueError, "horizon must be >= 1"),
         (lambda o: fused.StepLR(o, step_size=3, last_epoch=-2), ValueError, "last_epoch must be >= -1, got -2"),
         (lambda o: fused.StepLR(o, step_size=3, last_epoch=4), KeyError, "initial_lr"),
+        (lambda o: fused.MultiStepLR(o, milestones=[5, 3]), ValueError, "non-decreasing order, got \\[5, 3\\]"),
+        (lambda o: fused.MultiStepLR(o, milestones=[-1, 3]), ValueError, "milestones\\[0\\] must be >= 0, got -1"),
+        (lambda o: fused.MultiStepLR(o, milestones=[2.5]), TypeError, "milestones\\[0\\] must be an integer"),
+        (lambda o: fused.MultiStepLR(o, milestones=5), TypeError, "milestones must be a list of integers"),
+        (lambda o: fused.MultiStepLR(o, milestones=[1], gamma=0), ValueError, "gamma must be > 0"),
+        (lambda o: fused.ConstantLR(o, factor=1.5), ValueError, "between 0 and 1, got 1.5"),
+        (lambda o: fused.ConstantLR(o, total_iters=-1), ValueError, "total_iters must be >= 0, got -1"),
+        (lambda o: fused.LinearLR(o, start_factor=0.0), ValueError, "greater than 0 and less or equal to 1, got 0.0"),
+        (lambda o: fused.LinearLR(o, end_factor=2.0), ValueError, "between 0 and 1, got 2.0"),
+        (lambda o: fused.LinearLR(o, total_iters=0), ValueError, "total_iters must be >= 1, got 0"),
+        (lambda o: fused.PolynomialLR(o, total_iters=0), ValueError, "total_iters must be >= 1, got 0"),
+        (lambda o: fused.PolynomialLR(o, power=-1.0), ValueError, "power must be >= 0"),
     ],
 )
 def test_scheduler_constructor_rejects_without_mutation(make, exc, match):
@@ -192,9 +204,22 @@ def test_scheduler_constructor_rejects_without_mutation(make, exc, match):
     assert opt._schedule is None
 
 
-@pytest.mark.parametrize("name", ["StepLR", "ExponentialLR", "LambdaLR", "CosineAnnealingLR"])
+_ARGS = {
+    "StepLR": (3,),
+    "MultiStepLR": ([2, 4],),
+    "ConstantLR": (),
+    "LinearLR": (),
+    "ExponentialLR": (0.9,),
+    "PolynomialLR": (),
+    "LambdaLR": (lambda e: 1.0,),
+    "CosineAnnealingLR": (10,),
+    "ReduceLROnPlateau": (),
+}
+
+
+@pytest.mark.parametrize("name", list(_ARGS))
 def test_scheduler_requires_fused_sgd(name):
-    args = {"StepLR": (3,), "ExponentialLR": (0.9,), "LambdaLR": (lambda e: 1.0,), "CosineAnnealingLR": (10,)}[name]
+    args = _ARGS[name]
     opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
     with pytest.raises(TypeError, match=f"fused_lr.lr_scheduler.{name} needs a fused_lr.FusedSGD optimizer, got SGD"):
         getattr(fused, name)(opt, *args)

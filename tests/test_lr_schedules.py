@@ -48,6 +48,17 @@ CASES = [
     ("LambdaLR", dict(lr_lambda=lambda e: min(1.0, (e + 1) / 5)), 30),
     ("LambdaLR", dict(lr_lambda=lambda e: 0.5 * (1 + math.cos(math.pi * e / 20))), 70),
     ("LambdaLR", dict(lr_lambda=_lam_per_group()), 40),
+    ("MultiStepLR", dict(milestones=[3, 7, 15], gamma=0.1), 25),
+    ("MultiStepLR", dict(milestones=[2, 2, 5], gamma=0.5), 12),  # a repeated milestone decays twice
+    ("MultiStepLR", dict(milestones=[0, 30], gamma=0.3), 40),
+    ("ConstantLR", dict(factor=0.25, total_iters=4), 15),
+    ("ConstantLR", dict(), 15),
+    ("LinearLR", dict(start_factor=0.1, total_iters=10), 30),
+    ("LinearLR", dict(start_factor=1.0, end_factor=0.0, total_iters=7), 20),
+    ("LinearLR", dict(), 15),
+    ("PolynomialLR", dict(total_iters=10, power=2.0), 30),
+    ("PolynomialLR", dict(total_iters=4, power=0.5), 12),
+    ("PolynomialLR", dict(), 15),
 ]
 
 
@@ -188,15 +199,27 @@ _configs = st.one_of(
     st.tuples(st.just("StepLR"), st.fixed_dictionaries({"step_size": st.integers(1, 40), "gamma": st.floats(0.01, 2.0)})),
     st.tuples(st.just("ExponentialLR"), st.fixed_dictionaries({"gamma": st.floats(0.5, 1.1)})),
     st.tuples(
+        st.just("MultiStepLR"),
+        st.fixed_dictionaries({"milestones": st.lists(st.integers(0, 120), max_size=6).map(sorted), "gamma": st.floats(0.05, 1.5)}),
+    ),
+    st.tuples(st.just("ConstantLR"), st.fixed_dictionaries({"factor": st.floats(0.01, 1.0), "total_iters": st.integers(0, 60)})),
+    st.tuples(
+        st.just("LinearLR"),
+        st.fixed_dictionaries(
+            {"start_factor": st.floats(0.01, 1.0), "end_factor": st.floats(0.0, 1.0), "total_iters": st.integers(1, 100)}
+        ),
+    ),
+    st.tuples(st.just("PolynomialLR"), st.fixed_dictionaries({"total_iters": st.integers(1, 100), "power": st.floats(0.0, 3.0)})),
+    st.tuples(
         st.just("CosineAnnealingLR"),
         st.fixed_dictionaries({"T_max": st.integers(1, 200), "eta_min": st.one_of(st.just(0.0), st.floats(0.0, 1e-3))}),
     ),
 )
 
 
-# 200 examples x up to 150 steps each: every kind drawn ~65 times with random periods, gammas and
-# base LRs (one to three groups); runs in a few seconds.
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 400 examples x up to 150 steps each: each of the 7 schedulers drawn ~55 times with random
+# periods, milestones, factors and base LRs (one to three groups); runs in about ten seconds.
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=_configs, base_lrs=_base_lrs, steps=st.integers(1, 150))
 def test_random_configurations_match_stock(config, base_lrs, steps):
     name, kwargs = config
