@@ -41,6 +41,22 @@ Kinds (``t`` is the scheduler's ``last_epoch``, an integer >= 0)::
                                                                              p2=total_iters
     KIND_POLYNOMIAL   lr = base_lr * (1 - min(t, total_iters) / total_iters) ** power
                                                                              p0=total_iters, p1=power
+
+Large-model schedules (not in torch; ``W`` warmup steps, linear warmup ``base_lr * t / W`` from 0,
+peak exactly at ``t = W``; ``floor = base_lr * min_lr_ratio``)::
+
+    KIND_WARMUP_COSINE  t < W: base_lr * t / W;  W <= t < T: floor + (base_lr - floor) *
+                        (1 + cos(pi * (t - W) / (T - W))) / 2;  t >= T: floor
+                                                                 p0=W, p1=T, p2=min_lr_ratio
+    KIND_WSD            warmup, then base_lr until ``decay_start``, then over D steps with
+                        p = min((t - decay_start) / D, 1):
+                          shape 0 linear   base_lr - (base_lr - floor) * p
+                          shape 1 cosine   floor + (base_lr - floor) * (1 + cos(pi * p)) / 2
+                          shape 2 1-sqrt   base_lr - (base_lr - floor) * sqrt(p)
+                                                                 p0=W, p1=decay_start, p2=D,
+                                                                 p3=min_lr_ratio, p4=shape
+    KIND_INVERSE_SQRT   t < W: base_lr * t / W;  t >= W: base_lr * sqrt(W / t)   p0=W
+                        (W = 0: base_lr / sqrt(max(t, 1)))
 """
 
 from __future__ import annotations
@@ -64,6 +80,10 @@ __all__ = [
     "KIND_CONSTANT_FACTOR",
     "KIND_LINEAR",
     "KIND_POLYNOMIAL",
+    "KIND_WARMUP_COSINE",
+    "KIND_WSD",
+    "KIND_INVERSE_SQRT",
+    "WSD_SHAPES",
     "KIND_NAMES",
     "constant_row",
     "step_row",
@@ -75,6 +95,9 @@ __all__ = [
     "constant_factor_row",
     "linear_row",
     "polynomial_row",
+    "warmup_cosine_row",
+    "wsd_row",
+    "inverse_sqrt_row",
     "lr_at",
     "lambda_runs_on_device",
 ]
@@ -91,6 +114,12 @@ KIND_MULTISTEP = 6
 KIND_CONSTANT_FACTOR = 7
 KIND_LINEAR = 8
 KIND_POLYNOMIAL = 9
+KIND_WARMUP_COSINE = 10
+KIND_WSD = 11
+KIND_INVERSE_SQRT = 12
+
+# Cooldown shapes of KIND_WSD, by code.
+WSD_SHAPES = {"linear": 0, "cosine": 1, "1-sqrt": 2}
 
 KIND_NAMES = {
     KIND_CONSTANT: "constant",
@@ -103,6 +132,9 @@ KIND_NAMES = {
     KIND_CONSTANT_FACTOR: "constant_factor",
     KIND_LINEAR: "linear",
     KIND_POLYNOMIAL: "polynomial",
+    KIND_WARMUP_COSINE: "warmup_cosine",
+    KIND_WSD: "wsd",
+    KIND_INVERSE_SQRT: "inverse_sqrt",
 }
 
 
@@ -163,6 +195,21 @@ def polynomial_row(base_lr: float, total_iters: int, power: float) -> list[float
     return _row(KIND_POLYNOMIAL, base_lr, total_iters, power)
 
 
+def warmup_cosine_row(base_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> list[float]:
+    """Linear warmup to ``base_lr`` at ``warmup_steps``, cosine to ``base_lr * min_lr_ratio`` at ``total_steps``."""
+    return _row(KIND_WARMUP_COSINE, base_lr, warmup_steps, total_steps, min_lr_ratio)
+
+
+def wsd_row(base_lr: float, warmup_steps: int, decay_start: int, decay_steps: int, min_lr_ratio: float, shape: int) -> list[float]:
+    """Warmup-stable-decay: warmup, constant ``base_lr``, cooldown of ``decay_steps`` from ``decay_start``."""
+    return _row(KIND_WSD, base_lr, warmup_steps, decay_start, decay_steps, min_lr_ratio, shape)
+
+
+def inverse_sqrt_row(base_lr: float, warmup_steps: int) -> list[float]:
+    """Linear warmup, then ``base_lr * sqrt(warmup_steps / t)``."""
+    return _row(KIND_INVERSE_SQRT, base_lr, warmup_steps)
+
+
 def lr_at(
     step: Tensor,
     desc: Tensor,
@@ -191,6 +238,8 @@ def lr_at(
     p0 = desc[:, 2]
     p1 = desc[:, 3]
     p2 = desc[:, 4]
+    p3 = desc[:, 5]
+    p4 = desc[:, 6]
     out = base
     if KIND_STEP in kinds:
         # Integer floor division: exact for every step count, unlike a float quotient.
@@ -231,6 +280,33 @@ def lr_at(
         total = torch.where(p0 > 0, p0, torch.ones_like(p0))
         poly = base * torch.pow(1.0 - torch.minimum(total, t) / total, p1)
         out = torch.where(kind == KIND_POLYNOMIAL, poly, out)
+    if kinds & {KIND_WARMUP_COSINE, KIND_WSD, KIND_INVERSE_SQRT}:
+        # Shared linear warmup from 0: base * t / W while t < W (W = p0 for all three kinds).
+        warm = p0 > 0
+        w = torch.where(warm, p0, torch.ones_like(p0))
+        in_warmup = warm & (t < p0)
+        warmup_lr = base * t / w
+    if KIND_WARMUP_COSINE in kinds:
+        floor = base * p2
+        span = torch.where(p1 > p0, p1 - p0, torch.ones_like(p1))
+        prog = torch.clamp((t - p0) / span, 0.0, 1.0)
+        cos_lr = floor + (base - floor) * (1.0 + torch.cos(math.pi * prog)) / 2.0
+        cos_lr = torch.where(t >= p1, floor, cos_lr)
+        out = torch.where(kind == KIND_WARMUP_COSINE, torch.where(in_warmup, warmup_lr, cos_lr), out)
+    if KIND_WSD in kinds:
+        floor = base * p3
+        d = torch.where(p2 > 0, p2, torch.ones_like(p2))
+        prog = torch.clamp((t - p1) / d, 0.0, 1.0)
+        prog = torch.where((p2 <= 0) & (t >= p1), torch.ones_like(prog), prog)
+        linear = base - (base - floor) * prog
+        cosine = floor + (base - floor) * (1.0 + torch.cos(math.pi * prog)) / 2.0
+        one_minus_sqrt = base - (base - floor) * torch.sqrt(prog)
+        decayed = torch.where(p4 == 0, linear, torch.where(p4 == 1, cosine, one_minus_sqrt))
+        wsd = torch.where(t >= p1, decayed, base)
+        out = torch.where(kind == KIND_WSD, torch.where(in_warmup, warmup_lr, wsd), out)
+    if KIND_INVERSE_SQRT in kinds:
+        inv = base * torch.sqrt(torch.where(warm, p0, torch.ones_like(p0)) / torch.clamp_min(t, 1.0))
+        out = torch.where(kind == KIND_INVERSE_SQRT, torch.where(in_warmup, warmup_lr, inv), out)
     return out
 
 
