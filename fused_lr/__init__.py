@@ -2,6 +2,7 @@
 
 from . import lr_scheduler, schedules
 from .optimizer import FusedSGD
+from .plot import plot_schedule, schedule_values
 
-__all__ = ["FusedSGD", "lr_scheduler", "schedules", "__version__"]
+__all__ = ["FusedSGD", "lr_scheduler", "schedules", "plot_schedule", "schedule_values", "__version__"]
 __version__ = "0.1.0"
