@@ -1,0 +1,528 @@
+"""Checks of the Triton kernels under Triton's CPU interpreter, run in a child process.
+
+Triton decides at import time whether ``@triton.jit`` functions are compiled or interpreted, and
+other test modules in the pytest process may already have imported ``triton`` without the
+interpreter. So ``tests/test_triton_interpreter.py`` runs this file as a script in a fresh
+interpreter with ``TRITON_INTERPRET=1``:
+
+    python tests/_triton_subprocess.py RESULT_JSON CASE [CASE ...]
+
+Each case runs in a ``try`` block; ``RESULT_JSON`` receives ``{case: {"ok", "message",
+"seconds"}}`` so that the parent reports every failure with its message and traceback.
+
+References (all on CPU, float64 for LRs):
+* LRs: ``fused_lr.schedules.lr_at`` (torch ops).
+* Parameters and momentum buffers:
+  - ``stock``: ``torch.optim.SGD(foreach=False)`` with each group's LR set from ``lr_at`` every step;
+  - ``opmath``: the kernel's algorithm, order and precision written in torch ops (float32 math for
+    16/32-bit storage, float64 for float64, one round-to-nearest-even to storage per step);
+  - ``exact``: the same algorithm in float64 with float64 state (no storage rounding at all),
+    used to compare the accuracy of the kernel and stock on bfloat16.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":
+    if "triton" in sys.modules:  # pragma: no cover - only when imported wrongly
+        raise SystemExit("triton was imported before TRITON_INTERPRET=1 was set")
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable
+
+import torch
+
+# ------------------------------------------------------------------------------------------------
+# Tolerances (each justified where it is defined)
+# ------------------------------------------------------------------------------------------------
+
+# lr_at kernel vs fused_lr.schedules.lr_at, relative. Powers (STEP, EXPONENTIAL, MULTISTEP, integral
+# POLYNOMIAL): the kernel multiplies by squaring (<= 2 * log2(k) + 1 correctly rounded products:
+# <= 81 ulp = 9e-15 at k = 1e12) while torch calls a libm pow (< 1 ulp); real POLYNOMIAL powers go
+# through exp2(p * log2(x)), ~(|p log2 x| + 2) ulp < 1e-14 here. COSINE-like kinds (COSINE,
+# WARMUP_COSINE, WSD): both compute the angle with the same roundings (COSINE's t mod 2*T_max is
+# exact in both); only cos itself differs (numpy vs ATen, each within ~1-4 ulp of 1.0), an
+# *absolute* error of <= 1e-15 * amplitude in the LR, which near the minimum (1 + cos -> 0) is
+# large relative to the LR itself; hence the extra absolute term. 1e-12 leaves two orders of
+# magnitude over these bounds and is still 1e9 times smaller than an off-by-one-step error.
+# INVERSE_SQRT: numpy's sqrt is correctly rounded, ATen's CPU float64 sqrt is not always (it
+# returns 0.7071067811865475 for sqrt(0.5), 1 ulp low): 1 ulp, within LR_RTOL.
+# CONSTANT, TABLE, DIRECT, CONSTANT_FACTOR and LINEAR do the same float64 operations in the same
+# order and must agree exactly under the interpreter, which does not contract multiply-adds (a GPU
+# build may, changing them by an ulp).
+LR_RTOL = 1e-12
+LR_COSINE_ATOL_PER_AMPLITUDE = 1e-14
+# Underflow: gamma ** k below the smallest normal float64 (2.2e-308) loses relative precision in
+# both implementations (subnormals); such LRs are zero for every practical purpose.
+LR_ATOL_UNDERFLOW = 1e-300
+
+# Kernel vs stock torch.optim.SGD(foreach=False), per dtype (rtol, atol).
+# float32: stock's for-loop runs ATen CPU ops, where `add(x, alpha=a)` is a fused multiply-add
+# (one rounding) and each op rounds to float32; the interpreted kernel runs numpy float32 ops
+# without contraction (two roundings). Each step may thus differ by 1-2 ulp per operation (~4
+# roundings on the path to p), and SGD with these small LRs is a contraction, so differences add up
+# over N = 20 steps without growing: 20 steps * ~4 ulp (6e-8) ~ 5e-6 relative -> rtol 1e-5, with
+# atol 1e-6 for elements that pass through zero. (The same bound conftest.py uses for the torch
+# path, for the same reason.)
+# float64: the same argument with eps = 1.1e-16 gives ~1e-14 -> rtol 1e-12, atol 1e-13.
+STOCK_TOL = {
+    torch.float32: (1e-5, 1e-6),
+    torch.float64: (1e-12, 1e-13),
+}
+
+# bfloat16 vs stock: stock computes each op in float32 but rounds every intermediate tensor
+# (grad + wd*p, momentum*buf, the buffer, the nesterov grad) to bfloat16 (2^-9 relative each); the
+# kernel rounds only p and buf, once per step. Both round p and buf once per step from values that
+# differ by stock's extra roundings (a few 2^-9 of the update); the stored results then land on
+# the same bfloat16 value or one ulp apart. Such one-ulp flips go up as often as down, buffers
+# decay by `momentum` each step, and the parameter's update lr*g is small against p, so over the
+# 20 steps the differences stay at a few ulps. Bound: 4 ulps of the largest magnitude M the tensor
+# (or its buffer) held during the run, 4 * 2^-7 * M = 2^-5 * M (an ulp at magnitude M is at most
+# 2^-7 * M). Observed on this data: at most ~1.7 such ulps. This is loose by nature (bfloat16 has
+# 8 bits); the tight checks are kernel == opmath bit for bit, and "the kernel is at least as
+# accurate as stock" against the exact float64 trajectory (RMS over all elements).
+BF16_STOCK_FRACTION_OF_MAX = 2.0**-5
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def mismatch(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, atol: float, what: str) -> str | None:
+    """None when |actual - expected| <= atol + rtol * |expected| everywhere; else a description."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.detach().double().reshape(-1), expected.detach().double().reshape(-1)
+    diff = (a - e).abs()
+    bound = atol + rtol * e.abs()
+    bad = diff > bound
+    if not bool(bad.any()):
+        return None
+    i = int(torch.argmax(diff - bound))
+    return (
+        f"{what}: {int(bad.sum())}/{bad.numel()} elements beyond rtol={rtol:g}, atol={atol:g}; worst at "
+        f"flat index {i}: got {a[i].item()!r}, expected {e[i].item()!r} (|diff| {diff[i].item():.3e}); "
+        f"max |diff| {diff.max().item():.3e}"
+    )
+
+
+def check_equal(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Bitwise equality (NaN-free data), with an informative message."""
+    msg = mismatch(actual, expected, rtol=0.0, atol=0.0, what=what)
+    if msg:
+        raise AssertionError(msg + " (bitwise equality expected)")
+
+
+def check_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, atol: float, what: str) -> None:
+    msg = mismatch(actual, expected, rtol=rtol, atol=atol, what=what)
+    if msg:
+        raise AssertionError(msg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Case: lr_at
+# ------------------------------------------------------------------------------------------------
+
+
+def case_lr_at() -> str:
+    from fused_lr import schedules as S
+    from fused_lr.kernels import schedule as K
+
+    rows = [
+        S.constant_row(0.1),
+        S.step_row(0.1, 1, 0.5),
+        S.step_row(0.1, 3, 0.1),
+        S.step_row(0.3, 30, 0.9),
+        S.step_row(0.05, 7, 1.0),
+        S.exponential_row(0.1, 0.9),
+        S.exponential_row(0.2, 0.999),
+        S.exponential_row(0.01, 1.0),
+        S.cosine_row(0.1, 10, 0.0),
+        S.cosine_row(0.1, 7.5, 1e-3),  # non-integral T_max
+        S.cosine_row(0.5, 1000, 0.0),
+        S.cosine_row(0.1, 1, 0.05),
+        S.table_row(0.5, 2, 4),  # reads table[2..5], then stays at table[5]
+        S.table_row(2.0, 0, 1),
+        S.direct_row(0.1, 0.0333),
+        S.multistep_row(0.1, 0.5, 7, 4),  # milestones table[7:11] = 3, 5, 5 (repeated), 20
+        S.multistep_row(0.2, 0.1, 9, 5),  # runs past the end of the table
+        S.constant_factor_row(0.1, 0.25, 5),
+        S.linear_row(0.1, 0.1, 1.0, 10),
+        S.linear_row(0.1, 1.0, 0.0, 7),
+        S.polynomial_row(0.1, 20, 1.0),
+        S.polynomial_row(0.1, 20, 2.5),
+        S.polynomial_row(0.1, 7, 0.5),
+        S.warmup_cosine_row(0.1, 5, 50, 0.1),
+        S.warmup_cosine_row(0.1, 0, 30, 0.0),
+        S.wsd_row(0.1, 3, 10, 10, 0.1, 0),
+        S.wsd_row(0.1, 3, 10, 10, 0.1, 1),
+        S.wsd_row(0.1, 3, 10, 10, 0.0, 2),
+        S.wsd_row(0.1, 0, 10, 0, 0.0, 0),  # no decay steps: straight to the floor
+        S.inverse_sqrt_row(0.1, 4),
+        S.inverse_sqrt_row(0.1, 0),
+    ]
+    table = torch.tensor([9.0, 9.0, 1.0, 0.5, 0.25, 0.125, 7.0, 3.0, 5.0, 5.0, 20.0], dtype=torch.float64)
+    desc = torch.tensor(rows, dtype=torch.float64)
+    steps = sorted(
+        set(range(0, 24))
+        | {29, 30, 31, 59, 60, 61, 99, 100, 101, 999, 1000, 1001, 1999, 2000, 2001, 2999, 3000}
+        | {10**6, 10**6 + 1, 10**9 + 7, 10**12 - 1, 10**12, 10**12 + 1, 10**12 + 7, 2**40, 2**53 - 1}
+    )
+    steps_t = torch.tensor(steps, dtype=torch.int64)
+    out = torch.full((len(steps), len(rows)), float("nan"), dtype=torch.float64)
+    K.lr_at_kernel[(len(steps), len(rows))](out, steps_t, desc, table, table.numel(), len(rows))
+    ref = torch.stack([S.lr_at(torch.tensor([s]), desc, table) for s in steps])
+
+    exact_kinds = {S.KIND_CONSTANT, S.KIND_TABLE, S.KIND_DIRECT, S.KIND_CONSTANT_FACTOR, S.KIND_LINEAR}
+    cosine_kinds = {S.KIND_COSINE, S.KIND_WARMUP_COSINE, S.KIND_WSD}
+    missing = set(S.KIND_NAMES) - {int(k) for k in desc[:, 0].tolist()}
+    assert not missing, f"add rows for kinds {sorted(missing)}"
+    kinds = desc[:, 0].tolist()
+    worst = 0.0
+    failures = []
+    for j, kind in enumerate(kinds):
+        for i, s in enumerate(steps):
+            got, exp = out[i, j].item(), ref[i, j].item()
+            if kind in exact_kinds:
+                ok = got == exp
+            else:
+                bound = LR_RTOL * abs(exp) + LR_ATOL_UNDERFLOW
+                if kind in cosine_kinds:
+                    bound += LR_COSINE_ATOL_PER_AMPLITUDE * (abs(desc[j, 1].item()) + abs(desc[j, 3].item()))
+                ok = abs(got - exp) <= bound
+                if exp != 0:
+                    worst = max(worst, abs(got - exp) / abs(exp))
+            if not ok:
+                failures.append(
+                    f"row {j} ({S.KIND_NAMES[int(kind)]} {desc[j, 1:4].tolist()}), step {s}: kernel {got!r}, "
+                    f"torch {exp!r}, rel {abs(got - exp) / max(abs(exp), 1e-300):.2e}"
+                )
+    if failures:
+        raise AssertionError(f"{len(failures)} LR mismatches:\n" + "\n".join(failures[:20]))
+    return f"{len(steps)} steps x {len(rows)} rows; worst relative difference {worst:.2e}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Case: SGD trajectories
+# ------------------------------------------------------------------------------------------------
+
+
+def _option_combinations():
+    """Every valid combination of torch.optim.SGD's options (nesterov needs momentum > 0 and
+    dampening == 0, as torch enforces)."""
+    combos = []
+    for momentum in (0.0, 0.9):
+        for dampening in (0.0, 0.1):
+            for nesterov in (False, True):
+                if nesterov and (momentum == 0 or dampening != 0):
+                    continue
+                for weight_decay in (0.0, 1e-2):
+                    for maximize in (False, True):
+                        combos.append((momentum, dampening, weight_decay, nesterov, maximize))
+    return combos
+
+
+def _schedule_rows(n_groups: int):
+    """One schedule per group, cycling through ten kinds; boundaries fall inside the 20 steps."""
+    from fused_lr import schedules as S
+
+    makers = [
+        lambda lr: S.constant_row(lr),
+        lambda lr: S.step_row(lr, 5, 0.5),
+        lambda lr: S.exponential_row(lr, 0.93),
+        lambda lr: S.cosine_row(lr, 8, 1e-3),  # past T_max at 8, back up until 16
+        lambda lr: S.table_row(lr, 3, 10),  # table[3..12], then stays at table[12]
+        lambda lr: S.direct_row(lr, lr),  # p0 rewritten every step below
+        lambda lr: S.multistep_row(lr, 0.5, 14, 3),  # milestones 4, 9, 9
+        lambda lr: S.linear_row(lr, 0.2, 1.0, 6),
+        lambda lr: S.warmup_cosine_row(lr, 3, 15, 0.1),
+        lambda lr: S.wsd_row(lr, 2, 6, 8, 0.05, 2),
+    ]
+    rows = [makers[g % len(makers)](0.02 + 0.01 * (g % 7)) for g in range(n_groups)]
+    table = [1.0, 1.0, 1.0] + [1.0 - 0.07 * i for i in range(10)] + [5.0] + [4.0, 9.0, 9.0]
+    return rows, table
+
+
+def _reference_step(p, g, buf, first, hyper, lr, compute_dtype):
+    """The kernel's update in torch ops: separate (unfused) float32 / float64 operations in the
+    kernel's order, state rounded once to storage. Returns the new (p, buf) in storage dtype;
+    ``buf`` is None when momentum is 0."""
+    momentum, dampening, weight_decay, nesterov, maximize = hyper
+    # Python floats next to tensors are rounded to the tensor's dtype, as the kernel rounds its
+    # float64 scalars to the compute type.
+    pc, gc = p.to(compute_dtype), g.to(compute_dtype)
+    if maximize:
+        gc = -gc
+    if weight_decay != 0:
+        gc = gc + weight_decay * pc
+    new_buf = None
+    if momentum != 0:
+        bc = gc.clone() if first else momentum * buf.to(compute_dtype) + (1.0 - dampening) * gc
+        gc = gc + momentum * bc if nesterov else bc
+        new_buf = bc.to(p.dtype)
+    pc = pc - lr * gc
+    return pc.to(p.dtype), new_buf
+
+
+_SEEDS = {torch.float32: 1, torch.bfloat16: 2, torch.float64: 3, torch.float16: 4}
+
+
+def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None) -> str:
+    from fused_lr import _triton_path as TP
+    from fused_lr import schedules as S
+    from fused_lr.kernels import schedule as K
+
+    gen = torch.Generator().manual_seed(_SEEDS[dtype])
+    combos = _option_combinations()
+    n_groups = len(combos)
+    rows, table_list = _schedule_rows(n_groups)
+    desc = torch.tensor(rows, dtype=torch.float64)
+    table = torch.tensor(table_list, dtype=torch.float64)
+    counter = torch.zeros(1, dtype=torch.int64)
+    hyper = [TP.SGDHyper(*c) for c in combos]
+
+    # Tensors: group k gets one size from the list, rotating, and even groups a second one, so
+    # every size meets several option combinations and schedule kinds. Tensor "late" has no grad before step LATE (its first momentum step comes later
+    # than everyone else's); tensor "skip" has no grad at step SKIP (a None grad mid-run).
+    shapes, group_of = [], []
+    for k in range(n_groups):
+        for j in ((k, k + 2) if k % 2 == 0 else (k,)):
+            shapes.append(sizes[j % len(sizes)])
+            group_of.append(k)
+    LATE, SKIP = 7, 11
+    late_idx = next(i for i, g in enumerate(group_of) if hyper[g].momentum != 0 and shapes[i] != ())
+    skip_idx = next(i for i, g in enumerate(group_of) if hyper[g].nesterov)
+
+    init = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
+    kern_p = [t.clone() for t in init]
+    kern_buf: dict[int, torch.Tensor] = {}
+    ref_p = [t.clone() for t in init]
+    ref_buf: dict[int, torch.Tensor] = {}
+    exact_p = [t.double() for t in init]
+    exact_buf: dict[int, torch.Tensor] = {}
+    stock_p = [t.clone().requires_grad_(True) for t in init]
+    stock = torch.optim.SGD(
+        [
+            dict(params=[stock_p[i] for i in range(len(shapes)) if group_of[i] == k], lr=0.1,
+                 momentum=c[0], dampening=c[1], weight_decay=c[2], nesterov=c[3], maximize=c[4])
+            for k, c in enumerate(combos)
+        ],
+        foreach=False,
+    )
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    cache = TP.SGDPlanCache()
+    builds_when_unchanged = []
+    max_abs: dict = {}
+    prev_set = None
+
+    ctx = TP.override_launch_config(**launch_config) if launch_config else _nullcontext()
+    with ctx:
+        for step in range(n_steps):
+            # KIND_DIRECT rows: the host (standing in for torch ops on the device) writes p0.
+            for k, row in enumerate(rows):
+                if row[0] == S.KIND_DIRECT:
+                    desc[k, 2] = row[1] / (1.0 + 0.3 * step)
+            # Stock gets torch's LRs; the opmath reference gets the kernel's own float64 LRs (they
+            # may differ from torch's by a few ulp, see LR_RTOL, which float64 storage would show).
+            lrs = S.lr_at(counter, desc, table).tolist()
+            kernel_lrs = torch.empty(1, n_groups, dtype=torch.float64)
+            K.lr_at_kernel[(1, n_groups)](kernel_lrs, counter, desc, table, table.numel(), n_groups)
+            kernel_lrs = kernel_lrs[0].tolist()
+            has_grad = [not ((i == late_idx and step < LATE) or (i == skip_idx and step == SKIP)) for i in range(len(shapes))]
+            grads = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) if h else None for s, h in zip(shapes, has_grad)]
+
+            # --- kernel ---
+            idx = [i for i in range(len(shapes)) if has_grad[i]]
+            firsts = []
+            for i in idx:
+                first = hyper[group_of[i]].momentum != 0 and i not in kern_buf
+                if first:
+                    kern_buf[i] = torch.empty_like(kern_p[i])
+                firsts.append(first)
+            builds_before = cache.builds
+            TP.triton_sgd_step(
+                [kern_p[i] for i in idx], [grads[i] for i in idx], [kern_buf.get(i) for i in idx], firsts,
+                [group_of[i] for i in idx], hyper, desc, table, counter, cache=cache,
+            )
+            if prev_set == (tuple(idx), tuple(sorted(kern_buf))):
+                builds_when_unchanged.append(cache.builds - builds_before)
+            prev_set = (tuple(idx), tuple(sorted(kern_buf)))
+
+            # --- references ---
+            for i in idx:
+                h = combos[group_of[i]]
+                lr = kernel_lrs[group_of[i]]
+                first = h[0] != 0 and i not in ref_buf
+                ref_p[i], nb = _reference_step(ref_p[i], grads[i], ref_buf.get(i), first, h, lr, compute)
+                exact_p[i], eb = _reference_step(exact_p[i], grads[i].double(), exact_buf.get(i), first, h, lr, torch.float64)
+                if nb is not None:
+                    ref_buf[i], exact_buf[i] = nb, eb
+            for i, p in enumerate(stock_p):
+                p.grad = grads[i].clone() if has_grad[i] else None
+            for k, pg in enumerate(stock.param_groups):
+                pg["lr"] = lrs[k]
+            stock.step()
+
+            _compare(dtype, step, shapes, group_of, combos, kern_p, kern_buf, ref_p, ref_buf, stock_p, stock, max_abs)
+            counter += 1
+
+    if any(builds_when_unchanged):
+        raise AssertionError(f"plans rebuilt on steps whose parameter set did not change: {builds_when_unchanged}")
+    if dtype == torch.bfloat16:
+        _check_bf16_accuracy(shapes, kern_p, kern_buf, stock_p, stock, exact_p, exact_buf)
+    n_el = sum(math.prod(s) for s in shapes)
+    return (f"{dtype}: {n_groups} groups, {len(shapes)} tensors, {n_el} elements, {n_steps} steps, "
+            f"{cache.builds} plan builds")
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _compare(dtype, step, shapes, group_of, combos, kern_p, kern_buf, ref_p, ref_buf, stock_p, stock, max_abs):
+    """Kernel vs opmath reference (bitwise) and vs stock (STOCK_TOL, or the bf16 bound, which
+    updates ``max_abs``: the largest magnitude each stock tensor has held so far)."""
+    for i in range(len(shapes)):
+        what = f"step {step}, tensor {i} {tuple(shapes[i])}, group {group_of[i]} {combos[group_of[i]]}"
+        check_equal(kern_p[i], ref_p[i], f"param vs opmath reference, {what}")
+        stock_buf = stock.state[stock_p[i]].get("momentum_buffer") if stock_p[i] in stock.state else None
+        for key, t in ((("p", i), stock_p[i]), (("buf", i), stock_buf)):
+            if t is not None:
+                max_abs[key] = max(max_abs.get(key, 0.0), t.detach().double().abs().max().item())
+        assert (i in kern_buf) == (i in ref_buf) == (stock_buf is not None), f"{what}: buffer presence differs"
+        if i in kern_buf:
+            check_equal(kern_buf[i], ref_buf[i], f"momentum buffer vs opmath reference, {what}")
+        if dtype in STOCK_TOL:
+            rtol, atol = STOCK_TOL[dtype]
+            check_close(kern_p[i], stock_p[i], rtol=rtol, atol=atol, what=f"param vs stock SGD, {what}")
+            if i in kern_buf:
+                check_close(kern_buf[i], stock_buf, rtol=rtol, atol=atol, what=f"momentum buffer vs stock SGD, {what}")
+        elif dtype == torch.bfloat16:
+            check_close(kern_p[i], stock_p[i], rtol=0.0, atol=BF16_STOCK_FRACTION_OF_MAX * max_abs[("p", i)],
+                        what=f"bf16 param vs stock SGD, {what}")
+            if i in kern_buf:
+                check_close(kern_buf[i], stock_buf, rtol=0.0, atol=BF16_STOCK_FRACTION_OF_MAX * max_abs[("buf", i)],
+                            what=f"bf16 momentum buffer vs stock SGD, {what}")
+
+
+def _check_bf16_accuracy(shapes, kern_p, kern_buf, stock_p, stock, exact_p, exact_buf):
+    """The kernel (one rounding per step) is at least as accurate as stock's bf16 for-loop (several)
+    against the exact float64 trajectory, in RMS over all elements of all tensors."""
+
+    def rms(pairs):
+        sq = sum(float(((a.detach().double() - b) ** 2).sum()) for a, b in pairs)
+        n = sum(b.numel() for _, b in pairs)
+        return math.sqrt(sq / max(n, 1))
+
+    k_p = rms([(kern_p[i], exact_p[i]) for i in range(len(shapes))])
+    s_p = rms([(stock_p[i], exact_p[i]) for i in range(len(shapes))])
+    k_b = rms([(kern_buf[i], exact_buf[i]) for i in kern_buf])
+    s_b = rms([(stock.state[stock_p[i]]["momentum_buffer"], exact_buf[i]) for i in kern_buf])
+    if not (k_p <= s_p and k_b <= s_b):
+        raise AssertionError(
+            f"bf16 kernel less accurate than stock vs exact float64: params RMS {k_p:.3e} (stock {s_p:.3e}), "
+            f"buffers RMS {k_b:.3e} (stock {s_b:.3e})"
+        )
+
+
+# Sizes: 0-dim, 1, odd, just over 8 blocks of 128, and 2-D; 1025 and 1320 exceed the test chunk
+# (2 blocks of 256 = 512 elements), so tensors span several programs.
+SMALL_SIZES = [(), (1,), (127,), (1025,), (33, 40)]
+# A test-only launch configuration: the interpreter runs each program in Python, so small blocks
+# keep the cases quick. Production values are covered by case_production_config.
+SMALL_CONFIG = dict(BLOCK_SIZE=256, CHUNK_BLOCKS=2)
+
+
+def case_sgd_fp32() -> str:
+    return _run_sgd(torch.float32, 20, SMALL_SIZES, SMALL_CONFIG)
+
+
+def case_sgd_bf16() -> str:
+    return _run_sgd(torch.bfloat16, 20, SMALL_SIZES, SMALL_CONFIG)
+
+
+def case_sgd_fp64_fp16() -> str:
+    a = _run_sgd(torch.float64, 8, SMALL_SIZES, SMALL_CONFIG)
+    b = _run_sgd(torch.float16, 8, SMALL_SIZES, SMALL_CONFIG)
+    return a + "; " + b
+
+
+def case_production_config() -> str:
+    """The production BLOCK_SIZE / CHUNK_BLOCKS on a tensor spanning two chunks and a partial block,
+    next to a tensor whose address is not 16-byte aligned (the ALIGNED=False specialization)."""
+    from fused_lr import _triton_path as TP
+    from fused_lr import schedules as S
+    from fused_lr.kernels import sgd as K
+
+    chunk = K.BLOCK_SIZE * K.CHUNK_BLOCKS
+    big_n = 2 * chunk + K.BLOCK_SIZE + 3
+    messages = []
+    for dtype in (torch.float32, torch.bfloat16):
+        gen = torch.Generator().manual_seed(7)
+        big = torch.randn(big_n, generator=gen).to(dtype)
+        storage = torch.randn(3001, generator=gen).to(dtype)
+        odd = storage[1:]  # data_ptr() % 16 != 0
+        assert odd.data_ptr() % K.ALIGNMENT != 0
+        params = [big, odd]
+        ref = [t.clone() for t in params]
+        bufs = [torch.empty_like(t) for t in params]
+        ref_bufs = [None, None]
+        hyper = [TP.SGDHyper(0.9, 0.0, 1e-2, True, False)]
+        desc = torch.tensor([S.cosine_row(0.1, 2, 1e-3)], dtype=torch.float64)
+        table = torch.ones(1, dtype=torch.float64)
+        counter = torch.zeros(1, dtype=torch.int64)
+        cache = TP.SGDPlanCache()
+        for step in range(2):
+            grads = [torch.randn(t.shape, generator=gen).to(dtype) for t in params]
+            lr = S.lr_at(counter, desc, table).item()
+            TP.triton_sgd_step(params, grads, bufs, [step == 0] * 2, [0, 0], hyper, desc, table, counter, cache=cache)
+            for i in range(2):
+                ref[i], ref_bufs[i] = _reference_step(ref[i], grads[i], ref_bufs[i], step == 0, tuple(hyper[0]), lr, torch.float32)
+                check_equal(params[i], ref[i], f"{dtype} production config, step {step}, param {i}")
+                check_equal(bufs[i], ref_bufs[i], f"{dtype} production config, step {step}, buffer {i}")
+            counter += 1
+        launch = cache._plans[next(iter(cache._plans))].launches[0]
+        assert launch.n_chunks == 3 + 1, f"expected 3 chunks for the big tensor and 1 for the other, got {launch.n_chunks}"
+        assert not launch.static_aligned, "the misaligned view should select ALIGNED=False"
+        messages.append(f"{dtype}: {big_n} + {odd.numel()} elements, {launch.n_chunks} programs")
+    return "; ".join(messages)
+
+
+CASES: dict[str, Callable[[], str]] = {
+    "lr_at": case_lr_at,
+    "sgd_fp32": case_sgd_fp32,
+    "sgd_bf16": case_sgd_bf16,
+    "sgd_fp64_fp16": case_sgd_fp64_fp16,
+    "production_config": case_production_config,
+}
+
+
+def main(argv: list[str]) -> int:
+    out_path, names = argv[0], argv[1:]
+    results = {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            message = CASES[name]()
+            results[name] = dict(ok=True, message=message)
+        except Exception:  # noqa: BLE001 - reported to the parent with its traceback
+            results[name] = dict(ok=False, message=traceback.format_exc())
+        results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        print(f"{name}: {'ok' if results[name]['ok'] else 'FAILED'} in {results[name]['seconds']} s", flush=True)
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
