@@ -11,6 +11,12 @@ sync there. On CUDA it reads the LR from device memory as float32, so a float32 
 passed. Complex tensors go through ``torch.view_as_real``: every SGD operation is elementwise and
 linear, so the real view gives exactly torch's complex result.
 
+Exception: float16 / bfloat16 tensors on CPU. torch 2.13's CPU fused SGD kernel is wrong for them
+(with or without momentum, on tensors of 16 elements or more: errors of ~0.4 on unit-scale values
+after one step, against torch's own for-loop; tests/test_sgd_parity.py shows it), so they take
+torch's for-loop algorithm instead (torch.optim.SGD's CPU default), op for op, with the LR read on
+the host (free on CPU).
+
 Momentum buffers follow torch: a parameter's first step with momentum sets ``buf = grad`` (after
 maximize and weight decay). ``torch._fused_sgd_`` takes one ``is_first_step`` flag per call, so
 tensors that already have a buffer and tensors stepping for the first time (a parameter that was
@@ -30,6 +36,45 @@ FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+# (device type, dtype) pairs where torch._fused_sgd_ is wrong and the for-loop algorithm is used.
+_FUSED_BROKEN = {("cpu", torch.float16), ("cpu", torch.bfloat16)}
+
+
+def _loop_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor | None],
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    maximize: bool,
+) -> list[Tensor]:
+    """torch.optim.SGD's for-loop (its CPU default) op for op; the user's grads are never modified.
+
+    Op for op matters in half precision: torch's foreach kernels round differently from the
+    for-loop on some shapes (a 0-dim float16 buffer came out 1 ulp apart), and the for-loop is
+    what torch.optim.SGD runs on CPU.
+    """
+    out_bufs: list[Tensor] = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        g = g if not maximize else -g
+        if weight_decay != 0:
+            g = g.add(p, alpha=weight_decay)
+        if momentum != 0:
+            b = bufs[i]
+            if b is None:
+                b = torch.clone(g).detach()
+            else:
+                b.mul_(momentum).add_(g, alpha=1 - dampening)
+            out_bufs.append(b)
+            g = g.add(b, alpha=momentum) if nesterov else b
+        p.add_(g, alpha=-lr)
+    return out_bufs
 
 
 def _fused_call(
@@ -96,6 +141,35 @@ def sgd_torch(
     """
     if not params:
         return []
+    broken = [(p.device.type, p.dtype) in _FUSED_BROKEN for p in params]
+    if any(broken):
+        # Split: the dtypes the fused kernel gets wrong take the for-loop algorithm (CPU only, so
+        # reading the LR on the host costs no sync).
+        idx_bad = [i for i, b in enumerate(broken) if b]
+        idx_ok = [i for i, b in enumerate(broken) if not b]
+        kw = dict(weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize)
+        bad_bufs = _loop_sgd(
+            [params[i] for i in idx_bad],
+            [grads[i] for i in idx_bad],
+            [momentum_buffers[i] for i in idx_bad] if momentum != 0 else [None] * len(idx_bad),
+            lr=float(lr),
+            **kw,
+        )
+        ok_bufs = sgd_torch(
+            [params[i] for i in idx_ok],
+            [grads[i] for i in idx_ok],
+            [momentum_buffers[i] for i in idx_ok] if momentum != 0 else [],
+            lr=lr,
+            **kw,
+        )
+        if momentum == 0:
+            return []
+        merged: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+        for i, b in zip(idx_bad, bad_bufs):
+            merged[i] = b
+        for i, b in zip(idx_ok, ok_bufs):
+            merged[i] = b
+        return merged
     if lr.device.type == "cpu":
         lr_arg = lr.reshape(())
     else:

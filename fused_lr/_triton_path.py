@@ -53,7 +53,11 @@ except ImportError:  # pragma: no cover - platforms without Triton use the torch
     _schedule_kernels = None
     _sgd_kernels = None
 
+# Storage dtypes the kernel takes (complex tensors go through torch.view_as_real).
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 __all__ = [
+    "KERNEL_DTYPES",
     "SGDHyper",
     "SGDPlanCache",
     "triton_available",
@@ -181,10 +185,13 @@ class _Launch:
 
 
 class _Plan:
-    __slots__ = ("device", "launches", "hyper_table", "grad_key", "first_key")
+    __slots__ = ("device", "launches", "hyper_table", "grad_key", "first_key", "spare_ticket")
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        # Passed as ticket_ptr when no write-back is asked for (never touched then), so the
+        # argument keeps its *i32 type and the compiled specialization is the same.
+        self.spare_ticket = torch.zeros(1, dtype=torch.int32, device=device)
         self.launches: list[_Launch] = []
         self.hyper_table: Tensor | None = None
         self.grad_key: tuple[int, ...] | None = None
@@ -344,8 +351,11 @@ def triton_sgd_step(
     table: Tensor,
     step: Tensor,
     *,
+    advance: int = 0,
+    lr_out: Tensor | None = None,
+    ticket: Tensor | None = None,
     cache: SGDPlanCache | None = None,
-) -> None:
+) -> bool:
     """One torch.optim.SGD step on every tensor of ``params``, in place, LR from the device schedule.
 
     Args:
@@ -365,9 +375,19 @@ def triton_sgd_step(
         desc: float64 ``[groups, DESC_WIDTH]`` schedule rows on the device (``fused_lr.schedules``).
         table: float64 ``[table_len]`` tabulated multipliers on the device (``KIND_TABLE`` rows;
             pass any 1-element tensor when no row uses it).
-        step: int64 ``[1]`` step counter on the device; read, never written (advancing it is the
-            scheduler's job, in stream order).
+        step: int64 ``[1]`` step counter on the device. The LR is taken at ``step + advance``.
+        advance: scheduler steps taken on the host since the counter was last stored (deferred so
+            that ``opt.step(); sched.step()`` costs one launch).
+        lr_out: float64 ``[groups]`` on the device, or ``None``. When given, the step's final
+            launch writes back: its last program stores ``step += advance`` and every group's LR
+            at that step into ``lr_out`` (a last-program-done ticket, so no program still reads
+            the counter when it changes).
+        ticket: int32 ``[1]`` zeros on the device, required with ``lr_out`` (one per optimizer).
         cache: where plans are kept; one per optimizer. ``None`` uses a module-level cache.
+
+    Returns:
+        True when a launch wrote back (``lr_out`` given and at least one non-empty tensor); when it
+        returns False with ``lr_out`` given, the caller must advance the counter itself.
 
     Raises:
         RuntimeError: Triton cannot run on the tensors' device (CPU without ``TRITON_INTERPRET=1``,
@@ -381,7 +401,7 @@ def triton_sgd_step(
             f"param: got {n}, {len(grads)}, {len(momentum_buffers)}, {len(first_step)}, {len(group_index)}"
         )
     if n == 0:
-        return
+        return False
     hyper = tuple(h if isinstance(h, SGDHyper) else SGDHyper(*h) for h in hyper)
     if desc.dim() != 2 or desc.shape[0] != len(hyper) or desc.dtype != torch.float64:
         raise ValueError(f"desc must be float64 [{len(hyper)} groups, DESC_WIDTH], got {desc.dtype} {tuple(desc.shape)}")
@@ -389,6 +409,11 @@ def triton_sgd_step(
         raise ValueError("table must be a contiguous float64 tensor with 1 <= numel < 2**31")
     if step.dtype != torch.int64 or step.numel() != 1:
         raise ValueError(f"step must be an int64 tensor with one element, got {step.dtype} {tuple(step.shape)}")
+    if lr_out is not None:
+        if lr_out.dtype != torch.float64 or lr_out.numel() != len(hyper) or not lr_out.is_contiguous():
+            raise ValueError(f"lr_out must be a contiguous float64 tensor of {len(hyper)} elements")
+        if ticket is None or ticket.dtype != torch.int32 or ticket.numel() != 1:
+            raise ValueError("lr_out needs ticket: an int32 tensor with one element, zero")
 
     cache = _default_cache if cache is None else cache
     plan = cache.get(params, momentum_buffers, tuple(group_index), hyper)
@@ -405,7 +430,11 @@ def triton_sgd_step(
     cfg = _launch_config()
     dtype_map = _torch_to_triton_dtype()
     desc = desc if desc.is_contiguous() else desc.contiguous()
-    for launch in plan.launches:
+    # Launches run in stream order: only the last one advances the counter, so the earlier ones
+    # (other dtypes) read it unchanged.
+    last = len(plan.launches) - 1
+    for k, launch in enumerate(plan.launches):
+        write_back = 1 if (lr_out is not None and k == last) else 0
         _sgd_kernels.sgd_kernel[(launch.n_chunks,)](
             launch.param_addrs,
             launch.grad_addrs,
@@ -419,6 +448,11 @@ def triton_sgd_step(
             desc,
             table,
             table.numel(),
+            int(advance),
+            lr_out if lr_out is not None else desc,
+            ticket if ticket is not None else plan.spare_ticket,
+            len(hyper),
+            write_back,
             DTYPE=dtype_map[launch.dtype],
             COMPUTE_DTYPE=_sgd_kernels.compute_dtype(dtype_map[launch.dtype]),
             ALIGNED=launch.static_aligned and launch.grads_aligned,
@@ -427,6 +461,7 @@ def triton_sgd_step(
             num_warps=cfg["num_warps"],
             enable_fp_fusion=cfg["enable_fp_fusion"],
         )
+    return lr_out is not None and bool(plan.launches)
 
 
 # --- Every specialization the launcher can produce (for the AOT compile test) ------------------
@@ -446,6 +481,11 @@ _SGD_SIGNATURE = {
     "desc_ptr": "*fp64",
     "table_ptr": "*fp64",
     "table_numel": "i32",
+    "advance": "i32",
+    "lr_out_ptr": "*fp64",
+    "ticket_ptr": "*i32",
+    "n_groups": "i32",
+    "write_back": "i32",
 }
 
 

@@ -157,6 +157,12 @@ class _FusedLRScheduler(LRScheduler):
             self.last_epoch += 1
             if self._step_count == 1:
                 self._sched.set_step(self.last_epoch)
+            elif self.optimizer._defers_schedule(self._sched):
+                # Triton path: the next update kernel advances the counter and writes the LRs.
+                self._sched.defer_advance()
+                self._before_write()
+                self._host_cache = None
+                return
             else:
                 self._sched.advance()
         else:

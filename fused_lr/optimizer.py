@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _triton_path as _tp
+from . import schedules as _schedules
 from ._torch_path import sgd_torch
 
 __all__ = ["FusedSGD"]
@@ -151,6 +153,9 @@ class FusedSGD(Optimizer):
         self._lr_buf: Tensor | None = None
         self._lr_views: list[Tensor] = []
         self._schedule = None  # the fused_lr scheduler's device schedule, when one is attached
+        self._identity = None  # Triton path without a closed-form schedule: rows that read lr_buf
+        self._ticket = None  # Triton path: last-program-done ticket of the write-back
+        self._plan_cache = None  # Triton path: address/chunk tables per parameter set
         super().__init__(params, defaults)
         self._impl = self._resolve_backend()
 
@@ -235,14 +240,24 @@ class FusedSGD(Optimizer):
     # ------------------------------------------------------------------ backend
 
     def _resolve_backend(self) -> str:
+        device = self._device
         if self.backend == "torch":
             return "torch"
         if self.backend == "triton":
-            raise NotImplementedError(
-                "backend='triton': the Triton kernels are not part of this release yet; "
-                "use backend='torch' or 'auto'"
-            )
-        return "torch"
+            if not _tp.triton_available(device):
+                _tp._check_device(device)  # raises the specific reason
+                raise RuntimeError(f"backend='triton' cannot run on {device}")
+            return "triton"
+        return "triton" if device.type == "cuda" and _tp.triton_available(device) else "torch"
+
+    @property
+    def implementation(self) -> str:
+        """The update path in use: ``"triton"`` or ``"torch"``."""
+        return self._impl
+
+    def _defers_schedule(self, sched) -> bool:
+        """Whether scheduler steps are left for the next update kernel to apply (Triton path)."""
+        return self._impl == "triton" and _tp.kinds_supported(sched.kinds)
 
     # ------------------------------------------------------------------ step
 
@@ -283,6 +298,13 @@ class FusedSGD(Optimizer):
         # Gather and check everything first: a bad gradient raises before any tensor changes.
         self._sync_assigned_lrs()
         work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
+        if self._impl == "triton":
+            self._step_triton(work)
+        else:
+            self._step_torch(work)
+        return loss
+
+    def _step_torch(self, work) -> None:
         for gi, (group, (params, grads, bufs)) in enumerate(zip(self.param_groups, work)):
             if not params:
                 continue
@@ -300,7 +322,73 @@ class FusedSGD(Optimizer):
             for p, b, old in zip(params, new_bufs, bufs):
                 if b is not old:
                     self.state[p]["momentum_buffer"] = b
-        return loss
+
+    def _step_triton(self, work) -> None:
+        """One launch per dtype for every group; the LR is computed in the kernel from the schedule."""
+        sched = self._schedule
+        closed = sched is not None and _tp.kinds_supported(sched.kinds)
+        params, grads, bufs, first, gidx = [], [], [], [], []
+        leftovers = []  # tensors the kernel does not take (non-contiguous, exotic dtypes): torch path
+        for gi, (group, (ps, gs, bs)) in enumerate(zip(self.param_groups, work)):
+            momentum = group["momentum"] != 0
+            rest = ([], [], [])
+            for j, (p, g) in enumerate(zip(ps, gs)):
+                b = bs[j] if momentum else None
+                if not (p.is_contiguous() and g.is_contiguous() and (b is None or b.is_contiguous())) or not (
+                    p.dtype in _tp.KERNEL_DTYPES or (p.is_complex() and p.real.dtype in _tp.KERNEL_DTYPES)
+                ):
+                    rest[0].append(p), rest[1].append(g), rest[2].append(b)
+                    continue
+                is_first = False
+                if momentum and b is None:
+                    b = torch.empty_like(p, memory_format=torch.contiguous_format)
+                    self.state[p]["momentum_buffer"] = b
+                    is_first = True
+                real = torch.view_as_real if p.is_complex() else (lambda t: t)
+                params.append(real(p))
+                grads.append(real(g))
+                bufs.append(None if b is None else real(b))
+                first.append(is_first)
+                gidx.append(gi)
+            leftovers.append(rest)
+        advance = sched.pending if closed else 0
+        if any(r[0] for r in leftovers):
+            if closed and advance:
+                sched.apply_pending(self._lr_buf)
+                advance = 0
+            self._step_torch(leftovers)
+        if closed:
+            desc, table, counter = sched.desc, sched.table, sched.counter
+        else:
+            ident = self._identity_schedule()
+            ident.desc[:, 2].copy_(self._lr_buf)  # the kernel reads lr_buf through KIND_DIRECT rows
+            desc, table, counter = ident.desc, ident.table, ident.counter
+        if self._ticket is None:
+            self._ticket = torch.zeros(1, dtype=torch.int32, device=self._device)
+            self._plan_cache = _tp.SGDPlanCache()
+        hyper = tuple(
+            _tp.SGDHyper(g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
+            for g in self.param_groups
+        )
+        wrote = _tp.triton_sgd_step(
+            params, grads, bufs, first, gidx, hyper, desc, table, counter,
+            advance=advance,
+            lr_out=self._lr_buf if (closed and advance) else None,
+            ticket=self._ticket,
+            cache=self._plan_cache,
+        )
+        if closed and advance:
+            if not wrote:
+                sched.apply_pending(self._lr_buf)
+            sched.pending = 0
+
+    def _identity_schedule(self):
+        ident = self._identity
+        if ident is None or ident.desc.shape[0] != len(self.param_groups):
+            ident = _schedules.DeviceSchedule(self._device)
+            ident.set_rows([_schedules.direct_row(0.0, 0.0) for _ in self.param_groups])
+            self._identity = ident
+        return ident
 
     # ------------------------------------------------------------------ state_dict
 

@@ -424,6 +424,9 @@ class DeviceSchedule:
         self.table = self.table_host.to(self.device)
         self.kinds: frozenset[int] = frozenset()
         self.direct_fns: dict[int, Callable] = {}
+        # Scheduler steps taken on the host but not yet applied to ``counter``: on the Triton path
+        # the next update kernel applies them (one launch for opt.step() + sched.step()).
+        self.pending = 0
 
     def set_rows(
         self,
@@ -443,9 +446,26 @@ class DeviceSchedule:
 
     def set_step(self, step: int) -> None:
         self.counter.fill_(step)
+        self.pending = 0
 
     def advance(self) -> None:
         self.counter.add_(1)
+
+    def defer_advance(self) -> None:
+        """Count a scheduler step for the next update kernel to apply; no device work, except
+        re-evaluating device-mode lambdas (``KIND_DIRECT`` rows) at the step the kernel will use."""
+        self.pending += 1
+        if self.direct_fns:
+            t = self.counter + self.pending
+            for g, fn in self.direct_fns.items():
+                self.desc[g, 2].copy_(self.desc[g, 1] * eval_lambda_on_device(fn, t))
+
+    def apply_pending(self, lr_buf: Tensor) -> None:
+        """Apply deferred steps with torch ops (when no kernel ran to apply them)."""
+        if self.pending:
+            self.counter.add_(self.pending)
+            self.pending = 0
+        lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds))
 
     def write_lr(self, lr_buf: Tensor) -> None:
         """``lr_buf[:] = lr_at(counter)`` on the device: no host read, capturable."""

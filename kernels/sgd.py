@@ -159,7 +159,7 @@ def _sgd_block(
     tl.store(b_ptr + offs, buf_out, mask=buf_write_mask)
 
 
-@triton.jit(do_not_specialize=["table_numel"])
+@triton.jit(do_not_specialize=["table_numel", "advance", "n_groups", "write_back"])
 def sgd_kernel(
     param_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each parameter (contiguous, DTYPE)
     grad_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each gradient (contiguous, DTYPE)
@@ -173,6 +173,11 @@ def sgd_kernel(
     desc_ptr,  # *fp64 [n_groups, DESC_WIDTH]: schedule rows (see kernels/schedule.py)
     table_ptr,  # *fp64 [table_numel]: tabulated LR multipliers (KIND_TABLE rows)
     table_numel,  # int: elements behind table_ptr (>= 1)
+    advance,  # int: scheduler steps taken since the counter was last stored; the LR is taken at *step_ptr + advance
+    lr_out_ptr,  # *fp64 [n_groups]: receives every group's LR at that step (write_back only)
+    ticket_ptr,  # *int32 [1]: 0 between launches; counts finished programs (write_back only)
+    n_groups,  # int: rows of desc (and of lr_out)
+    write_back,  # int: 1 on a step's final launch: the last program to finish stores the advanced counter and the LRs
     DTYPE: tl.constexpr,  # storage dtype of params, grads and buffers: fp16, bf16, fp32 or fp64
     COMPUTE_DTYPE: tl.constexpr,  # arithmetic type, compute_dtype(DTYPE): fp64 for fp64, else fp32
     ALIGNED: tl.constexpr,  # every address is a multiple of ALIGNMENT bytes (enables 16-byte vectors)
@@ -203,7 +208,8 @@ def sgd_kernel(
     hyper = hyper_ptr + group.to(tl.int64) * _HYPER_WIDTH
     # Like torch, round the float64 scalars (lr, momentum, 1 - dampening, weight_decay) once to the
     # arithmetic type (a no-op for float64 storage).
-    lr = lr_at(tl.load(step_ptr), desc_ptr, table_ptr, table_numel, group).to(COMPUTE_DTYPE)
+    step = tl.load(step_ptr) + advance
+    lr = lr_at(step, desc_ptr, table_ptr, table_numel, group).to(COMPUTE_DTYPE)
     momentum = tl.load(hyper + _HYPER_MOMENTUM).to(COMPUTE_DTYPE)
     one_minus_dampening = tl.load(hyper + _HYPER_ONE_MINUS_DAMPENING).to(COMPUTE_DTYPE)
     weight_decay = tl.load(hyper + _HYPER_WEIGHT_DECAY).to(COMPUTE_DTYPE)
@@ -227,3 +233,16 @@ def sgd_kernel(
         offs = full_end + lanes
         _sgd_block(p_ptr, g_ptr, b_ptr, offs, chunk_end, lr, momentum, one_minus_dampening,
                    weight_decay, nesterov, maximize, use_buf, first, read_buf, DTYPE, COMPUTE_DTYPE)
+    if write_back != 0:
+        # Advance the schedule without racing the programs still reading the counter: every
+        # program read it above, before taking a ticket (the atomic is acq_rel, so that read cannot
+        # move past it); the program that takes the last ticket stores the counter, the LRs for
+        # param_groups[i]["lr"], and resets the ticket for the next launch (graph replays too).
+        done = tl.atomic_add(ticket_ptr, 1)
+        if done == tl.num_programs(0) - 1:
+            for g in range(0, n_groups):
+                # As a tensor: the interpreter's range() yields Python ints, which lr_at cannot cast.
+                row = tl.program_id(0) * 0 + g
+                tl.store(lr_out_ptr + g, lr_at(step, desc_ptr, table_ptr, table_numel, row))
+            tl.store(step_ptr, step)
+            tl.store(ticket_ptr, 0)

@@ -16,6 +16,11 @@ TRAJ_TOL = {
     torch.float32: dict(rtol=1e-5, atol=1e-6),
     torch.float64: dict(rtol=1e-12, atol=1e-13),
     torch.complex64: dict(rtol=1e-5, atol=1e-6),
+    # float16 / bfloat16 on CPU: FusedSGD runs torch's for-loop algorithm op for op in the same
+    # dtype as the for-loop reference (torch's CPU fused kernel is wrong for these dtypes), so the
+    # bits must be identical.
+    torch.float16: dict(rtol=0.0, atol=0.0),
+    torch.bfloat16: dict(rtol=0.0, atol=0.0),
 }
 
 # LR sequences: stock computes in Python float64 through chained recurrences (StepLR and

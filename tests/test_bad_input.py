@@ -66,11 +66,6 @@ def test_optimizer_constructor_rejects(kwargs, match):
         fused_lr.FusedSGD([torch.nn.Parameter(torch.ones(2))], **{"lr": 0.1, **kwargs})
 
 
-def test_triton_backend_not_yet_available_is_clear():
-    with pytest.raises(NotImplementedError, match="backend='triton'"):
-        fused_lr.FusedSGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, backend="triton")
-
-
 def test_bad_param_group_is_rejected_before_it_is_added():
     ps, opt = _stepped_opt()
     snap = _snapshot(opt)

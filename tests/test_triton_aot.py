@@ -73,10 +73,14 @@ def _child(out_path: str) -> None:
             kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=spec["options"])
             ptx = kernel.asm["ptx"]
             loops = _loops(ptx)
-            # The hot loop: the innermost loop that stores (lr_at's loops only load; PTX block
-            # layout can also make an outer label-to-branch range that encloses it).
+            # The hot loop: among the innermost loops that store (lr_at's loops only load; PTX
+            # block layout can also make an outer label-to-branch range that encloses one), the
+            # one with the most stores: the update stores param and buffer vectors, the
+            # write-back loop over groups stores one float64 LR per iteration.
             storing = [body for body in loops if _global_accesses(body)[1]]
-            hot = min(storing, key=len, default=[])
+            innermost = [b for b in storing if not any(o is not b and len(o) < len(b) and
+                                                       set(map(id, o)) <= set(map(id, b)) for o in storing)]
+            hot = max(innermost, key=lambda b: len(_global_accesses(b)[1]), default=[])
             loads, stores = _global_accesses(hot)
             entry[str(cc)] = dict(
                 loads=loads,

@@ -1,0 +1,288 @@
+"""FusedSGD(backend="triton") end to end under Triton's CPU interpreter, run in a child process.
+
+Run by tests/test_triton_optimizer.py as ``python tests/_triton_optimizer_subprocess.py CASE``
+(TRITON_INTERPRET=1 must be set before triton is imported, so it cannot run inside the pytest
+process). Exits 0 when every check of CASE passes; prints the first failure otherwise.
+
+Each case trains the same parameters three ways, side by side:
+* stock torch.optim.SGD(foreach=False) + the stock torch scheduler (the promise: "matches torch");
+* FusedSGD(backend="torch") + the fused_lr scheduler (the reference path, itself tested vs stock);
+* FusedSGD(backend="triton") + the fused_lr scheduler (the kernel, one launch per step).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":
+    if "triton" in sys.modules:  # pragma: no cover
+        raise SystemExit("triton was imported before TRITON_INTERPRET=1 was set")
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import copy
+import io
+
+import torch
+import torch.optim.lr_scheduler as stock
+
+import fused_lr
+import fused_lr.lr_scheduler as fused
+from fused_lr import _triton_path as TP
+from fused_lr.kernels import sgd as K
+
+# fp32 against stock's for-loop: the kernel does the same float32 operations but may differ by the
+# rounding of lr (float64 -> float32 once) and, unlike the for-loop, keeps the nesterov term's
+# buffer unrounded (as torch's fused kernel does): ~1 ulp per step, summed over ~25 steps
+# -> rtol 1e-5 (the same bound as the torch-path parity tests, see tests/conftest.py).
+FP32 = dict(rtol=1e-5, atol=1e-6)
+# bf16 kernel vs the torch path, which on CPU runs torch's bf16 for-loop (each op rounded to bf16;
+# the kernel computes in fp32 and rounds once per step). The two round differently by up to ~1
+# bf16 ulp (2**-8 relative) per step, and the differences random-walk over the 24 steps: bound
+# 8 ulp of the value's scale (|values| here are O(1)). The kernel's bf16 arithmetic itself is
+# checked bit for bit against an fp32-math reference in tests/_triton_subprocess.py.
+BF16 = dict(scaled=8 * 2**-8)
+
+SHAPES = [(), (1,), (127,), (1025,), (3, 5)]
+STEPS = 24
+
+
+def check_close(a, b, tol, what):
+    a, b = a.detach().double(), b.detach().double()
+    if "scaled" in tol:
+        # |a - b| <= tol * max|b|: ulps of the tensor's scale (momentum buffers sum ~10 grads).
+        bound = tol["scaled"] * max(b.abs().max().item(), 1.0)
+        if (a - b).abs().max().item() > bound:
+            raise AssertionError(f"{what}: max |diff| {(a - b).abs().max().item():.3e} beyond {bound:.3e}")
+        return
+    if not torch.allclose(a, b, **tol):
+        diff = (a - b).abs().max().item()
+        raise AssertionError(f"{what}: max |diff| {diff:.3e} beyond {tol}")
+
+
+def make_params(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ps = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in SHAPES]
+    ps.append(torch.nn.Parameter(torch.randn(4, generator=g, dtype=torch.complex64)))  # via view_as_real
+    return ps
+
+
+def groups(ps):
+    return [
+        {"params": ps[:3]},
+        {"params": ps[3:], "lr": 0.05, "momentum": 0.5, "weight_decay": 1e-3, "nesterov": False, "dampening": 0.1},
+    ]
+
+
+def grads_for(step, ps):
+    g = torch.Generator().manual_seed(100 + step)
+    out = [torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) if not p.is_complex()
+           else torch.randn(p.shape, generator=g, dtype=p.dtype) for p in ps]
+    if step == 5:
+        out[1] = None  # a None grad mid-run
+    if step < 7:
+        out[4] = None  # frozen, then unfrozen: its first momentum step comes late
+    return out
+
+
+SCHEDULERS = {
+    "step": (lambda o: stock.StepLR(o, 4, 0.5), lambda o: fused.StepLR(o, 4, 0.5)),
+    "cosine": (lambda o: stock.CosineAnnealingLR(o, 6, 1e-3), lambda o: fused.CosineAnnealingLR(o, 6, 1e-3)),
+    "multistep": (lambda o: stock.MultiStepLR(o, [3, 9, 9]), lambda o: fused.MultiStepLR(o, [3, 9, 9])),
+    "linear": (lambda o: stock.LinearLR(o, 0.1, total_iters=8), lambda o: fused.LinearLR(o, 0.1, total_iters=8)),
+    "lambda_device": (lambda o: stock.LambdaLR(o, lambda e: 0.9**e), lambda o: fused.LambdaLR(o, lambda e: 0.9**e)),
+    "lambda_table": (lambda o: stock.LambdaLR(o, lambda e: 1.0 if e < 5 else 0.3),
+                     lambda o: fused.LambdaLR(o, lambda e: 1.0 if e < 5 else 0.3, horizon=8)),
+    "stock_on_fused": (lambda o: stock.ExponentialLR(o, 0.9), lambda o: stock.ExponentialLR(o, 0.9)),
+    "none": (lambda o: None, lambda o: None),
+}
+
+
+class CountLaunches:
+    """Counts sgd_kernel launches (the interpreter's grid-indexing entry point)."""
+
+    def __init__(self):
+        self.n = 0
+        self._orig = type(K.sgd_kernel).__getitem__
+
+    def __enter__(self):
+        counter = self
+
+        def getitem(fn, grid):
+            if fn is K.sgd_kernel:
+                counter.n += 1
+            return counter._orig(fn, grid)
+
+        type(K.sgd_kernel).__getitem__ = getitem
+        return self
+
+    def __exit__(self, *exc):
+        type(K.sgd_kernel).__getitem__ = self._orig
+
+
+class NoTorchOps(torch.overrides.TorchFunctionMode):
+    """Fails on any torch operation: proves a call does no device work."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        raise AssertionError(f"unexpected torch op {getattr(func, '__name__', func)}")
+
+
+def run_scheduler(name, dtype=torch.float32):
+    make_stock, make_fused = SCHEDULERS[name]
+    ref = make_params(dtype)
+    a_ps, t_ps, k_ps = (copy.deepcopy(ref) for _ in range(3))
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
+    stock_opt = torch.optim.SGD(groups(a_ps), foreach=False, **kw)
+    torch_opt = fused_lr.FusedSGD(groups(t_ps), backend="torch", **kw)
+    kern_opt = fused_lr.FusedSGD(groups(k_ps), backend="triton", **kw)
+    assert kern_opt.implementation == "triton" and torch_opt.implementation == "torch"
+    sa, st, sk = make_stock(stock_opt), make_fused(torch_opt), make_fused(kern_opt)
+    manual = name == "none"
+    closed_form = isinstance(sk, fused._FusedLRScheduler)
+    for t in range(STEPS):
+        gs = grads_for(t, ref)
+        for ps in (a_ps, t_ps, k_ps):
+            for p, g in zip(ps, gs):
+                p.grad = None if g is None else g.clone()
+        used = [g["lr"] for g in stock_opt.param_groups]
+        stock_opt.step()
+        torch_opt.step()
+        with CountLaunches() as launches:
+            kern_opt.step()
+        dtypes = {(q.real if q.is_complex() else q).dtype for q, g in zip(k_ps, gs) if g is not None}
+        assert launches.n == len(dtypes), f"step {t}: {launches.n} kernel launches, expected one per dtype {dtypes}"
+        # After the step, the kernel path's group["lr"] holds the LR it used (written by the kernel).
+        got = kern_opt.lr_tensor.tolist()
+        assert all(abs(x - y) <= 1e-12 * abs(y) for x, y in zip(got, used)), f"step {t}: lr used {got} vs stock {used}"
+        if sa is not None:
+            sa.step()
+            grows = "table" in getattr(sk, "modes", ()) and sk.last_epoch + 1 >= sk.horizon - sk.horizon // 4
+            if closed_form and not sk._sched.direct_fns and not grows:
+                with NoTorchOps():
+                    sk.step()  # deferred: no device work at all, the next kernel advances the counter
+                assert sk._sched.pending == 1
+            elif closed_form:
+                # A device-mode lambda is evaluated (torch ops) at the step the kernel will use; a
+                # growing LambdaLR table is re-uploaded (and the counter set) at this step.
+                sk.step()
+                assert sk._sched.pending == (0 if grows else 1)
+            else:
+                sk.step()
+            st.step()
+            if closed_form:
+                assert sk.get_last_lr() == st.get_last_lr()
+        if manual:
+            for o in (stock_opt, torch_opt, kern_opt):
+                for g in o.param_groups:
+                    g["lr"] *= 0.95  # manual decay, in place on the device for FusedSGD
+        tol = FP32 if dtype == torch.float32 else BF16
+        for i, (p, q, r) in enumerate(zip(a_ps, t_ps, k_ps)):
+            check_close(r, q, tol, f"{name} step {t} param {i}: triton vs torch path")
+            if dtype == torch.float32:
+                check_close(r, p, tol, f"{name} step {t} param {i}: triton vs stock")
+            bk = kern_opt.state.get(r, {}).get("momentum_buffer")
+            bt = torch_opt.state.get(q, {}).get("momentum_buffer")
+            assert (bk is None) == (bt is None), f"{name} step {t} param {i}: buffer presence"
+            if bk is not None:
+                check_close(bk, bt, tol, f"{name} step {t} buffer {i}")
+    if closed_form:
+        kern_opt.step()  # applies the last deferred scheduler step
+        assert int(sk.step_counter.item()) == sk.last_epoch == STEPS
+
+
+def case_schedulers():
+    for name in SCHEDULERS:
+        run_scheduler(name)
+
+
+def case_bf16():
+    run_scheduler("cosine", torch.bfloat16)
+
+
+def case_plateau():
+    ps = make_params(torch.float32)
+    a_ps, k_ps = copy.deepcopy(ps), copy.deepcopy(ps)
+    a = torch.optim.SGD(groups(a_ps), lr=0.1, momentum=0.9, foreach=False)
+    k = fused_lr.FusedSGD(groups(k_ps), lr=0.1, momentum=0.9, backend="triton")
+    sa = stock.ReduceLROnPlateau(a, patience=1, factor=0.5)
+    sk = fused.ReduceLROnPlateau(k, patience=1, factor=0.5)
+    metrics = [1.0, 0.9, 0.95, 0.97, 0.96, 0.8, 0.85, 0.86, 0.87]
+    for t, m in enumerate(metrics):
+        gs = grads_for(t + 10, ps)
+        for qs in (a_ps, k_ps):
+            for p, g in zip(qs, gs):
+                p.grad = None if g is None else g.clone()
+        a.step()
+        k.step()
+        sa.step(m)
+        sk.step(torch.tensor(m))
+        assert sk.get_last_lr() == sa.get_last_lr(), (t, sk.get_last_lr(), sa.get_last_lr())
+        for p, q in zip(a_ps, k_ps):
+            check_close(q, p, FP32, f"plateau step {t}")
+
+
+def case_resume():
+    """A state_dict taken mid-run on the Triton path (with a deferred step pending) resumes exactly."""
+    ps = make_params(torch.float32)
+    full, part = copy.deepcopy(ps), copy.deepcopy(ps)
+    kw = dict(lr=0.1, momentum=0.9)
+    o_full = fused_lr.FusedSGD(groups(full), backend="triton", **kw)
+    s_full = fused.CosineAnnealingLR(o_full, 7)
+    o_part = fused_lr.FusedSGD(groups(part), backend="triton", **kw)
+    s_part = fused.CosineAnnealingLR(o_part, 7)
+    for t in range(16):
+        if t == 9:
+            buf = io.BytesIO()
+            torch.save({"p": [p.detach().clone() for p in part], "o": o_part.state_dict(), "s": s_part.state_dict()}, buf)
+            buf.seek(0)
+            ck = torch.load(buf, weights_only=True)
+            part = [torch.nn.Parameter(v) for v in ck["p"]]
+            o_part = fused_lr.FusedSGD(groups(part), backend="triton", **kw)
+            s_part = fused.CosineAnnealingLR(o_part, 7)
+            o_part.load_state_dict(ck["o"])
+            s_part.load_state_dict(ck["s"])
+        gs = grads_for(t, ps)
+        for qs in (full, part):
+            for p, g in zip(qs, gs):
+                p.grad = None if g is None else g.clone()
+        o_full.step(), o_part.step(), s_full.step(), s_part.step()
+    for p, q in zip(full, part):
+        assert torch.equal(p, q), "resumed Triton-path trajectory differs"
+
+
+def case_epoch_schedule():
+    """StepLR stepped once per 'epoch' of 3 optimizer steps: the counter advances once per epoch."""
+    ps = make_params(torch.float32)
+    a_ps, k_ps = copy.deepcopy(ps), copy.deepcopy(ps)
+    a = torch.optim.SGD(groups(a_ps), lr=0.1, momentum=0.9, foreach=False)
+    k = fused_lr.FusedSGD(groups(k_ps), lr=0.1, momentum=0.9, backend="triton")
+    sa, sk = stock.StepLR(a, 2, 0.1), fused.StepLR(k, 2, 0.1)
+    for epoch in range(6):
+        for it in range(3):
+            gs = grads_for(epoch * 3 + it, ps)
+            for qs in (a_ps, k_ps):
+                for p, g in zip(qs, gs):
+                    p.grad = None if g is None else g.clone()
+            a.step()
+            k.step()
+        sa.step()
+        sk.step()
+        for p, q in zip(a_ps, k_ps):
+            check_close(q, p, FP32, f"epoch {epoch}")
+    assert sk.get_last_lr() == sa.get_last_lr()
+
+
+CASES = {
+    "schedulers": case_schedulers,
+    "bf16": case_bf16,
+    "plateau": case_plateau,
+    "resume": case_resume,
+    "epoch_schedule": case_epoch_schedule,
+}
+
+if __name__ == "__main__":
+    assert TP._interpreting(), "the kernels are not interpreted"
+    with TP.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=4):
+        for case in sys.argv[1:]:
+            CASES[case]()
+            print(f"{case}: ok")
