@@ -126,6 +126,7 @@ def sgd_torch(
     dampening: float,
     nesterov: bool,
     maximize: bool,
+    uniform: bool = False,
 ) -> list[Tensor]:
     """One SGD step over ``params`` (one group, one device), in place.
 
@@ -134,6 +135,9 @@ def sgd_torch(
         momentum_buffers: one entry per param when ``momentum != 0`` (``None`` where the param has
             no buffer yet), else an empty list.
         lr: float64 tensor with one element on the params' device.
+        uniform: the caller guarantees every param has one real dtype that the fused kernel
+            handles correctly on this device (no complex, no split needed): with every momentum
+            buffer present this is one direct kernel call, the steady-state fast path.
 
     Returns:
         The momentum buffers after the step (newly created ones included), in ``params`` order;
@@ -141,6 +145,20 @@ def sgd_torch(
     """
     if not params:
         return []
+    if uniform and lr.device.type == "cpu" and (momentum == 0 or all(b is not None for b in momentum_buffers)):
+        torch._fused_sgd_(
+            params,
+            grads,
+            momentum_buffers if momentum != 0 else [],
+            weight_decay=float(weight_decay),
+            momentum=float(momentum),
+            lr=lr,
+            dampening=float(dampening),
+            nesterov=bool(nesterov),
+            maximize=bool(maximize),
+            is_first_step=False,
+        )
+        return momentum_buffers if momentum != 0 else []
     broken = [(p.device.type, p.dtype) in _FUSED_BROKEN for p in params]
     if any(broken):
         # Split: the dtypes the fused kernel gets wrong take the for-loop algorithm (CPU only, so

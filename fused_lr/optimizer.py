@@ -156,6 +156,7 @@ class FusedSGD(Optimizer):
         self._identity = None  # Triton path without a closed-form schedule: rows that read lr_buf
         self._ticket = None  # Triton path: last-program-done ticket of the write-back
         self._plan_cache = None  # Triton path: address/chunk tables per parameter set
+        self._uniform: list[bool] = []  # per group: the torch path's single-call fast path applies
         super().__init__(params, defaults)
         self._impl = self._resolve_backend()
 
@@ -204,6 +205,18 @@ class FusedSGD(Optimizer):
         super().add_param_group(group)
         self._device = device
         self._rebuild_lr_buf()
+        self._uniform.append(self._is_uniform(params))
+
+    @staticmethod
+    def _is_uniform(params) -> bool:
+        """One real dtype the stock fused kernel handles correctly: the torch path's fast path."""
+        from ._torch_path import _FUSED_BROKEN, FUSED_DTYPES
+
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) != 1:
+            return False
+        (dtype,) = dtypes
+        return dtype in FUSED_DTYPES and (params[0].device.type, dtype) not in _FUSED_BROKEN
 
     def _rebuild_lr_buf(self) -> None:
         """One float64 LR tensor on the device; each group's "lr" is a 0-dim view of its slot."""
@@ -272,7 +285,9 @@ class FusedSGD(Optimizer):
                 raise RuntimeError(
                     f"FusedSGD does not support sparse gradients (param group {gi}, shape {tuple(p.shape)})"
                 )
-            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            # torch checks device, dtype and shape when a grad is assigned; dtype can differ only
+            # through the grad_dtype opt-in, shape only through in-place resizing.
+            if g.dtype is not p.dtype or g.shape != p.shape:
                 raise RuntimeError(
                     f"gradient does not match its parameter in param group {gi}: grad "
                     f"{tuple(g.shape)} {g.dtype} on {g.device}, param {tuple(p.shape)} {p.dtype} on {p.device}"
@@ -318,6 +333,7 @@ class FusedSGD(Optimizer):
                 dampening=group["dampening"],
                 nesterov=group["nesterov"],
                 maximize=group["maximize"],
+                uniform=self._uniform[gi],
             )
             for p, b, old in zip(params, new_bufs, bufs):
                 if b is not old:
@@ -453,6 +469,9 @@ class FusedSGD(Optimizer):
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("_schedule", None)
         self.__dict__.setdefault("_impl", "torch")
+        for name in ("_identity", "_ticket", "_plan_cache"):
+            self.__dict__.setdefault(name, None)
+        self.__dict__.setdefault("_uniform", [self._is_uniform(g["params"]) for g in self.param_groups])
         if self.param_groups:
             self._device = self.param_groups[0]["params"][0].device
             self._rebuild_lr_buf()
