@@ -231,55 +231,57 @@ def lr_at(
     if kinds is None:
         kinds = set(KIND_NAMES) if table is not None else set(KIND_NAMES) - {KIND_TABLE, KIND_MULTISTEP}
     kinds = set(kinds)
-    t_int = step.reshape(()).to(torch.int64)
+    t_int = step.reshape(())
+    if t_int.dtype != torch.int64:
+        t_int = t_int.to(torch.int64)
     t = t_int.to(torch.float64)
-    kind = desc[:, 0]
-    base = desc[:, 1]
-    p0 = desc[:, 2]
-    p1 = desc[:, 3]
-    p2 = desc[:, 4]
-    p3 = desc[:, 5]
-    p4 = desc[:, 6]
+    kind, base, p0, p1, p2, p3, p4, _ = desc.unbind(1)  # one op for the eight column views
     out = base
+    single = len(kinds) == 1
+
+    def pick(code: int, value: Tensor, current: Tensor) -> Tensor:
+        # With one kind present every row has it: no mask (fewer ops on the per-step path).
+        return value if single else torch.where(kind == code, value, current)
+
     if KIND_STEP in kinds:
         # Integer floor division: exact for every step count, unlike a float quotient.
         n_decays = torch.div(t_int, p0.to(torch.int64).clamp_min(1), rounding_mode="floor")
-        out = torch.where(kind == KIND_STEP, base * torch.pow(p1, n_decays.to(torch.float64)), out)
+        out = pick(KIND_STEP, base * torch.pow(p1, n_decays.to(torch.float64)), out)
     if KIND_EXPONENTIAL in kinds:
-        out = torch.where(kind == KIND_EXPONENTIAL, base * torch.pow(p0, t), out)
+        out = pick(KIND_EXPONENTIAL, base * torch.pow(p0, t), out)
     if KIND_COSINE in kinds:
         t_max = torch.where(p0 > 0, p0, torch.ones_like(p0))
         # cos is 2*T_max periodic in t; reduce first (fmod of floats is exact) so the angle stays
         # small and precise at giant step counts.
         phase = torch.remainder(t, 2.0 * t_max)
         cos_lr = p1 + (base - p1) * (1.0 + torch.cos(math.pi * phase / t_max)) / 2.0
-        out = torch.where(kind == KIND_COSINE, cos_lr, out)
+        out = pick(KIND_COSINE, cos_lr, out)
     if KIND_TABLE in kinds:
         if table is None:
             raise ValueError("a KIND_TABLE schedule row needs its table")
         length = p1.to(torch.int64).clamp_min(1)
         idx = p0.to(torch.int64) + torch.minimum(t_int.clamp_min(0), length - 1)
         idx = idx.clamp(0, max(table.numel() - 1, 0))
-        out = torch.where(kind == KIND_TABLE, base * table[idx], out)
+        out = pick(KIND_TABLE, base * table[idx], out)
     if KIND_DIRECT in kinds:
-        out = torch.where(kind == KIND_DIRECT, p0, out)
+        out = pick(KIND_DIRECT, p0, out)
     if KIND_MULTISTEP in kinds:
         if table is None:
             raise ValueError("a KIND_MULTISTEP schedule row needs its table of milestones")
         j = torch.arange(table.numel(), device=desc.device, dtype=torch.float64)
         mine = (j >= p1[:, None]) & (j < (p1 + p2)[:, None])  # [groups, table]
         passed = (mine & (table[None, :] <= t)).sum(dim=1).to(torch.float64)
-        out = torch.where(kind == KIND_MULTISTEP, base * torch.pow(p0, passed), out)
+        out = pick(KIND_MULTISTEP, base * torch.pow(p0, passed), out)
     if KIND_CONSTANT_FACTOR in kinds:
-        out = torch.where(kind == KIND_CONSTANT_FACTOR, torch.where(t < p1, base * p0, base), out)
+        out = pick(KIND_CONSTANT_FACTOR, torch.where(t < p1, base * p0, base), out)
     if KIND_LINEAR in kinds:
         total = torch.where(p2 > 0, p2, torch.ones_like(p2))
         lin = base * (p0 + (p1 - p0) * torch.minimum(total, t) / total)
-        out = torch.where(kind == KIND_LINEAR, lin, out)
+        out = pick(KIND_LINEAR, lin, out)
     if KIND_POLYNOMIAL in kinds:
         total = torch.where(p0 > 0, p0, torch.ones_like(p0))
         poly = base * torch.pow(1.0 - torch.minimum(total, t) / total, p1)
-        out = torch.where(kind == KIND_POLYNOMIAL, poly, out)
+        out = pick(KIND_POLYNOMIAL, poly, out)
     if kinds & {KIND_WARMUP_COSINE, KIND_WSD, KIND_INVERSE_SQRT}:
         # Shared linear warmup from 0: base * t / W while t < W (W = p0 for all three kinds).
         warm = p0 > 0
@@ -292,7 +294,7 @@ def lr_at(
         prog = torch.clamp((t - p0) / span, 0.0, 1.0)
         cos_lr = floor + (base - floor) * (1.0 + torch.cos(math.pi * prog)) / 2.0
         cos_lr = torch.where(t >= p1, floor, cos_lr)
-        out = torch.where(kind == KIND_WARMUP_COSINE, torch.where(in_warmup, warmup_lr, cos_lr), out)
+        out = pick(KIND_WARMUP_COSINE, torch.where(in_warmup, warmup_lr, cos_lr), out)
     if KIND_WSD in kinds:
         floor = base * p3
         d = torch.where(p2 > 0, p2, torch.ones_like(p2))
@@ -303,10 +305,10 @@ def lr_at(
         one_minus_sqrt = base - (base - floor) * torch.sqrt(prog)
         decayed = torch.where(p4 == 0, linear, torch.where(p4 == 1, cosine, one_minus_sqrt))
         wsd = torch.where(t >= p1, decayed, base)
-        out = torch.where(kind == KIND_WSD, torch.where(in_warmup, warmup_lr, wsd), out)
+        out = pick(KIND_WSD, torch.where(in_warmup, warmup_lr, wsd), out)
     if KIND_INVERSE_SQRT in kinds:
         inv = base * torch.sqrt(torch.where(warm, p0, torch.ones_like(p0)) / torch.clamp_min(t, 1.0))
-        out = torch.where(kind == KIND_INVERSE_SQRT, torch.where(in_warmup, warmup_lr, inv), out)
+        out = pick(KIND_INVERSE_SQRT, torch.where(in_warmup, warmup_lr, inv), out)
     return out
 
 
