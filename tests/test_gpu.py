@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 # 2^-24 relative, on top of FMA contraction (~1-2 ulp per step); over 30 steps ~1e-5 relative.
 CUDA_FP32_TOL = dict(rtol=2e-5, atol=2e-6)
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "triton"]
 
 
 def _model(seed=0):
@@ -57,6 +57,30 @@ def test_cuda_parity_with_stock(backend, sched):
             s.step()
     for p, q in zip(ma.parameters(), mb.parameters()):
         assert_close(q, p, what=f"cuda {sched}", **CUDA_FP32_TOL)
+
+
+def test_one_kernel_launch_per_step_on_the_triton_path():
+    """opt.step() + sched.step() (per-iteration cosine) in steady state: exactly one kernel."""
+    m = _model()
+    o = fused_lr.FusedSGD(m.parameters(), lr=0.1, momentum=0.9, backend="triton")
+    assert o.implementation == "triton"
+    s = fused.CosineAnnealingLR(o, T_max=10)
+    m(torch.randn(16, 33, device="cuda")).sum().backward()
+    for _ in range(3):
+        o.step()
+        s.step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            o.step()
+            s.step()
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 5 and all("sgd_kernel" in k for k in kernels), kernels
+    assert s._sched.pending == 1  # the last sched.step() waits for the next kernel
+    o.step()  # ...which applies it: counter and group LRs written by the kernel's last program
+    assert int(s.step_counter.item()) == s.last_epoch
+    assert o.lr_tensor.tolist() == pytest.approx(s.get_last_lr(), rel=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
