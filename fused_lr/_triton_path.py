@@ -15,7 +15,8 @@ Tables and what is rebuilt when (all of it host-side work plus one small host-to
   other step) do not rebuild.
 * The gradient address table of a plan: rebuilt when the tuple of grad ``data_ptr()`` changes
   (``zero_grad(set_to_none=True)`` frees grads; the caching allocator usually hands the same
-  blocks back, and CUDA-graph replays always do).
+  blocks back, and CUDA-graph replays always do). On CUDA the new table is uploaded
+  asynchronously from pinned memory: no host sync (but not inside a graph capture).
 * The first-step flags of a plan: rebuilt when the tuple of flags changes (the step after a
   parameter's first one, typically).
 
@@ -198,6 +199,17 @@ class _Plan:
         self.first_key: tuple[bool, ...] | None = None
 
 
+def _upload(values, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A host list as a device tensor. On CUDA the copy goes through pinned memory and is
+    asynchronous: a table rebuilt in a training loop (new grad addresses after
+    ``zero_grad(set_to_none=True)``) costs no host sync. torch's pinned-memory allocator keeps the
+    staging buffer alive until the copy has run."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 def _aligned(addr: int) -> bool:
     return addr % _sgd_kernels.ALIGNMENT == 0
 
@@ -286,7 +298,7 @@ def _set_grads(plan: _Plan, grads: Sequence[Tensor], params: Sequence[Tensor], g
                     + ("" if g.is_contiguous() else " (not contiguous)")
                 )
             addrs.append(g.data_ptr())
-        launch.grad_addrs = torch.tensor(addrs, dtype=torch.int64, device=plan.device)
+        launch.grad_addrs = _upload(addrs, torch.int64, plan.device)
         launch.grads_aligned = all(_aligned(a) for a in addrs)
     plan.grad_key = grad_key
 
@@ -294,7 +306,7 @@ def _set_grads(plan: _Plan, grads: Sequence[Tensor], params: Sequence[Tensor], g
 def _set_first_step(plan: _Plan, first_key: tuple[bool, ...]) -> None:
     for launch in plan.launches:
         flags = [1 if first_key[i] else 0 for i in launch.positions]
-        launch.first_step = torch.tensor(flags, dtype=torch.int8, device=plan.device)
+        launch.first_step = _upload(flags, torch.int8, plan.device)
     plan.first_key = first_key
 
 

@@ -96,6 +96,8 @@ def test_no_host_sync_in_steady_state(backend):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(5):
+            o.zero_grad()  # set_to_none: new grad tensors, possibly new addresses (tables re-uploaded)
+            m(x).square().mean().backward()
             o.step()
             s.step()
     finally:
