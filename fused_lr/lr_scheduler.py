@@ -45,6 +45,7 @@ __all__ = [
     "ExponentialLR",
     "PolynomialLR",
     "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
     "LambdaLR",
     "ReduceLROnPlateau",
     "WarmupCosineLR",
@@ -453,6 +454,82 @@ class CosineAnnealingLR(_FusedLRScheduler):
 
     def _rows(self):
         return [S.cosine_row(b, self.T_max, self.eta_min) for b in self.base_lrs]
+
+
+class CosineAnnealingWarmRestarts(_FusedLRScheduler):
+    r"""Cosine annealing with warm restarts (SGDR), on the device.
+
+    Cycle ``i`` lasts ``T_i = T_0 * T_mult**i`` epochs; within it
+    ``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2``. Same signature as
+    ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`` (``T_0 >= 1``, integer ``T_mult >= 1``,
+    ``eta_min >= 0``), including fractional epochs passed to ``step(epoch)``
+    (``scheduler.step(epoch + i / iters)``): the integer part goes to the device counter, the
+    fraction to the description, and later ``step()`` calls keep the fraction, as torch's do.
+    """
+
+    _arg_names = ("T_0", "T_mult", "eta_min")
+
+    def __init__(self, optimizer: FusedSGD, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer, "CosineAnnealingWarmRestarts")
+        args = self._validate_args({"T_0": T_0, "T_mult": T_mult, "eta_min": eta_min})
+        self.T_0, self.T_mult, self.eta_min = args["T_0"], args["T_mult"], args["eta_min"]
+        self._frac = 0.0
+        super().__init__(optimizer, last_epoch)
+
+    def _validate_args(self, values):
+        return {
+            "T_0": _int_arg("T_0", values["T_0"], 1),
+            "T_mult": _int_arg("T_mult", values["T_mult"], 1),
+            "eta_min": _real_arg("eta_min", values["eta_min"], nonnegative=True),
+        }
+
+    def _rows(self):
+        return [S.cosine_restarts_row(b, self.T_0, self.T_mult, self.eta_min, self._frac) for b in self.base_lrs]
+
+    def step(self, epoch: float | None = None) -> None:
+        """Advance one epoch, or jump to ``epoch`` (fractional allowed, deprecated form in torch)."""
+        if epoch is None or (isinstance(epoch, numbers.Integral) and not isinstance(epoch, bool)):
+            return super().step(epoch)
+        epoch = _real_arg("epoch", epoch, nonnegative=True)
+        whole = math.floor(epoch)
+        frac = epoch - whole
+        if self._sched is None:
+            self._build_schedule()
+        self._frac = frac
+        self._sched.desc[:, 5].fill_(frac)  # device data only
+        self._sched.desc_host[:, 5] = frac
+        super().step(int(whole))
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["T_i"], sd["T_cur"] = self._cycle(self.last_epoch + self._frac)
+        sd["_frac"] = self._frac
+        return sd
+
+    def _cycle(self, e: float) -> tuple[float, float]:
+        """torch's (T_i, T_cur) at epoch ``e``, on the host (for state_dict compatibility)."""
+        t_i, start = self.T_0, 0
+        if self.T_mult == 1:
+            return t_i, e % self.T_0
+        while e >= start + t_i:
+            start += t_i
+            t_i *= self.T_mult
+        return t_i, e - start
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        frac = state_dict.get("_frac")
+        if frac is None and "T_cur" in state_dict:
+            # A stock state dict: recover the fractional part from T_cur.
+            t_cur = float(state_dict["T_cur"])
+            frac = t_cur - math.floor(t_cur)
+        frac = _real_arg("_frac", frac or 0.0, nonnegative=True)
+        old = self._frac
+        self._frac = frac
+        try:
+            super().load_state_dict(state_dict)
+        except Exception:
+            self._frac = old
+            raise
 
 
 class LambdaLR(_FusedLRScheduler):

@@ -57,6 +57,15 @@ peak exactly at ``t = W``; ``floor = base_lr * min_lr_ratio``)::
                                                                  p3=min_lr_ratio, p4=shape
     KIND_INVERSE_SQRT   t < W: base_lr * t / W;  t >= W: base_lr * sqrt(W / t)   p0=W
                         (W = 0: base_lr / sqrt(max(t, 1)))
+
+Warm restarts (torch's CosineAnnealingWarmRestarts; ``e = t + frac`` is the epoch, ``frac`` the
+fractional part last passed to ``step(epoch)``)::
+
+    KIND_COSINE_RESTARTS  cycle i has length T_i = T_0 * T_mult**i and starts at
+                          S_i = T_0 * (T_mult**i - 1) / (T_mult - 1) (S_i = i * T_0 when T_mult = 1);
+                          with i the cycle containing e and T_cur = e - S_i:
+                          lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2
+                                                         p0=T_0, p1=T_mult, p2=eta_min, p3=frac
 """
 
 from __future__ import annotations
@@ -83,6 +92,7 @@ __all__ = [
     "KIND_WARMUP_COSINE",
     "KIND_WSD",
     "KIND_INVERSE_SQRT",
+    "KIND_COSINE_RESTARTS",
     "WSD_SHAPES",
     "KIND_NAMES",
     "constant_row",
@@ -98,6 +108,7 @@ __all__ = [
     "warmup_cosine_row",
     "wsd_row",
     "inverse_sqrt_row",
+    "cosine_restarts_row",
     "lr_at",
     "lambda_runs_on_device",
 ]
@@ -117,6 +128,7 @@ KIND_POLYNOMIAL = 9
 KIND_WARMUP_COSINE = 10
 KIND_WSD = 11
 KIND_INVERSE_SQRT = 12
+KIND_COSINE_RESTARTS = 13
 
 # Cooldown shapes of KIND_WSD, by code.
 WSD_SHAPES = {"linear": 0, "cosine": 1, "1-sqrt": 2}
@@ -135,6 +147,7 @@ KIND_NAMES = {
     KIND_WARMUP_COSINE: "warmup_cosine",
     KIND_WSD: "wsd",
     KIND_INVERSE_SQRT: "inverse_sqrt",
+    KIND_COSINE_RESTARTS: "cosine_restarts",
 }
 
 
@@ -208,6 +221,11 @@ def wsd_row(base_lr: float, warmup_steps: int, decay_start: int, decay_steps: in
 def inverse_sqrt_row(base_lr: float, warmup_steps: int) -> list[float]:
     """Linear warmup, then ``base_lr * sqrt(warmup_steps / t)``."""
     return _row(KIND_INVERSE_SQRT, base_lr, warmup_steps)
+
+
+def cosine_restarts_row(base_lr: float, T_0: int, T_mult: int, eta_min: float, frac: float = 0.0) -> list[float]:
+    """Cosine annealing with warm restarts (torch's CosineAnnealingWarmRestarts)."""
+    return _row(KIND_COSINE_RESTARTS, base_lr, T_0, T_mult, eta_min, frac)
 
 
 def lr_at(
@@ -309,6 +327,24 @@ def lr_at(
     if KIND_INVERSE_SQRT in kinds:
         inv = base * torch.sqrt(torch.where(warm, p0, torch.ones_like(p0)) / torch.clamp_min(t, 1.0))
         out = pick(KIND_INVERSE_SQRT, torch.where(in_warmup, warmup_lr, inv), out)
+    if KIND_COSINE_RESTARTS in kinds:
+        e = t + p3
+        t0 = torch.where(p0 > 0, p0, torch.ones_like(p0))
+        geo = p1 > 1
+        m = torch.where(geo, p1, torch.full_like(p1, 2.0))
+
+        def start(n):
+            return t0 * (torch.pow(m, n) - 1.0) / (m - 1.0)
+
+        # Cycle index from the geometric series, then corrected by one either way so that
+        # start(n) <= e < start(n + 1) holds exactly (the log can round across a boundary).
+        n = torch.floor(torch.log(e * (m - 1.0) / t0 + 1.0) / torch.log(m))
+        n = torch.where(start(n) > e, n - 1.0, n)
+        n = torch.where(start(n + 1.0) <= e, n + 1.0, n)
+        t_cur = torch.where(geo, e - start(n), torch.remainder(e, t0))
+        t_i = torch.where(geo, t0 * torch.pow(m, n), t0)
+        restart_lr = p2 + (base - p2) * (1.0 + torch.cos(math.pi * t_cur / t_i)) / 2.0
+        out = pick(KIND_COSINE_RESTARTS, restart_lr, out)
     return out
 
 

@@ -29,6 +29,10 @@ Formulas (``t`` = the int64 step counter; ``warmup`` = ``base_lr * t / p0`` whil
                       p4 == 0: base_lr - (base_lr - floor) * q;  p4 == 1: the cosine of
                       KIND_WARMUP_COSINE with q;  else: base_lr - (base_lr - floor) * sqrt(q)
     KIND_INVERSE_SQRT warmup; else base_lr * sqrt(W / max(t, 1)),  W = p0 if p0 > 0 else 1
+    KIND_COSINE_RESTARTS  e = t + p3; T_mult = p1 > 1: walk the cycles (start += T_i,
+                      T_i *= T_mult: exact, at most log_{T_mult}(e / T_0) + 1 iterations) to the
+                      one holding e; T_mult = 1: T_cur = e mod T_0 (exact); then the half cosine
+                      from base_lr to eta_min = p2 at T_cur / T_i
 
 How each piece stays exact, or within a few ulp, on both the GPU and Triton's CPU interpreter:
 
@@ -72,6 +76,7 @@ __all__ = [
     "KIND_WARMUP_COSINE",
     "KIND_WSD",
     "KIND_INVERSE_SQRT",
+    "KIND_COSINE_RESTARTS",
     "SUPPORTED_KINDS",
     "lr_at",
     "lr_at_kernel",
@@ -93,9 +98,10 @@ KIND_POLYNOMIAL = tl.constexpr(9)
 KIND_WARMUP_COSINE = tl.constexpr(10)
 KIND_WSD = tl.constexpr(11)
 KIND_INVERSE_SQRT = tl.constexpr(12)
+KIND_COSINE_RESTARTS = tl.constexpr(13)
 
 # Every kind lr_at implements (the host checks a description against it before launching).
-SUPPORTED_KINDS = frozenset(range(13))
+SUPPORTED_KINDS = frozenset(range(14))
 
 @triton.jit
 def _powi(x, n):
@@ -239,6 +245,21 @@ def lr_at(step, desc_ptr, table_ptr, table_numel, group):
         else:
             w = tl.where(p0 > 0, p0, 1.0)
             lr = base * tl.sqrt(w / tl.maximum(t, 1.0))
+    elif kind == KIND_COSINE_RESTARTS:
+        e = t + tl.load(row + 5)
+        t0 = tl.where(p0 > 0, p0, 1.0)
+        if p1 > 1:
+            start = tl.zeros((), tl.float64)
+            t_i = t0
+            while e >= start + t_i:
+                start += t_i
+                t_i = t_i * p1
+            t_cur = e - start
+        else:
+            t_i = t0
+            t_cur = _fmod_floor(e, t0)
+        eta_min = tl.load(row + 4)
+        lr = eta_min + (base - eta_min) * (1.0 + tl.cos(3.141592653589793 * t_cur / t_i)) / 2.0
     return lr
 
 

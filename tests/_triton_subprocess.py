@@ -166,6 +166,9 @@ def case_lr_at() -> str:
         S.wsd_row(0.1, 0, 10, 0, 0.0, 0),  # no decay steps: straight to the floor
         S.inverse_sqrt_row(0.1, 4),
         S.inverse_sqrt_row(0.1, 0),
+        S.cosine_restarts_row(0.1, 3, 1, 1e-3),
+        S.cosine_restarts_row(0.1, 2, 2, 0.0),
+        S.cosine_restarts_row(0.2, 5, 3, 1e-4, 0.5),  # a fractional epoch from step(epoch)
     ]
     table = torch.tensor([9.0, 9.0, 1.0, 0.5, 0.25, 0.125, 7.0, 3.0, 5.0, 5.0, 20.0], dtype=torch.float64)
     desc = torch.tensor(rows, dtype=torch.float64)
@@ -180,7 +183,7 @@ def case_lr_at() -> str:
     ref = torch.stack([S.lr_at(torch.tensor([s]), desc, table) for s in steps])
 
     exact_kinds = {S.KIND_CONSTANT, S.KIND_TABLE, S.KIND_DIRECT, S.KIND_CONSTANT_FACTOR, S.KIND_LINEAR}
-    cosine_kinds = {S.KIND_COSINE, S.KIND_WARMUP_COSINE, S.KIND_WSD}
+    cosine_kinds = {S.KIND_COSINE, S.KIND_WARMUP_COSINE, S.KIND_WSD, S.KIND_COSINE_RESTARTS}
     missing = set(S.KIND_NAMES) - {int(k) for k in desc[:, 0].tolist()}
     assert not missing, f"add rows for kinds {sorted(missing)}"
     kinds = desc[:, 0].tolist()
@@ -194,7 +197,8 @@ def case_lr_at() -> str:
             else:
                 bound = LR_RTOL * abs(exp) + LR_ATOL_UNDERFLOW
                 if kind in cosine_kinds:
-                    bound += LR_COSINE_ATOL_PER_AMPLITUDE * (abs(desc[j, 1].item()) + abs(desc[j, 3].item()))
+                    floor_col = 4 if kind == S.KIND_COSINE_RESTARTS else 3  # eta_min's column
+                    bound += LR_COSINE_ATOL_PER_AMPLITUDE * (abs(desc[j, 1].item()) + abs(desc[j, floor_col].item()))
                 ok = abs(got - exp) <= bound
                 if exp != 0:
                     worst = max(worst, abs(got - exp) / abs(exp))

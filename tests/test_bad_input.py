@@ -187,6 +187,9 @@ def test_load_state_dict_rejects_mismatch_without_mutation(mutate, match):
         (lambda o: fused.LinearLR(o, total_iters=0), ValueError, "total_iters must be >= 1, got 0"),
         (lambda o: fused.PolynomialLR(o, total_iters=0), ValueError, "total_iters must be >= 1, got 0"),
         (lambda o: fused.PolynomialLR(o, power=-1.0), ValueError, "power must be >= 0"),
+        (lambda o: fused.CosineAnnealingWarmRestarts(o, T_0=0), ValueError, "T_0 must be >= 1, got 0"),
+        (lambda o: fused.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=1.5), TypeError, "T_mult must be an integer"),
+        (lambda o: fused.CosineAnnealingWarmRestarts(o, T_0=2, eta_min=-1.0), ValueError, "eta_min must be >= 0"),
     ],
 )
 def test_scheduler_constructor_rejects_without_mutation(make, exc, match):
@@ -208,6 +211,7 @@ _ARGS = {
     "PolynomialLR": (),
     "LambdaLR": (lambda e: 1.0,),
     "CosineAnnealingLR": (10,),
+    "CosineAnnealingWarmRestarts": (10,),
     "ReduceLROnPlateau": (),
 }
 

@@ -59,6 +59,9 @@ CASES = [
     ("PolynomialLR", dict(total_iters=10, power=2.0), 30),
     ("PolynomialLR", dict(total_iters=4, power=0.5), 12),
     ("PolynomialLR", dict(), 15),
+    ("CosineAnnealingWarmRestarts", dict(T_0=5), 25),
+    ("CosineAnnealingWarmRestarts", dict(T_0=2, T_mult=2, eta_min=1e-3), 70),
+    ("CosineAnnealingWarmRestarts", dict(T_0=1, T_mult=3), 50),
 ]
 
 
@@ -114,6 +117,26 @@ def test_step_with_explicit_epoch_uses_closed_form():
         with pytest.warns(UserWarning):
             sb.step(epoch)
         assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups], f"epoch {epoch}")
+
+
+@pytest.mark.parametrize("T_0,T_mult", [(5, 1), (2, 2), (3, 3)])
+def test_warm_restarts_fractional_epochs(T_0, T_mult):
+    """torch's documented pattern: scheduler.step(epoch + i / iters) inside the epoch loop."""
+    a, b = _optimizers()
+    sa = stock.CosineAnnealingWarmRestarts(a, T_0, T_mult, eta_min=1e-3)
+    sb = fused.CosineAnnealingWarmRestarts(b, T_0, T_mult, eta_min=1e-3)
+    iters = 7
+    with pytest.warns(UserWarning):
+        for epoch in range(12):
+            for i in range(iters):
+                a.step(), b.step()
+                sa.step(epoch + i / iters)
+                sb.step(epoch + i / iters)
+                assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups], f"epoch {epoch}+{i}/{iters}")
+    for _ in range(5):  # plain steps afterwards keep the fraction, as torch's do
+        sa.step()
+        sb.step()
+        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), "plain step after fractional epochs")
 
 
 def test_warns_when_scheduler_steps_before_optimizer():
@@ -209,6 +232,10 @@ _configs = st.one_of(
             {"start_factor": st.floats(0.01, 1.0), "end_factor": st.floats(0.0, 1.0), "total_iters": st.integers(1, 100)}
         ),
     ),
+    st.tuples(
+        st.just("CosineAnnealingWarmRestarts"),
+        st.fixed_dictionaries({"T_0": st.integers(1, 30), "T_mult": st.integers(1, 3), "eta_min": st.floats(0.0, 1e-3)}),
+    ),
     st.tuples(st.just("PolynomialLR"), st.fixed_dictionaries({"total_iters": st.integers(1, 100), "power": st.floats(0.0, 3.0)})),
     st.tuples(
         st.just("CosineAnnealingLR"),
@@ -217,7 +244,7 @@ _configs = st.one_of(
 )
 
 
-# 400 examples x up to 150 steps each: each of the 7 schedulers drawn ~55 times with random
+# 400 examples x up to 150 steps each: each of the 8 schedulers drawn ~50 times with random
 # periods, milestones, factors and base LRs (one to three groups); runs in about ten seconds.
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=_configs, base_lrs=_base_lrs, steps=st.integers(1, 150))

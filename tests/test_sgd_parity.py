@@ -87,6 +87,7 @@ SCHEDULERS = {
     "constant": ("ConstantLR", dict(factor=0.5, total_iters=6)),
     "linear": ("LinearLR", dict(start_factor=0.2, total_iters=10)),
     "poly": ("PolynomialLR", dict(total_iters=20, power=1.5)),
+    "restarts": ("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=2, eta_min=1e-3)),
 }
 
 
