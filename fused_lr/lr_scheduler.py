@@ -47,6 +47,7 @@ __all__ = [
     "CosineAnnealingLR",
     "CosineAnnealingWarmRestarts",
     "LambdaLR",
+    "MultiplicativeLR",
     "ReduceLROnPlateau",
     "WarmupCosineLR",
     "WarmupStableDecayLR",
@@ -564,7 +565,7 @@ class LambdaLR(_FusedLRScheduler):
         *,
         horizon: int = 1024,
     ) -> None:
-        _check_optimizer(optimizer, "LambdaLR")
+        _check_optimizer(optimizer, type(self).__name__)
         n = len(optimizer.param_groups)
         if isinstance(lr_lambda, (list, tuple)):
             if len(lr_lambda) != n:
@@ -577,11 +578,13 @@ class LambdaLR(_FusedLRScheduler):
                 raise TypeError(f"lr_lambda[{i}] must be callable, got {type(fn).__name__}")
         self.lr_lambdas = fns
         self.horizon = _int_arg("horizon", horizon, 1)
-        modes = {}
-        self.modes = [
-            modes.setdefault(id(fn), "device" if S.lambda_runs_on_device(fn) else "table") for fn in fns
-        ]
+        self.modes = self._choose_modes(fns)
         super().__init__(optimizer, last_epoch)
+
+    @staticmethod
+    def _choose_modes(fns) -> list[str]:
+        modes: dict[int, str] = {}
+        return [modes.setdefault(id(fn), "device" if S.lambda_runs_on_device(fn) else "table") for fn in fns]
 
     def _describe(self):
         rows, table, direct = [], [], {}
@@ -987,3 +990,30 @@ class InverseSqrtLR(_FusedLRScheduler):
 
     def _rows(self):
         return [S.inverse_sqrt_row(b, self.warmup_steps) for b in self.base_lrs]
+
+
+class MultiplicativeLR(LambdaLR):
+    """Multiplies each group's LR by ``lr_lambda(epoch)`` at every step, on the device.
+
+    ``lr(t) = base_lr * prod(lr_lambda(k) for k in 1..t)``. Same signature as
+    ``torch.optim.lr_scheduler.MultiplicativeLR`` (one callable or one per group), plus
+    ``horizon``. The running product is always tabulated ahead on the host for epochs
+    ``[0, horizon)`` and kept on the device (``modes`` is ``"table"`` for every group), growing
+    as for :class:`LambdaLR`'s table mode; the callable must be a pure function of the epoch.
+    """
+
+    @staticmethod
+    def _choose_modes(fns) -> list[str]:
+        return ["table"] * len(fns)
+
+    def _describe(self):
+        rows, table = [], []
+        for fn, base in zip(self.lr_lambdas, self.base_lrs):
+            offset = len(table)
+            product = 1.0
+            table.append(product)
+            for e in range(1, self.horizon):
+                product *= float(fn(e))  # the same float64 product torch's chained steps form
+                table.append(product)
+            rows.append(S.table_row(base, offset, self.horizon))
+        return rows, table, None

@@ -59,6 +59,8 @@ CASES = [
     ("PolynomialLR", dict(total_iters=10, power=2.0), 30),
     ("PolynomialLR", dict(total_iters=4, power=0.5), 12),
     ("PolynomialLR", dict(), 15),
+    ("MultiplicativeLR", dict(lr_lambda=lambda e: 0.95), 40),
+    ("MultiplicativeLR", dict(lr_lambda=[lambda e: 0.9, lambda e: 1.0 if e < 5 else 0.8, lambda e: 1 - 0.01 * (e % 3)]), 30),
     ("CosineAnnealingWarmRestarts", dict(T_0=5), 25),
     ("CosineAnnealingWarmRestarts", dict(T_0=2, T_mult=2, eta_min=1e-3), 70),
     ("CosineAnnealingWarmRestarts", dict(T_0=1, T_mult=3), 50),

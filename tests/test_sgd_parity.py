@@ -88,6 +88,7 @@ SCHEDULERS = {
     "linear": ("LinearLR", dict(start_factor=0.2, total_iters=10)),
     "poly": ("PolynomialLR", dict(total_iters=20, power=1.5)),
     "restarts": ("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=2, eta_min=1e-3)),
+    "multiplicative": ("MultiplicativeLR", dict(lr_lambda=lambda e: 0.93 if e % 2 else 0.99)),
 }
 
 
