@@ -384,7 +384,8 @@ def triton_sgd_step(
         group_index: ``group_index[i]`` is the parameter group of ``params[i]``: the row of
             ``hyper`` and of ``desc``.
         hyper: one ``SGDHyper`` per group (``len(hyper) == desc.shape[0]``).
-        desc: float64 ``[groups, DESC_WIDTH]`` schedule rows on the device (``fused_lr.schedules``).
+        desc: float64 ``[rows, DESC_WIDTH]`` schedule rows on the device (``fused_lr.schedules``):
+            one per group (row ``g`` for group ``g``), then the pieces of composite schedules.
         table: float64 ``[table_len]`` tabulated multipliers on the device (``KIND_TABLE`` rows;
             pass any 1-element tensor when no row uses it).
         step: int64 ``[1]`` step counter on the device. The LR is taken at ``step + advance``.
@@ -415,8 +416,10 @@ def triton_sgd_step(
     if n == 0:
         return False
     hyper = tuple(h if isinstance(h, SGDHyper) else SGDHyper(*h) for h in hyper)
-    if desc.dim() != 2 or desc.shape[0] != len(hyper) or desc.dtype != torch.float64:
-        raise ValueError(f"desc must be float64 [{len(hyper)} groups, DESC_WIDTH], got {desc.dtype} {tuple(desc.shape)}")
+    if desc.dim() != 2 or desc.shape[0] < len(hyper) or desc.dtype != torch.float64:
+        raise ValueError(
+            f"desc must be float64 [>= {len(hyper)} rows (groups, then pieces), DESC_WIDTH], got {desc.dtype} {tuple(desc.shape)}"
+        )
     if not (table.dtype == torch.float64 and 1 <= table.numel() < 2**31 and table.is_contiguous()):
         raise ValueError("table must be a contiguous float64 tensor with 1 <= numel < 2**31")
     if step.dtype != torch.int64 or step.numel() != 1:

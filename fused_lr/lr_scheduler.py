@@ -48,6 +48,7 @@ __all__ = [
     "CosineAnnealingWarmRestarts",
     "LambdaLR",
     "MultiplicativeLR",
+    "SequentialLR",
     "ReduceLROnPlateau",
     "WarmupCosineLR",
     "WarmupStableDecayLR",
@@ -1017,3 +1018,130 @@ class MultiplicativeLR(LambdaLR):
                 table.append(product)
             rows.append(S.table_row(base, offset, self.horizon))
         return rows, table, None
+
+
+class SequentialLR(_FusedLRScheduler):
+    """Runs fused_lr schedulers one after another, switching at the milestones, on the device.
+
+    Same signature as ``torch.optim.lr_scheduler.SequentialLR``: ``schedulers[i]`` drives the LR
+    from ``milestones[i - 1]`` (0 for the first) until ``milestones[i]``, restarted at its own step
+    0, as torch does (``scheduler.step(0)`` at the milestone). The usual warmup:
+    ``SequentialLR(opt, [LinearLR(opt, 0.01, total_iters=W), CosineAnnealingLR(opt, T - W)], [W])``.
+
+    Each scheduler becomes a set of piece rows of one description, and the device picks the active
+    piece from the step counter: the switch costs no host work and survives CUDA-graph replay.
+    The schedulers must be fused_lr schedulers of the same optimizer with a closed form: not
+    ``ReduceLROnPlateau`` (torch rejects it too), ``MultiplicativeLR`` (its chained product has no
+    restart at a milestone) or another ``SequentialLR``. LambdaLR pieces are tabulated (their
+    callables run at the piece's local epoch).
+    """
+
+    def __init__(self, optimizer: FusedSGD, schedulers, milestones, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer, "SequentialLR")
+        schedulers = list(schedulers)
+        if len(schedulers) < 1:
+            raise ValueError(f"{type(self).__name__} expects at least one scheduler, but got no scheduler.")
+        for i, sub in enumerate(schedulers):
+            if isinstance(sub, (ReduceLROnPlateau, stock_lr_scheduler.ReduceLROnPlateau)):
+                raise ValueError(
+                    f"{type(self).__name__} does not support `ReduceLROnPlateau`, as it does not "
+                    f"have a closed form (scheduler at index {i})"
+                )
+            if not isinstance(sub, _FusedLRScheduler) or isinstance(sub, (SequentialLR, MultiplicativeLR)):
+                raise TypeError(
+                    f"{type(self).__name__} combines fused_lr schedulers with a closed form; scheduler at index "
+                    f"{i} is a {type(sub).__module__}.{type(sub).__name__}"
+                )
+            if sub.optimizer is not optimizer:
+                raise ValueError(
+                    f"{type(self).__name__} expects all schedulers to belong to the same optimizer, but "
+                    f"got scheduler at index {i} with a different optimizer"
+                )
+        milestones = list(milestones)
+        if len(milestones) != len(schedulers) - 1:
+            raise ValueError(
+                "Sequential Schedulers expects number of schedulers provided to be one more than the "
+                f"number of milestone points, but got number of schedulers {len(schedulers)} and the "
+                f"number of milestones to be equal to {len(milestones)}"
+            )
+        for i, m in enumerate(milestones):
+            _int_arg(f"milestones[{i}]", m, 1)
+        if any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"milestones must be strictly increasing, got {milestones}")
+        self._schedulers = schedulers
+        self._milestones = [int(m) for m in milestones]
+        # torch resets the LRs to initial_lr before its first piece's initial step.
+        for group in optimizer.param_groups:
+            if "initial_lr" in group:
+                group["lr"] = float(group["initial_lr"])
+        optimizer._rebuild_lr_buf()
+        super().__init__(optimizer, last_epoch)
+
+    def _describe(self):
+        n = len(self.optimizer.param_groups)
+        k = len(self._schedulers)
+        starts = [0, *self._milestones]
+        ends = [*self._milestones, math.inf]
+        rows = [S.sequential_row(b, k, n + g * k) for g, b in enumerate(self.base_lrs)]
+        pieces: list[list[float]] = [[] for _ in range(n * k)]
+        table: list[float] = []
+        for i, sub in enumerate(self._schedulers):
+            sub_rows, sub_table, _ = self._tabulated(sub)
+            shift = len(table)
+            table.extend(sub_table or [])
+            for g, row in enumerate(sub_rows):
+                row = list(row)
+                kind = int(row[0])
+                if kind == S.KIND_TABLE:
+                    row[2] += shift  # p0 = offset
+                elif kind == S.KIND_MULTISTEP:
+                    row[3] += shift  # p1 = offset
+                pieces[g * k + i] = S.as_piece(row, starts[i], ends[i], g)
+        return rows + pieces, table, None
+
+    def _tabulated(self, sub):
+        """``sub``'s description with device-mode lambdas tabulated (they would see the global step)."""
+        if isinstance(sub, LambdaLR) and "device" in sub.modes:
+            saved = sub.modes
+            sub.modes = ["table"] * len(saved)
+            try:
+                return sub._describe()
+            finally:
+                sub.modes = saved
+        return sub._describe()
+
+    def _build_schedule(self) -> None:
+        sched = S.DeviceSchedule(self.optimizer._lr_buf.device)
+        rows, table, direct = self._describe()
+        sched.set_rows(rows, table, direct, n_groups=len(self.optimizer.param_groups))
+        self._sched = sched
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's keys: ``_milestones``, ``last_epoch``, ``_schedulers`` (their state dicts)..."""
+        sd = super().state_dict()
+        sd["_milestones"] = list(self._milestones)
+        sd["_schedulers"] = [sub.state_dict() for sub in self._schedulers]
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        subs = state_dict.get("_schedulers")
+        if subs is None or len(subs) != len(self._schedulers):
+            raise ValueError(
+                f"state_dict has {0 if subs is None else len(subs)} schedulers, this SequentialLR has {len(self._schedulers)}"
+            )
+        milestones = list(state_dict.get("_milestones", self._milestones))
+        if milestones != self._milestones:
+            raise ValueError(f"state_dict milestones {milestones} differ from this SequentialLR's {self._milestones}")
+        backups = [sub.state_dict() for sub in self._schedulers]
+        try:
+            for sub, sd in zip(self._schedulers, subs):
+                sub.load_state_dict(sd)
+            super().load_state_dict({"base_lrs": state_dict.get("base_lrs", self.base_lrs), **state_dict})
+        except Exception:
+            for sub, sd in zip(self._schedulers, backups):
+                sub.load_state_dict(sd)
+            self._build_schedule()
+            self._sched.set_step(max(self.last_epoch, 0))
+            self.optimizer._schedule = self._sched
+            self._sched.write_lr(self.optimizer._lr_buf)
+            raise

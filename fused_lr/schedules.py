@@ -9,13 +9,16 @@ Triton device function; both are tested against each other and against ``torch.o
 Closed forms instead of torch's chained recurrences: they do not drift, and resuming at any step is
 exact. Everything is computed in float64, like torch's Python floats.
 
-Row layout (``desc[g]``, float64, ``DESC_WIDTH`` columns)::
+Row layout (``desc[r]``, float64, ``DESC_WIDTH`` columns; rows ``0 .. groups-1`` are the parameter
+groups, in order; a composite schedule (``KIND_SEQUENTIAL``) appends its pieces as further rows)::
 
     col 0  kind        one of the KIND_* codes below
     col 1  base_lr     the group's initial learning rate (``initial_lr``)
-    col 2  p0          kind-specific parameter
-    col 3  p1          kind-specific parameter
-    col 4.. reserved   zero (room for later kinds without changing the layout)
+    col 2..6  p0..p4   kind-specific parameters
+    col 7  start       a piece row: the step its piece starts at; the row is evaluated at the local
+                       step ``t - start`` (0 for a group's own row)
+    col 8  end         a piece row: the step its piece ends at (exclusive; inf for the last piece)
+    col 9  owner       a piece row: the group it belongs to; -1 for a group's own row
 
 Kinds (``t`` is the scheduler's ``last_epoch``, an integer >= 0)::
 
@@ -58,6 +61,12 @@ peak exactly at ``t = W``; ``floor = base_lr * min_lr_ratio``)::
     KIND_INVERSE_SQRT   t < W: base_lr * t / W;  t >= W: base_lr * sqrt(W / t)   p0=W
                         (W = 0: base_lr / sqrt(max(t, 1)))
 
+Composition (torch's SequentialLR)::
+
+    KIND_SEQUENTIAL   the group's LR is that of its active piece: the piece row r (owner = this
+                      group) with start_r <= t < end_r, evaluated at t - start_r
+                                                         p0=number of pieces, p1=first piece row
+
 Warm restarts (torch's CosineAnnealingWarmRestarts; ``e = t + frac`` is the epoch, ``frac`` the
 fractional part last passed to ``step(epoch)``)::
 
@@ -93,6 +102,7 @@ __all__ = [
     "KIND_WSD",
     "KIND_INVERSE_SQRT",
     "KIND_COSINE_RESTARTS",
+    "KIND_SEQUENTIAL",
     "WSD_SHAPES",
     "KIND_NAMES",
     "constant_row",
@@ -109,11 +119,14 @@ __all__ = [
     "wsd_row",
     "inverse_sqrt_row",
     "cosine_restarts_row",
+    "sequential_row",
+    "as_piece",
     "lr_at",
     "lambda_runs_on_device",
 ]
 
-DESC_WIDTH = 8
+DESC_WIDTH = 10
+COL_START, COL_END, COL_OWNER = 7, 8, 9
 
 KIND_CONSTANT = 0
 KIND_STEP = 1
@@ -129,6 +142,7 @@ KIND_WARMUP_COSINE = 10
 KIND_WSD = 11
 KIND_INVERSE_SQRT = 12
 KIND_COSINE_RESTARTS = 13
+KIND_SEQUENTIAL = 14
 
 # Cooldown shapes of KIND_WSD, by code.
 WSD_SHAPES = {"linear": 0, "cosine": 1, "1-sqrt": 2}
@@ -148,14 +162,15 @@ KIND_NAMES = {
     KIND_WSD: "wsd",
     KIND_INVERSE_SQRT: "inverse_sqrt",
     KIND_COSINE_RESTARTS: "cosine_restarts",
+    KIND_SEQUENTIAL: "sequential",
 }
 
 
 def _row(kind: int, base_lr: float, *params: float) -> list[float]:
     row = [float(kind), float(base_lr), *map(float, params)]
-    if len(row) > DESC_WIDTH:
-        raise AssertionError(f"schedule row too wide: {row}")
-    return row + [0.0] * (DESC_WIDTH - len(row))
+    if len(row) > COL_START:
+        raise AssertionError(f"schedule row has too many parameters: {row}")
+    return row + [0.0] * (COL_START - len(row)) + [0.0, 0.0, -1.0]
 
 
 def constant_row(base_lr: float) -> list[float]:
@@ -228,11 +243,24 @@ def cosine_restarts_row(base_lr: float, T_0: int, T_mult: int, eta_min: float, f
     return _row(KIND_COSINE_RESTARTS, base_lr, T_0, T_mult, eta_min, frac)
 
 
+def sequential_row(base_lr: float, n_pieces: int, first_piece_row: int) -> list[float]:
+    """A group's row whose LR is its active piece's (torch's SequentialLR)."""
+    return _row(KIND_SEQUENTIAL, base_lr, n_pieces, first_piece_row)
+
+
+def as_piece(row: Sequence[float], start: float, end: float, owner: int) -> list[float]:
+    """``row`` as a piece of group ``owner``'s sequence, active for ``start <= t < end``."""
+    out = list(row)
+    out[COL_START], out[COL_END], out[COL_OWNER] = float(start), float(end), float(owner)
+    return out
+
+
 def lr_at(
     step: Tensor,
     desc: Tensor,
     table: Tensor | None = None,
     kinds: Iterable[int] | None = None,
+    n_groups: int | None = None,
 ) -> Tensor:
     """Learning rate of every group at step ``step``, in torch ops, without a host read.
 
@@ -242,9 +270,10 @@ def lr_at(
         table: float64 tensor of tabulated multipliers (needed only for ``KIND_TABLE`` rows).
         kinds: the kind codes present in ``desc``, known on the host; only those formulas are
             evaluated. ``None`` evaluates every kind (every kind but ``KIND_TABLE`` without a table).
+        n_groups: how many leading rows are parameter groups (the rest are pieces); ``None``: all.
 
     Returns:
-        float64 tensor ``[groups]``.
+        float64 tensor ``[n_groups]``.
     """
     if kinds is None:
         kinds = set(KIND_NAMES) if table is not None else set(KIND_NAMES) - {KIND_TABLE, KIND_MULTISTEP}
@@ -252,8 +281,12 @@ def lr_at(
     t_int = step.reshape(())
     if t_int.dtype != torch.int64:
         t_int = t_int.to(torch.int64)
+    kind, base, p0, p1, p2, p3, p4, start, end, owner = desc.unbind(1)  # one op for the column views
+    if KIND_SEQUENTIAL in kinds:
+        # Each row at its local step (pieces start later); inactive pieces clamp at 0, unused.
+        t_global = t_int
+        t_int = (t_int - start.to(torch.int64)).clamp_min(0)
     t = t_int.to(torch.float64)
-    kind, base, p0, p1, p2, p3, p4, _ = desc.unbind(1)  # one op for the eight column views
     out = base
     single = len(kinds) == 1
 
@@ -288,7 +321,7 @@ def lr_at(
             raise ValueError("a KIND_MULTISTEP schedule row needs its table of milestones")
         j = torch.arange(table.numel(), device=desc.device, dtype=torch.float64)
         mine = (j >= p1[:, None]) & (j < (p1 + p2)[:, None])  # [groups, table]
-        passed = (mine & (table[None, :] <= t)).sum(dim=1).to(torch.float64)
+        passed = (mine & (table[None, :] <= t.reshape(-1, 1))).sum(dim=1).to(torch.float64)
         out = pick(KIND_MULTISTEP, base * torch.pow(p0, passed), out)
     if KIND_CONSTANT_FACTOR in kinds:
         out = pick(KIND_CONSTANT_FACTOR, torch.where(t < p1, base * p0, base), out)
@@ -333,19 +366,25 @@ def lr_at(
         geo = p1 > 1
         m = torch.where(geo, p1, torch.full_like(p1, 2.0))
 
-        def start(n):
+        def cycle_start(n):
             return t0 * (torch.pow(m, n) - 1.0) / (m - 1.0)
 
         # Cycle index from the geometric series, then corrected by one either way so that
         # start(n) <= e < start(n + 1) holds exactly (the log can round across a boundary).
         n = torch.floor(torch.log(e * (m - 1.0) / t0 + 1.0) / torch.log(m))
-        n = torch.where(start(n) > e, n - 1.0, n)
-        n = torch.where(start(n + 1.0) <= e, n + 1.0, n)
-        t_cur = torch.where(geo, e - start(n), torch.remainder(e, t0))
+        n = torch.where(cycle_start(n) > e, n - 1.0, n)
+        n = torch.where(cycle_start(n + 1.0) <= e, n + 1.0, n)
+        t_cur = torch.where(geo, e - cycle_start(n), torch.remainder(e, t0))
         t_i = torch.where(geo, t0 * torch.pow(m, n), t0)
         restart_lr = p2 + (base - p2) * (1.0 + torch.cos(math.pi * t_cur / t_i)) / 2.0
         out = pick(KIND_COSINE_RESTARTS, restart_lr, out)
-    return out
+    if KIND_SEQUENTIAL in kinds:
+        tg = t_global.to(torch.float64)
+        is_piece = owner >= 0
+        active = is_piece & (tg >= start) & (tg < end)
+        chosen = torch.zeros_like(out).index_add_(0, owner.clamp_min(0).to(torch.int64), torch.where(active, out, 0.0))
+        out = torch.where(kind == KIND_SEQUENTIAL, chosen, out)
+    return out if n_groups is None else out[:n_groups]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,6 +496,7 @@ class DeviceSchedule:
         self.device = torch.device(device)
         self.counter = torch.zeros(1, dtype=torch.int64, device=self.device)
         self.desc_host = torch.zeros(0, DESC_WIDTH, dtype=torch.float64)
+        self.n_groups = 0
         self.desc = self.desc_host.to(self.device)
         self.table_host = torch.zeros(1, dtype=torch.float64)
         self.table = self.table_host.to(self.device)
@@ -471,8 +511,11 @@ class DeviceSchedule:
         rows: Sequence[Sequence[float]],
         table: Sequence[float] | None = None,
         direct_fns: dict[int, Callable] | None = None,
+        n_groups: int | None = None,
     ) -> None:
-        """Replace the description (a host-to-device copy: done at construction, load and table growth)."""
+        """Replace the description (a host-to-device copy: done at construction, load and table growth).
+
+        ``rows`` holds one row per group, then any piece rows (``n_groups`` says how many are groups)."""
         desc_host = torch.tensor([list(r) for r in rows], dtype=torch.float64).reshape(-1, DESC_WIDTH)
         table_host = torch.tensor(list(table) if table else [1.0], dtype=torch.float64)
         self.desc_host = desc_host
@@ -481,6 +524,7 @@ class DeviceSchedule:
         self.table = table_host.to(self.device)
         self.kinds = frozenset(int(k) for k in desc_host[:, 0].tolist())
         self.direct_fns = dict(direct_fns or {})
+        self.n_groups = desc_host.shape[0] if n_groups is None else n_groups
 
     def set_step(self, step: int) -> None:
         self.counter.fill_(step)
@@ -503,13 +547,13 @@ class DeviceSchedule:
         if self.pending:
             self.counter.add_(self.pending)
             self.pending = 0
-        lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds))
+        lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds, self.n_groups))
 
     def write_lr(self, lr_buf: Tensor) -> None:
         """``lr_buf[:] = lr_at(counter)`` on the device: no host read, capturable."""
         for g, fn in self.direct_fns.items():
             self.desc[g, 2].copy_(self.desc[g, 1] * eval_lambda_on_device(fn, self.counter))
-        lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds))
+        lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds, self.n_groups))
 
     def host_lrs(self, step: int) -> list[float]:
         """The same ``lr_at`` evaluated on the CPU mirror at a host-known step."""
@@ -518,4 +562,4 @@ class DeviceSchedule:
             desc = desc.clone()
             for g, fn in self.direct_fns.items():
                 desc[g, 2] = desc[g, 1] * float(fn(step))
-        return lr_at(torch.tensor([step], dtype=torch.int64), desc, self.table_host, self.kinds).tolist()
+        return lr_at(torch.tensor([step], dtype=torch.int64), desc, self.table_host, self.kinds, self.n_groups).tolist()

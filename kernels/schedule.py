@@ -5,7 +5,11 @@ row layout of the description and the kind codes are documented there and repeat
 far as the code needs them. The update kernel calls ``lr_at`` once per program, so everything is
 float64 scalar math: its cost is negligible next to the memory traffic of the update.
 
-Row layout (``desc[g]``, float64, ``DESC_WIDTH`` columns): ``kind, base_lr, p0, p1, p2, p3, p4, 0``.
+Row layout (``desc[r]``, float64, ``DESC_WIDTH`` columns):
+``kind, base_lr, p0, p1, p2, p3, p4, start, end, owner``. A row is evaluated at the local step
+``t - start`` (``start`` is 0 for a group's own row). ``KIND_SEQUENTIAL`` (p0 = number of pieces,
+p1 = first piece row) first moves to its active piece: the last of its piece rows whose ``start``
+is ``<= t`` (the pieces' starts ascend).
 
 Formulas (``t`` = the int64 step counter; ``warmup`` = ``base_lr * t / p0`` while ``p0 > 0`` and
 ``t < p0``, taking precedence in the last three kinds)::
@@ -77,6 +81,7 @@ __all__ = [
     "KIND_WSD",
     "KIND_INVERSE_SQRT",
     "KIND_COSINE_RESTARTS",
+    "KIND_SEQUENTIAL",
     "SUPPORTED_KINDS",
     "lr_at",
     "lr_at_kernel",
@@ -84,7 +89,8 @@ __all__ = [
 
 # Duplicated from fused_lr.schedules so that kernel files never import the host package;
 # tests/test_triton_interpreter.py checks that both sets of values agree.
-DESC_WIDTH = tl.constexpr(8)
+DESC_WIDTH = tl.constexpr(10)
+COL_START = tl.constexpr(7)
 KIND_CONSTANT = tl.constexpr(0)
 KIND_STEP = tl.constexpr(1)
 KIND_EXPONENTIAL = tl.constexpr(2)
@@ -99,9 +105,10 @@ KIND_WARMUP_COSINE = tl.constexpr(10)
 KIND_WSD = tl.constexpr(11)
 KIND_INVERSE_SQRT = tl.constexpr(12)
 KIND_COSINE_RESTARTS = tl.constexpr(13)
+KIND_SEQUENTIAL = tl.constexpr(14)
 
 # Every kind lr_at implements (the host checks a description against it before launching).
-SUPPORTED_KINDS = frozenset(range(14))
+SUPPORTED_KINDS = frozenset(range(15))
 
 @triton.jit
 def _powi(x, n):
@@ -174,10 +181,22 @@ def lr_at(step, desc_ptr, table_ptr, table_numel, group):
     """
     row = desc_ptr + group.to(tl.int64) * DESC_WIDTH
     kind = tl.load(row).to(tl.int32)
+    t_int = step.to(tl.int64)
+    if kind == KIND_SEQUENTIAL:
+        # Move to the active piece: the last piece row whose start is <= t.
+        n_pieces = tl.load(row + 2).to(tl.int64)
+        first = tl.load(row + 3).to(tl.int64)
+        chosen = first
+        for k in range(1, n_pieces):
+            piece_start = tl.load(desc_ptr + (first + k) * DESC_WIDTH + COL_START)
+            chosen = tl.where(t_int.to(tl.float64) >= piece_start, first + k, chosen)
+        row = desc_ptr + chosen * DESC_WIDTH
+        kind = tl.load(row).to(tl.int32)
+    # Every row runs on its local step (a piece starts later; a group's own row has start 0).
+    t_int = tl.maximum(t_int - tl.load(row + COL_START).to(tl.int64), 0)
     base = tl.load(row + 1)
     p0 = tl.load(row + 2)
     p1 = tl.load(row + 3)
-    t_int = step.to(tl.int64)
     t = t_int.to(tl.float64)
     lr = base
     if kind == KIND_STEP:

@@ -90,6 +90,8 @@ SCHEDULERS = {
     "cosine": (lambda o: stock.CosineAnnealingLR(o, 6, 1e-3), lambda o: fused.CosineAnnealingLR(o, 6, 1e-3)),
     "multistep": (lambda o: stock.MultiStepLR(o, [3, 9, 9]), lambda o: fused.MultiStepLR(o, [3, 9, 9])),
     "linear": (lambda o: stock.LinearLR(o, 0.1, total_iters=8), lambda o: fused.LinearLR(o, 0.1, total_iters=8)),
+    "sequential": (lambda o: stock.SequentialLR(o, [stock.LinearLR(o, 0.1, total_iters=4), stock.CosineAnnealingLR(o, 10)], [4]),
+                   lambda o: fused.SequentialLR(o, [fused.LinearLR(o, 0.1, total_iters=4), fused.CosineAnnealingLR(o, 10)], [4])),
     "restarts": (lambda o: stock.CosineAnnealingWarmRestarts(o, 2, 2, 1e-3),
                  lambda o: fused.CosineAnnealingWarmRestarts(o, 2, 2, 1e-3)),
     "lambda_device": (lambda o: stock.LambdaLR(o, lambda e: 0.9**e), lambda o: fused.LambdaLR(o, lambda e: 0.9**e)),

@@ -170,6 +170,13 @@ def case_lr_at() -> str:
         S.cosine_restarts_row(0.1, 2, 2, 0.0),
         S.cosine_restarts_row(0.2, 5, 3, 1e-4, 0.5),  # a fractional epoch from step(epoch)
     ]
+    # A sequence (torch's SequentialLR): warmup 0..5, cosine 5..25, then StepLR; the group's row
+    # points at its three piece rows, which are also evaluated on their own (at t - start).
+    seq = len(rows)
+    rows.append(S.sequential_row(0.1, 3, seq + 1))
+    rows.append(S.as_piece(S.linear_row(0.1, 0.01, 1.0, 5), 0, 5, seq))
+    rows.append(S.as_piece(S.cosine_row(0.1, 20, 1e-4), 5, 25, seq))
+    rows.append(S.as_piece(S.step_row(0.1, 3, 0.5), 25, math.inf, seq))
     table = torch.tensor([9.0, 9.0, 1.0, 0.5, 0.25, 0.125, 7.0, 3.0, 5.0, 5.0, 20.0], dtype=torch.float64)
     desc = torch.tensor(rows, dtype=torch.float64)
     steps = sorted(
@@ -183,7 +190,7 @@ def case_lr_at() -> str:
     ref = torch.stack([S.lr_at(torch.tensor([s]), desc, table) for s in steps])
 
     exact_kinds = {S.KIND_CONSTANT, S.KIND_TABLE, S.KIND_DIRECT, S.KIND_CONSTANT_FACTOR, S.KIND_LINEAR}
-    cosine_kinds = {S.KIND_COSINE, S.KIND_WARMUP_COSINE, S.KIND_WSD, S.KIND_COSINE_RESTARTS}
+    cosine_kinds = {S.KIND_COSINE, S.KIND_WARMUP_COSINE, S.KIND_WSD, S.KIND_COSINE_RESTARTS, S.KIND_SEQUENTIAL}
     missing = set(S.KIND_NAMES) - {int(k) for k in desc[:, 0].tolist()}
     assert not missing, f"add rows for kinds {sorted(missing)}"
     kinds = desc[:, 0].tolist()

@@ -253,3 +253,25 @@ def test_scheduler_load_state_dict_rejects_without_mutation(mutate, exc, match):
     after = (s.step_size, s.gamma, list(s.base_lrs), s.last_epoch, s._step_count, s.get_last_lr(), opt._lr_buf.clone())
     assert before[:-1] == after[:-1]
     assert torch.equal(before[-1], after[-1])
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ExponentialLR(o, 0.9)], []), ValueError,
+         "number of schedulers 2 and the number of milestones to be equal to 0"),
+        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ExponentialLR(o, 0.9), fused.StepLR(o, 3)], [5, 3]),
+         ValueError, "strictly increasing, got \\[5, 3\\]"),
+        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ReduceLROnPlateau(o)], [3]), ValueError,
+         "does not support `ReduceLROnPlateau`"),
+        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), torch.optim.lr_scheduler.StepLR(o, 3)], [3]), TypeError,
+         "scheduler at index 1 is a torch.optim.lr_scheduler.StepLR"),
+        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.StepLR(_stepped_opt()[1], 3)], [3]), ValueError,
+         "same optimizer"),
+        (lambda o: fused.SequentialLR(o, [], []), ValueError, "at least one scheduler"),
+    ],
+)
+def test_sequential_rejects(make, exc, match):
+    ps, opt = _stepped_opt()
+    with pytest.raises(exc, match=match):
+        make(opt)

@@ -265,3 +265,58 @@ def test_random_configurations_match_stock(config, base_lrs, steps):
         sb.step()
         assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"{name}{kwargs} at step {t + 1}")
     assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups], f"{name}{kwargs} after {steps}")
+
+
+# ---------------------------------------------------------------- SequentialLR (composition on the device)
+
+import warnings  # noqa: E402
+
+SEQUENCES = {
+    "warmup-cosine": lambda M, o: M.SequentialLR(o, [M.LinearLR(o, 0.01, total_iters=5), M.CosineAnnealingLR(o, 20, 1e-4)], [5]),
+    "constant-exp-step": lambda M, o: M.SequentialLR(
+        o, [M.ConstantLR(o, 0.5, total_iters=3), M.ExponentialLR(o, 0.9), M.StepLR(o, 4, 0.5)], [4, 12]
+    ),
+    "lambda-multistep": lambda M, o: M.SequentialLR(o, [M.LambdaLR(o, lambda e: 0.9**e), M.MultiStepLR(o, [2, 5], 0.1)], [6]),
+    "restarts-poly": lambda M, o: M.SequentialLR(
+        o, [M.CosineAnnealingWarmRestarts(o, 3, 2), M.PolynomialLR(o, total_iters=10, power=2.0)], [9]
+    ),
+}
+
+
+def _build_quietly(build, module, opt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns about sub-scheduler order; not ours to test
+        return build(module, opt)
+
+
+@pytest.mark.parametrize("name", list(SEQUENCES))
+def test_sequential_matches_stock(name):
+    a, b = _optimizers()
+    sa = _build_quietly(SEQUENCES[name], stock, a)
+    sb = _build_quietly(SEQUENCES[name], fused, b)
+    for t in range(45):
+        assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups], f"{name} step {t}")
+        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"{name} get_last_lr step {t}")
+        a.step(), b.step(), sa.step(), sb.step()
+
+
+def test_sequential_state_dict_resume_and_stock_interchange():
+    build = SEQUENCES["warmup-cosine"]
+    a, b = _optimizers()
+    sa = _build_quietly(build, stock, a)
+    sb = _build_quietly(build, fused, b)
+    for _ in range(8):
+        a.step(), b.step(), sa.step(), sb.step()
+    a2, b2 = _optimizers()
+    b3 = _optimizers()[1]
+    s_from_stock = _build_quietly(build, fused, b2)
+    s_from_fused = _build_quietly(build, fused, b3)
+    s_from_stock.load_state_dict(sa.state_dict())
+    s_from_fused.load_state_dict(sb.state_dict())
+    for t in range(25):
+        a.step(), b2.step(), b3.step()
+        for s in (sa, s_from_stock, s_from_fused):
+            s.step()
+        assert_lrs_close(s_from_stock.get_last_lr(), sa.get_last_lr(), f"from stock, step {t}")
+        assert_lrs_close(s_from_fused.get_last_lr(), sa.get_last_lr(), f"from fused, step {t}")
+        assert_lrs_close(b2.lr_tensor.tolist(), [g["lr"] for g in a.param_groups], f"device lr, step {t}")

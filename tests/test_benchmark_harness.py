@@ -1,0 +1,171 @@
+"""The benchmark harness (benchmarks/run.py) on tiny sets: it measures, it does the arithmetic right,
+it writes the documented JSON and never overwrites an earlier result.
+
+Fast by construction: a few hundred-element tensors, 3-5 rounds of ~10 ms, no torch.compile.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+_BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load_run():
+    # Loaded under its own name from the file: benchmarks/ is not a package, and "run" is too
+    # generic a module name to put on sys.path for the whole test session.
+    spec = importlib.util.spec_from_file_location("fused_lr_bench_run", _BENCH / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+run = _load_run()
+CPU = torch.device("cpu")
+TINY = run.ParamSet("tiny", [(64, 8), (64,), (300,)])
+
+
+def _slowed(method, factor: int):
+    """``method`` doing ``factor`` optimizer steps per iteration: a known, real slowdown."""
+
+    def build(params, schedule, device):
+        r = method.build(params, schedule, device)
+        inner = r.opt_step
+
+        def step():
+            for _ in range(factor):
+                inner()
+
+        r.opt_step = step
+        return r
+
+    return run.Method(f"{method.name} x{factor}", build)
+
+
+def _sleepy(method, seconds: float):
+    def build(params, schedule, device):
+        r = method.build(params, schedule, device)
+        inner = r.opt_step
+
+        def step():
+            inner()
+            time.sleep(seconds)
+
+        r.opt_step = step
+        return r
+
+    return run.Method(f"{method.name} +sleep", build)
+
+
+def test_slowed_method_is_reported_slower():
+    """The ratio follows the measurement: a method made slower on purpose shows a ratio > 1.5."""
+    base = run.METHODS["stock foreach"]
+    methods = [base, run.METHODS["stock fused"], _slowed(base, 8), _sleepy(run.METHODS["stock fused"], 3e-3)]
+    # 5 rounds: the median survives a round or two stalled by another process on a shared CPU.
+    cell = run.measure(methods, TINY, run.SCHEDULES["cosine_iter"], 5, device=CPU, target_s=0.01, extras=False)
+    res = cell["methods"]
+    assert all(r["status"] == "ok" for r in res.values()), res
+    assert res["stock foreach x8"]["ratio"]["stock foreach"] > 1.5
+    assert res["stock fused +sleep"]["ratio"]["stock fused"] > 1.5
+    # A baseline against itself is exactly 1; the alternating order ran every method each round.
+    assert res["stock foreach"]["ratio"]["stock foreach"] == 1.0
+    assert all(len(r["round_s"]) == 5 for r in res.values())
+
+
+def test_failing_method_is_na_and_does_not_stop_the_others():
+    def broken(params, schedule, device):
+        raise RuntimeError("inductor exploded")
+
+    methods = [run.METHODS["fused_lr[torch]"], run.Method("torch.compile", broken), run.METHODS["stock fused"]]
+    cell = run.measure(methods, TINY, run.SCHEDULES["plateau_epoch"], 2, device=CPU, target_s=0.005)
+    res = cell["methods"]
+    assert res["torch.compile"]["status"] == "error"
+    assert "inductor exploded" in res["torch.compile"]["error"]
+    assert res["torch.compile"]["median_s"] is None
+    assert res["fused_lr[torch]"]["status"] == "ok" and res["stock fused"]["status"] == "ok"
+    # Per-epoch schedules time whole epochs: the step count is a multiple of the epoch length.
+    assert res["fused_lr[torch]"]["steps_per_round"] % run.EPOCH_STEPS == 0
+    assert res["stock fused"]["peak_extra_bytes"] is not None
+
+
+def test_summarize_arithmetic_on_synthetic_timing():
+    numel = 1_000_000  # 20 MB moved per step
+    rounds = {
+        "stock foreach": [0.004, 0.002, 0.003, 0.005, 0.001],  # median 3 ms
+        "stock fused": [0.002, 0.002, 0.002],  # median 2 ms
+        "fused_lr[torch]": [0.001, 0.001, 0.001, 0.001],  # median 1 ms
+    }
+    out = run.summarize(rounds, numel, copy_gbps=40.0)
+    f = out["fused_lr[torch]"]
+    assert f["median_s"] == 0.001
+    assert f["gbps"] == pytest.approx(20.0)  # 20 B * 1e6 / 1e-3 s = 20 GB/s
+    assert f["copy_share"] == pytest.approx(0.5)
+    assert f["ratio"]["stock foreach"] == pytest.approx(1 / 3)
+    assert f["ratio"]["stock fused"] == pytest.approx(0.5)
+    fe = out["stock foreach"]
+    assert fe["median_s"] == 0.003
+    assert fe["p20_s"] == pytest.approx(0.0018)  # numpy's linear interpolation over 1..5 ms
+    assert fe["p80_s"] == pytest.approx(0.0042)
+    assert fe["ratio"]["stock fused"] == pytest.approx(1.5)
+    assert fe["gbps"] == pytest.approx(20e6 / 0.003 / 1e9)
+    assert run.percentile([5.0], 20) == 5.0 and math.isnan(run.percentile([], 50))
+    assert run.round_order(["A", "B", "C", "D"], 0) == ["A", "B", "C", "D"]
+    assert run.round_order(["A", "B", "C", "D"], 1) == ["D", "C", "B", "A"]
+
+
+def test_copy_bandwidth_counts_two_bytes_moved_per_byte():
+    cb = run.measure_copy_bandwidth(CPU, 3, numel_=1 << 16)
+    assert cb["bytes"] == 2 * 4 * (1 << 16)
+    assert cb["gbps"] == pytest.approx(cb["bytes"] / cb["median_s"] / 1e9)
+
+
+def test_json_keys_and_no_overwrite(tmp_path):
+    sets = {"tiny": TINY.shapes}
+    cells = [("tiny", "cosine_iter", ["fused_lr[torch]", "stock foreach", "stock fused"])]
+    kw = dict(device=CPU, repeats=2, target_s=0.005, out_dir=tmp_path, copy_numel=1 << 16, progress=False,
+              command=["run.py", "--test"])
+    _, j1, p1 = run.run_benchmark(sets, cells, **kw)
+    _, j2, p2 = run.run_benchmark(sets, cells, **kw)
+    assert j1 != j2 and j1.exists() and j2.exists()
+    assert j2.name == j1.name[: -len(".json")] + "-2.json"
+    assert p1 is not None and p1.exists() and p2.name == j2.name.replace(".json", ".png")
+    slug = run.device_slug(CPU)
+    assert j1.name.startswith(slug + "-") and slug.startswith("cpu-")
+    first = json.loads(j1.read_text())
+    assert set(run.JSON_KEYS) <= set(first)
+    assert first["device"]["type"] == "cpu" and first["host"]["torch_threads"] == torch.get_num_threads()
+    assert first["versions"]["torch"] == torch.__version__
+    assert first["command"] == ["run.py", "--test"]
+    (cell,) = first["cells"]
+    assert set(run.CELL_KEYS) <= set(cell)
+    assert cell["params"] == 64 * 8 + 64 + 300 and cell["bytes_per_step"] == 20 * cell["params"]
+    for r in cell["methods"].values():
+        assert set(run.METHOD_KEYS) <= set(r)
+        assert r["status"] == "ok" and r["median_s"] > 0
+    # The table renders from the JSON alone.
+    table = run.format_table(first)
+    assert "fused_lr[torch]" in table and "stock foreach" in table
+
+
+def test_quick_plan_is_what_the_docstring_says():
+    args = run.parse_args(["--quick"])
+    names = [m for m in run.METHODS if m != "fused_lr[triton]"]
+    plan = run.make_plan(args, CPU, names)
+    got = {(s, sc): ms for s, sc, ms in plan.cells}
+    assert set(got) == {
+        ("resnet50", "step_epoch"), ("resnet50", "cosine_iter"),
+        ("many_small", "cosine_iter"), ("one_large", "cosine_iter"),
+    }
+    assert "torch.compile" in got[("one_large", "cosine_iter")]
+    assert "torch.compile" not in got[("resnet50", "cosine_iter")]
+    full = run.make_plan(run.parse_args([]), CPU, names)
+    assert len(full.cells) == len(run.PARAM_SETS) * len(run.SCHEDULES)
