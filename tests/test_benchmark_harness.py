@@ -169,3 +169,14 @@ def test_quick_plan_is_what_the_docstring_says():
     assert "torch.compile" not in got[("resnet50", "cosine_iter")]
     full = run.make_plan(run.parse_args([]), CPU, names)
     assert len(full.cells) == len(run.PARAM_SETS) * len(run.SCHEDULES)
+
+
+def test_cell_in_its_own_process():
+    """main()'s default path: the cell runs in a fresh interpreter and comes back as JSON."""
+    spec = dict(set="tiny", shapes=TINY.shapes, schedule="step_epoch", methods=["fused_lr[torch]", "stock fused"],
+                repeats=2, target_s=0.005, device="cpu", copy_numel=1 << 12, threads=1)
+    ticks = []
+    cell = run._cell_in_subprocess(spec, ticks.append)
+    assert [r["status"] for r in cell["methods"].values()] == ["ok", "ok"], cell
+    assert cell["params"] == TINY.numel and cell["copy_gbps"] > 0
+    assert len(ticks) == spec["repeats"] + 2  # warm-up, each round, memory
