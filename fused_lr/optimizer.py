@@ -157,6 +157,7 @@ class FusedSGD(Optimizer):
         self._ticket = None  # Triton path: last-program-done ticket of the write-back
         self._plan_cache = None  # Triton path: address/chunk tables per parameter set
         self._uniform: list[bool] = []  # per group: the torch path's single-call fast path applies
+        self._buf_cache: dict[int, tuple] = {}  # per group: (state key, momentum buffers in param order)
         super().__init__(params, defaults)
         self._impl = self._resolve_backend()
 
@@ -206,6 +207,7 @@ class FusedSGD(Optimizer):
         self._device = device
         self._rebuild_lr_buf()
         self._uniform.append(self._is_uniform(params))
+        self._buf_cache.clear()
 
     @staticmethod
     def _is_uniform(params) -> bool:
@@ -274,29 +276,47 @@ class FusedSGD(Optimizer):
 
     # ------------------------------------------------------------------ step
 
+    def _group_buffers(self, group: dict[str, Any], gi: int) -> list[Tensor | None]:
+        """The group's momentum buffers in param order, cached between steps.
+
+        The cache is dropped whenever FusedSGD itself changes the state (a new buffer, a load,
+        a new group) or the state dict's size changes; a buffer tensor swapped into
+        ``opt.state[p]`` by hand is not noticed (modify buffers in place, or use load_state_dict).
+        """
+        key = (id(self.state), len(self.state))
+        cached = self._buf_cache.get(gi)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        state = self.state
+        bufs = [state[p].get("momentum_buffer") if p in state else None for p in group["params"]]
+        self._buf_cache[gi] = (key, bufs)
+        return bufs
+
     def _collect(self, group: dict[str, Any], gi: int):
-        params, grads, bufs = [], [], []
+        ps = group["params"]
+        grads = [p.grad for p in ps]
         use_momentum = group["momentum"] != 0
-        for p in group["params"]:
-            g = p.grad
-            if g is None:
-                continue
-            if g.is_sparse:
-                raise RuntimeError(
-                    f"FusedSGD does not support sparse gradients (param group {gi}, shape {tuple(p.shape)})"
-                )
-            # torch checks device, dtype and shape when a grad is assigned; dtype can differ only
-            # through the grad_dtype opt-in, shape only through in-place resizing.
-            if g.dtype is not p.dtype or g.shape != p.shape:
+        all_bufs = self._group_buffers(group, gi) if use_momentum else None
+        if all(g is not None for g in grads):
+            params = ps
+            bufs = list(all_bufs) if use_momentum else []
+        else:
+            keep = [i for i, g in enumerate(grads) if g is not None]
+            params = [ps[i] for i in keep]
+            grads = [grads[i] for i in keep]
+            bufs = [all_bufs[i] for i in keep] if use_momentum else []
+        for p, g in zip(params, grads):
+            # torch checks device, dtype and shape when a grad is assigned; the dtype can differ
+            # only through the grad_dtype opt-in.
+            if g.is_sparse or g.dtype is not p.dtype:
+                if g.is_sparse:
+                    raise RuntimeError(
+                        f"FusedSGD does not support sparse gradients (param group {gi}, shape {tuple(p.shape)})"
+                    )
                 raise RuntimeError(
                     f"gradient does not match its parameter in param group {gi}: grad "
                     f"{tuple(g.shape)} {g.dtype} on {g.device}, param {tuple(p.shape)} {p.dtype} on {p.device}"
                 )
-            params.append(p)
-            grads.append(g)
-            if use_momentum:
-                state = self.state.get(p)
-                bufs.append(None if state is None else state.get("momentum_buffer"))
         return params, grads, bufs
 
     @torch.no_grad()
@@ -338,6 +358,7 @@ class FusedSGD(Optimizer):
             for p, b, old in zip(params, new_bufs, bufs):
                 if b is not old:
                     self.state[p]["momentum_buffer"] = b
+                    self._buf_cache.pop(gi, None)
 
     def _step_triton(self, work) -> None:
         """One launch per dtype for every group; the LR is computed in the kernel from the schedule."""
@@ -359,6 +380,7 @@ class FusedSGD(Optimizer):
                 if momentum and b is None:
                     b = torch.empty_like(p, memory_format=torch.contiguous_format)
                     self.state[p]["momentum_buffer"] = b
+                    self._buf_cache.pop(gi, None)
                     is_first = True
                 real = torch.view_as_real if p.is_complex() else (lambda t: t)
                 params.append(real(p))
@@ -459,6 +481,7 @@ class FusedSGD(Optimizer):
         super().load_state_dict(converted)
         # torch leaves a loaded momentum_buffer=None entry in place; FusedSGD treats it as "none yet".
         # The loaded LRs are used until the scheduler next steps, as with torch.optim.SGD.
+        self._buf_cache.clear()
         self._rebuild_lr_buf()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -472,6 +495,7 @@ class FusedSGD(Optimizer):
         for name in ("_identity", "_ticket", "_plan_cache"):
             self.__dict__.setdefault(name, None)
         self.__dict__.setdefault("_uniform", [self._is_uniform(g["params"]) for g in self.param_groups])
+        self._buf_cache = {}
         if self.param_groups:
             self._device = self.param_groups[0]["params"][0].device
             self._rebuild_lr_buf()
