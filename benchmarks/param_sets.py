@@ -108,12 +108,14 @@ PARAM_SETS = {
 }
 
 
-def make_params(shapes: list[Shape], *, seed: int = 0, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """Leaf tensors of ``shapes`` (CPU, ``dtype``) with ``.grad`` set once to random values."""
-    gen = torch.Generator().manual_seed(seed)
+def make_params(
+    shapes: list[Shape], *, seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
+    """Leaf tensors of ``shapes`` (``dtype`` on ``device``) with ``.grad`` set once to random values."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     params = []
     for s in shapes:
-        p = torch.randn(s, generator=gen, dtype=dtype).requires_grad_(True)
-        p.grad = torch.randn(s, generator=gen, dtype=dtype)
+        p = torch.randn(s, generator=gen, dtype=dtype, device=device).requires_grad_(True)
+        p.grad = torch.randn(s, generator=gen, dtype=dtype, device=device)
         params.append(p)
     return params

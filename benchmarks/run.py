@@ -121,7 +121,7 @@ if str(_HERE) not in sys.path:
 import fused_lr  # noqa: E402
 import fused_lr.lr_scheduler as fused_sched  # noqa: E402
 import torch.optim.lr_scheduler as stock_sched  # noqa: E402
-from param_sets import gpt2_small_shapes, many_small, numel, one_large, resnet50_shapes  # noqa: E402
+from param_sets import gpt2_small_shapes, make_params, many_small, numel, one_large, resnet50_shapes  # noqa: E402
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 BYTES_PER_PARAM = 20  # fp32 SGD with momentum: read p, g, buf (12 B), write p, buf (8 B)
@@ -163,13 +163,7 @@ PARAM_SETS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
 
 def make_device_params(shapes, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
     """fp32 leaf tensors of ``shapes`` on ``device`` with ``.grad`` set once to random values."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    params = []
-    for s in shapes:
-        p = torch.randn(s, generator=gen, device=device).requires_grad_(True)
-        p.grad = torch.randn(s, generator=gen, device=device)
-        params.append(p)
-    return params
+    return make_params(shapes, seed=seed, device=device)
 
 
 # --------------------------------------------------------------------------------------- schedules
