@@ -327,7 +327,9 @@ def lr_at(
         out = pick(KIND_CONSTANT_FACTOR, torch.where(t < p1, base * p0, base), out)
     if KIND_LINEAR in kinds:
         total = torch.where(p2 > 0, p2, torch.ones_like(p2))
-        lin = base * (p0 + (p1 - p0) * torch.minimum(total, t) / total)
+        # Weighted form: exactly end_factor at t >= total_iters (no start - start cancellation residue).
+        m = torch.minimum(total, t)
+        lin = base * ((p0 * (total - m) + p1 * m) / total)
         out = pick(KIND_LINEAR, lin, out)
     if KIND_POLYNOMIAL in kinds:
         total = torch.where(p0 > 0, p0, torch.ones_like(p0))

@@ -233,7 +233,8 @@ def lr_at(step, desc_ptr, table_ptr, table_numel, group):
     elif kind == KIND_LINEAR:
         p2 = tl.load(row + 4)
         total = tl.where(p2 > 0, p2, 1.0)
-        lr = base * (p0 + (p1 - p0) * tl.minimum(total, t) / total)
+        m = tl.minimum(total, t)
+        lr = base * ((p0 * (total - m) + p1 * m) / total)
     elif kind == KIND_POLYNOMIAL:
         total = tl.where(p0 > 0, p0, 1.0)
         lr = base * _powf(1.0 - tl.minimum(total, t) / total, p1)
