@@ -77,6 +77,9 @@ class SGDHyper(NamedTuple):
     weight_decay: float = 0.0
     nesterov: bool = False
     maximize: bool = False
+    # >= 0: the kernel takes the momentum from this schedule row at each step (momentum is then only
+    # a nonzero marker that the group has buffers).
+    momentum_row: int = -1
 
 
 def _torch_to_triton_dtype() -> dict[torch.dtype, Any]:
@@ -281,6 +284,7 @@ def _build_plan(
         row[_sgd_kernels.HYPER_WEIGHT_DECAY] = float(h.weight_decay)
         row[_sgd_kernels.HYPER_NESTEROV] = 1.0 if h.nesterov else 0.0
         row[_sgd_kernels.HYPER_MAXIMIZE] = 1.0 if h.maximize else 0.0
+        row[_sgd_kernels.HYPER_MOMENTUM_ROW] = float(h.momentum_row)
         rows.append(row)
     plan.hyper_table = torch.tensor(rows, dtype=torch.float64, device=device).reshape(-1, _sgd_kernels.HYPER_WIDTH)
     return plan

@@ -53,6 +53,10 @@ __all__ = [
     "WarmupCosineLR",
     "WarmupStableDecayLR",
     "InverseSqrtLR",
+    "CyclicLR",
+    "OneCycleLR",
+    "ChainedScheduler",
+    "PerGroupLR",
     "LRScheduler",
 ]
 
@@ -122,8 +126,24 @@ class _FusedLRScheduler(LRScheduler):
 
     def _build_schedule(self) -> None:
         sched = S.DeviceSchedule(self.optimizer._lr_buf.device)
-        sched.set_rows(*self._describe())
+        rows, table, direct, *more = self._describe()
+        sched.set_rows(rows, table, direct, n_groups=len(self.optimizer.param_groups),
+                       momentum_rows=more[0] if more else None)
         self._sched = sched
+
+    def _grow_tables(self, epoch: int) -> bool:
+        """Extend host-tabulated values ahead of ``epoch``; True when the description changed."""
+        return False
+
+    def _check_step(self, epoch: int) -> None:
+        """Raise (before anything changes) when stepping to ``epoch`` is invalid (OneCycleLR)."""
+
+    def _write_momenta(self) -> None:
+        """Set ``group["momentum"]`` of momentum-cycled groups for ``last_epoch`` (host floats, as
+        torch does; the Triton kernel computes the same value on the device from the schedule)."""
+        if self._sched is not None and self._sched.momentum_rows:
+            for g, m in self._sched.host_momenta(max(self.last_epoch, 0)).items():
+                self.optimizer.param_groups[g]["momentum"] = m
 
     # -------------------------------------------------------------- stepping
 
@@ -152,6 +172,7 @@ class _FusedLRScheduler(LRScheduler):
                 )
         if epoch is not None:
             epoch = _int_arg("epoch", epoch, 0)
+        self._check_step(self.last_epoch + 1 if epoch is None else epoch)
         if self._sched is None:
             self._build_schedule()
         self.optimizer._schedule = self._sched
@@ -164,6 +185,7 @@ class _FusedLRScheduler(LRScheduler):
                 # Triton path: the next update kernel advances the counter and writes the LRs.
                 self._sched.defer_advance()
                 self._before_write()
+                self._write_momenta()
                 self._host_cache = None
                 return
             else:
@@ -179,10 +201,23 @@ class _FusedLRScheduler(LRScheduler):
             self._sched.set_step(epoch)
         self._before_write()
         self._sched.write_lr(self.optimizer._lr_buf)
+        self._write_momenta()
         self._host_cache = None
 
     def _before_write(self) -> None:
-        """Hook for subclasses (LambdaLR grows its table here)."""
+        """Before the LR is written: extend host-tabulated values (LambdaLR, CyclicLR's scale_fn)."""
+        if self._grow_tables(self.last_epoch):
+            self._build_schedule()
+            self._sched.set_step(max(self.last_epoch, 0))
+            self.optimizer._schedule = self._sched
+
+    def _grow_horizon(self, epoch: int) -> bool:
+        """Double ``self.horizon`` until ``epoch`` is below three quarters of it; True if it grew."""
+        if epoch < self.horizon - self.horizon // 4:
+            return False
+        while epoch >= self.horizon - self.horizon // 4:
+            self.horizon *= 2
+        return True
 
     def get_lr(self) -> list[float]:
         """LRs at ``last_epoch`` from the closed form (host floats, no device read)."""
@@ -252,6 +287,7 @@ class _FusedLRScheduler(LRScheduler):
         self.optimizer._schedule = self._sched
         self._before_write()
         self._sched.write_lr(self.optimizer._lr_buf)
+        self._write_momenta()
         self._host_cache = None
 
 
@@ -599,15 +635,8 @@ class LambdaLR(_FusedLRScheduler):
                 rows.append(S.table_row(base, offset, self.horizon))
         return rows, table, direct
 
-    def _before_write(self) -> None:
-        if "table" not in self.modes:
-            return
-        if self.last_epoch >= self.horizon - self.horizon // 4:
-            while self.last_epoch >= self.horizon - self.horizon // 4:
-                self.horizon *= 2
-            self._build_schedule()
-            self._sched.set_step(max(self.last_epoch, 0))
-            self.optimizer._schedule = self._sched
+    def _grow_tables(self, epoch: int) -> bool:
+        return "table" in self.modes and self._grow_horizon(epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's format: ``lr_lambdas`` holds the ``__dict__`` of callable objects, None for functions."""
@@ -1145,3 +1174,671 @@ class SequentialLR(_FusedLRScheduler):
             self.optimizer._schedule = self._sched
             self._sched.write_lr(self.optimizer._lr_buf)
             raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Cycles: CyclicLR and OneCycleLR (with momentum cycling)
+# ---------------------------------------------------------------------------------------------
+
+
+def _per_group(name: str, optimizer: FusedSGD, value: Any, *, nonnegative: bool = True) -> list[float]:
+    """torch's ``_format_param``: one value per group (a list must match the group count)."""
+    n = len(optimizer.param_groups)
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(
+                f"{name} must have the same length as optimizer.param_groups. "
+                f"{name} has {len(value)} values, param_groups has {n}."
+            )
+        values = list(value)
+    else:
+        values = [value] * n
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = float(v)
+        out.append(_real_arg(f"{name}[{i}]" if isinstance(value, (list, tuple)) else name, v, nonnegative=nonnegative))
+    return out
+
+
+def _check_momentum_support(optimizer: FusedSGD) -> None:
+    if "momentum" not in optimizer.defaults:
+        raise ValueError("optimizer must support momentum or beta1 with `cycle_momentum` option enabled")
+
+
+class _MomentumCycler:
+    """Shared by CyclicLR and OneCycleLR: momentum rows after the group rows."""
+
+    cycle_momentum: bool
+
+    def _start_momentum_cycle(self, optimizer, max_momentums, base_momentums, last_epoch: int) -> None:
+        """torch's construction side effect: every group starts at its max momentum."""
+        self._momenta_before = [g["momentum"] for g in optimizer.param_groups]
+        if last_epoch == -1:
+            for m, b, group in zip(max_momentums, base_momentums, optimizer.param_groups):
+                group["momentum"] = m
+                group["max_momentum"] = m
+                group["base_momentum"] = b
+
+    def _momentum_desc(self, rows: list[list[float]], mom_rows: list[list[float]]):
+        n = len(rows)
+        return rows + mom_rows, None, None, {g: n + g for g in range(len(mom_rows))}
+
+
+class CyclicLR(_MomentumCycler, _FusedLRScheduler):
+    """torch's CyclicLR (triangular, triangular2, exp_range, custom ``scale_fn``) on the device.
+
+    Same signature as ``torch.optim.lr_scheduler.CyclicLR`` plus the keyword-only ``horizon``.
+    The three built-in modes are closed forms (``fused_lr.schedules.KIND_CYCLIC``): no host work
+    at any step count. A custom ``scale_fn`` is evaluated on the host ahead of time for steps
+    ``[0, horizon)`` (the table doubles when ``last_epoch`` passes three quarters of it; under
+    CUDA-graph replay give a ``horizon`` that covers the run), so it must be a pure function.
+
+    ``cycle_momentum`` (default True, as in torch) cycles ``momentum`` inversely to the LR: each
+    scheduler step sets ``group["momentum"]`` on the host, as torch does, and the Triton kernel
+    computes the same momentum on the device from the schedule, so a captured graph cycles it too.
+    """
+
+    def __init__(
+        self,
+        optimizer: FusedSGD,
+        base_lr,
+        max_lr,
+        step_size_up: int = 2000,
+        step_size_down: int | None = None,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        scale_fn: Callable[[float], float] | None = None,
+        scale_mode: str = "cycle",
+        cycle_momentum: bool = True,
+        base_momentum=0.8,
+        max_momentum=0.9,
+        last_epoch: int = -1,
+        *,
+        horizon: int = 1024,
+    ) -> None:
+        _check_optimizer(optimizer, "CyclicLR")
+        last_epoch = _int_arg("last_epoch", last_epoch, -1)
+        base_lrs = _per_group("base_lr", optimizer, base_lr)
+        max_lrs = _per_group("max_lr", optimizer, max_lr)
+        up = _real_arg("step_size_up", step_size_up, positive=True)
+        down = up if step_size_down is None else _real_arg("step_size_down", step_size_down, nonnegative=True)
+        if scale_fn is None and mode not in S.CYCLIC_MODES:
+            raise ValueError(f"mode is invalid and scale_fn is None: mode={mode!r}, expected one of {list(S.CYCLIC_MODES)}")
+        if scale_fn is not None and not callable(scale_fn):
+            raise TypeError(f"scale_fn must be callable, got {type(scale_fn).__name__}")
+        if scale_mode not in ("cycle", "iterations"):
+            raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
+        gamma = _real_arg("gamma", gamma, positive=True)
+        if not isinstance(cycle_momentum, bool):
+            raise TypeError(f"cycle_momentum must be a bool, got {cycle_momentum!r}")
+        if cycle_momentum:
+            _check_momentum_support(optimizer)
+            base_momentums = _per_group("base_momentum", optimizer, base_momentum)
+            max_momentums = _per_group("max_momentum", optimizer, max_momentum)
+        self.horizon = _int_arg("horizon", horizon, 1)
+        # Everything is valid: now the side effects torch has.
+        if last_epoch == -1:
+            for lr, group in zip(base_lrs, optimizer.param_groups):
+                group["lr"] = lr
+            optimizer._rebuild_lr_buf()
+        self.max_lrs = max_lrs
+        self.total_size = up + down
+        self.step_ratio = up / self.total_size
+        self.mode = mode
+        self.gamma = gamma
+        self._scale_fn_custom = scale_fn
+        self.scale_mode = scale_mode if scale_fn is not None else ("iterations" if mode == "exp_range" else "cycle")
+        self.cycle_momentum = cycle_momentum
+        self.use_beta1 = False
+        if cycle_momentum:
+            self.base_momentums = base_momentums
+            self.max_momentums = max_momentums
+            self._start_momentum_cycle(optimizer, max_momentums, base_momentums, last_epoch)
+        super().__init__(optimizer, last_epoch)
+        if self.base_lrs != base_lrs:
+            # torch's quirk: its initial step used the groups' pre-existing initial_lr; from here on
+            # base_lr (torch assigns base_lrs after the initial step).
+            self.base_lrs = base_lrs
+            self._build_schedule()
+            self._sched.set_step(max(self.last_epoch, 0))
+            self.optimizer._schedule = self._sched
+            self._sched.write_lr(self.optimizer._lr_buf)
+            self._write_momenta()
+            self._host_cache = None
+
+    # torch's formula, on the host, for a custom scale_fn (tabulated).
+    def _host_value(self, t: int, base: float, peak: float) -> float:
+        cycle = math.floor(1 + t / self.total_size)
+        x = 1.0 + t / self.total_size - cycle
+        if x <= self.step_ratio:
+            f = x / self.step_ratio
+        else:
+            f = (x - 1) / (self.step_ratio - 1)
+        scale = self._scale_fn_custom(cycle if self.scale_mode == "cycle" else t)
+        return base + (peak - base) * f * scale
+
+    def _describe(self):
+        n = len(self.base_lrs)
+        pairs = list(zip(self.base_lrs, self.max_lrs))
+        mom_pairs = list(zip(self.max_momentums, self.base_momentums)) if self.cycle_momentum else []
+        if self._scale_fn_custom is None:
+            code = S.CYCLIC_MODES[self.mode]
+            rows = [S.cyclic_row(b, m, self.total_size, self.step_ratio, code, self.gamma) for b, m in pairs]
+            moms = [S.cyclic_row(b, m, self.total_size, self.step_ratio, code, self.gamma) for b, m in mom_pairs]
+            return self._momentum_desc(rows, moms)
+        table: list[float] = []
+        rows = []
+        for b, m in pairs + mom_pairs:
+            offset = len(table)
+            table.extend(self._host_value(t, b, m) for t in range(self.horizon))
+            rows.append(S.table_row(1.0, offset, self.horizon))
+        mom = {g: n + g for g in range(len(mom_pairs))}
+        return rows, table, None, mom
+
+    def _grow_tables(self, epoch: int) -> bool:
+        return self._scale_fn_custom is not None and self._grow_horizon(epoch)
+
+    _common_keys = ("max_lrs", "total_size", "step_ratio", "mode", "gamma", "scale_mode", "cycle_momentum")
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's keys (``_scale_fn_custom``: the ``__dict__`` of a callable object, else None)."""
+        sd = super().state_dict()
+        for k in self._common_keys:
+            sd[k] = getattr(self, k)
+        sd["use_beta1"] = False
+        if self.cycle_momentum:
+            sd["base_momentums"] = list(self.base_momentums)
+            sd["max_momentums"] = list(self.max_momentums)
+        fn = self._scale_fn_custom
+        sd["_scale_fn_custom"] = None if fn is None or isinstance(fn, types.FunctionType) else fn.__dict__.copy()
+        sd["horizon"] = self.horizon
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        missing = [k for k in self._common_keys if k not in state_dict]
+        if missing:
+            raise KeyError(f"CyclicLR state_dict is missing {missing}")
+        n = len(self.optimizer.param_groups)
+        max_lrs = [_real_arg("max_lrs", float(v), nonnegative=True) for v in state_dict["max_lrs"]]
+        if len(max_lrs) != n:
+            raise ValueError(f"state_dict has {len(max_lrs)} max_lrs, the optimizer has {n} param groups")
+        total = _real_arg("total_size", state_dict["total_size"], positive=True)
+        ratio = _real_arg("step_ratio", state_dict["step_ratio"], positive=True)
+        if ratio > 1:
+            raise ValueError(f"step_ratio must be in (0, 1], got {ratio}")
+        mode = state_dict["mode"]
+        if self._scale_fn_custom is None and mode not in S.CYCLIC_MODES:
+            raise ValueError(f"unknown CyclicLR mode {mode!r}")
+        gamma = _real_arg("gamma", state_dict["gamma"], positive=True)
+        cycle_momentum = bool(state_dict["cycle_momentum"])
+        if cycle_momentum != self.cycle_momentum:
+            raise ValueError(
+                f"state_dict has cycle_momentum={cycle_momentum}, this CyclicLR has {self.cycle_momentum}"
+            )
+        moms = {}
+        if cycle_momentum:
+            for k in ("base_momentums", "max_momentums"):
+                vals = [_real_arg(k, float(v), nonnegative=True) for v in state_dict[k]]
+                if len(vals) != n:
+                    raise ValueError(f"state_dict has {len(vals)} {k}, the optimizer has {n} param groups")
+                moms[k] = vals
+        horizon = _int_arg("horizon", state_dict.get("horizon", self.horizon), 1)
+        backup = {k: getattr(self, k) for k in (*self._common_keys, "horizon", *moms)}
+        self.max_lrs, self.total_size, self.step_ratio, self.mode, self.gamma = max_lrs, total, ratio, mode, gamma
+        self.scale_mode = state_dict["scale_mode"]
+        self.horizon = horizon
+        for k, v in moms.items():
+            setattr(self, k, v)
+        try:
+            super().load_state_dict(state_dict)
+        except Exception:
+            for k, v in backup.items():
+                setattr(self, k, v)
+            raise
+        fn = state_dict.get("_scale_fn_custom")
+        if fn is not None and self._scale_fn_custom is not None:
+            self._scale_fn_custom.__dict__.update(fn)
+
+
+class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
+    """torch's OneCycleLR (cos / linear anneal, two or three phases, momentum cycling) on the device.
+
+    Same signature as ``torch.optim.lr_scheduler.OneCycleLR``; the LR at every step is a closed
+    form (``fused_lr.schedules.KIND_ONE_CYCLE``) of the step counter. Stepping past
+    ``total_steps`` raises torch's ``ValueError`` — before anything changes (torch has already
+    advanced ``last_epoch`` when it raises). Under CUDA-graph replay the host cannot check, so the
+    device goes on evaluating the last phase's formula. Momentum cycles as in :class:`CyclicLR`.
+    ``initial_lr``, ``max_lr``, ``min_lr``, ``max_momentum`` and ``base_momentum`` are read from
+    the param groups when the schedule is built (torch reads them at each step).
+    """
+
+    def __init__(
+        self,
+        optimizer: FusedSGD,
+        max_lr,
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum=0.85,
+        max_momentum=0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        last_epoch: int = -1,
+    ) -> None:
+        _check_optimizer(optimizer, "OneCycleLR")
+        last_epoch = _int_arg("last_epoch", last_epoch, -1)
+        if total_steps is not None:
+            if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+                raise ValueError(f"Expected positive integer total_steps, but got {total_steps}")
+            total = total_steps
+        elif epochs is not None and steps_per_epoch is not None:
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+                raise ValueError(f"Expected positive integer epochs, but got {epochs}")
+            if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
+                raise ValueError(f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}")
+            total = epochs * steps_per_epoch
+        else:
+            raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
+        if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
+            raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}")
+        if not isinstance(three_phase, bool):
+            raise TypeError(f"three_phase must be a bool, got {three_phase!r}")
+        if not isinstance(cycle_momentum, bool):
+            raise TypeError(f"cycle_momentum must be a bool, got {cycle_momentum!r}")
+        max_lrs = _per_group("max_lr", optimizer, max_lr)
+        div_factor = _real_arg("div_factor", div_factor, positive=True)
+        final_div_factor = _real_arg("final_div_factor", final_div_factor, positive=True)
+        if cycle_momentum:
+            _check_momentum_support(optimizer)
+            max_momentums = _per_group("max_momentum", optimizer, max_momentum)
+            base_momentums = _per_group("base_momentum", optimizer, base_momentum)
+        if last_epoch >= 0:
+            keys = ("initial_lr", "max_lr", "min_lr") + (("max_momentum", "base_momentum") if cycle_momentum else ())
+            for i, group in enumerate(optimizer.param_groups):
+                for k in keys:
+                    if k not in group:
+                        raise KeyError(f"param {k!r} is not specified in param_groups[{i}] when resuming OneCycleLR")
+        self.total_steps = total
+        self._pct_steps = float(pct_start * total)
+        self._schedule_phases = self._phases(self._pct_steps, total, three_phase)
+        self._anneal_func_type = anneal_strategy
+        self.cycle_momentum = cycle_momentum
+        self.use_beta1 = False
+        if last_epoch == -1:
+            for m, group in zip(max_lrs, optimizer.param_groups):
+                group["initial_lr"] = m / div_factor
+                group["max_lr"] = m
+                group["min_lr"] = group["initial_lr"] / final_div_factor
+        if cycle_momentum:
+            self._start_momentum_cycle(optimizer, max_momentums, base_momentums, last_epoch)
+        super().__init__(optimizer, last_epoch)
+
+    @staticmethod
+    def _phases(pct_steps: float, total: int, three_phase: bool) -> list[dict[str, Any]]:
+        """torch's ``_schedule_phases`` (kept in state_dict in torch's format)."""
+        if three_phase:
+            return [
+                {"end_step": pct_steps - 1, "start_lr": "initial_lr", "end_lr": "max_lr",
+                 "start_momentum": "max_momentum", "end_momentum": "base_momentum"},
+                {"end_step": 2 * pct_steps - 2, "start_lr": "max_lr", "end_lr": "initial_lr",
+                 "start_momentum": "base_momentum", "end_momentum": "max_momentum"},
+                {"end_step": total - 1, "start_lr": "initial_lr", "end_lr": "min_lr",
+                 "start_momentum": "max_momentum", "end_momentum": "max_momentum"},
+            ]
+        return [
+            {"end_step": pct_steps - 1, "start_lr": "initial_lr", "end_lr": "max_lr",
+             "start_momentum": "max_momentum", "end_momentum": "base_momentum"},
+            {"end_step": total - 1, "start_lr": "max_lr", "end_lr": "min_lr",
+             "start_momentum": "base_momentum", "end_momentum": "max_momentum"},
+        ]
+
+    def _describe(self):
+        three = len(self._schedule_phases) == 3
+        linear = self._anneal_func_type == "linear"
+        groups = self.optimizer.param_groups
+        rows = [
+            S.one_cycle_row(g["initial_lr"], self.total_steps, self._pct_steps, g["max_lr"], g["min_lr"], three, linear)
+            for g in groups
+        ]
+        moms = []
+        if self.cycle_momentum:
+            moms = [
+                S.one_cycle_row(g["max_momentum"], self.total_steps, self._pct_steps, g["base_momentum"],
+                                g["max_momentum"], three, linear)
+                for g in groups
+            ]
+        return self._momentum_desc(rows, moms)
+
+    def _check_step(self, epoch: int) -> None:
+        if epoch > self.total_steps:
+            raise ValueError(
+                f"Tried to step {epoch} times. The specified number of total steps is {self.total_steps}"
+            )
+        start = 0.0
+        for i, phase in enumerate(self._schedule_phases):
+            end = phase["end_step"]
+            if epoch <= end or i == len(self._schedule_phases) - 1:
+                if end == start:
+                    raise ZeroDivisionError(
+                        f"OneCycleLR phase {i} has no length (ends at step {end}, where it starts): "
+                        f"torch divides by zero here too; change pct_start or total_steps"
+                    )
+                return
+            start = end
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd.update(total_steps=self.total_steps, _schedule_phases=[dict(p) for p in self._schedule_phases],
+                  _anneal_func_type=self._anneal_func_type, cycle_momentum=self.cycle_momentum, use_beta1=False)
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        missing = [k for k in ("total_steps", "_schedule_phases", "_anneal_func_type") if k not in state_dict]
+        if missing:
+            raise KeyError(f"OneCycleLR state_dict is missing {missing}")
+        total = state_dict["total_steps"]
+        if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+            raise ValueError(f"state_dict total_steps must be a positive integer, got {total!r}")
+        phases = state_dict["_schedule_phases"]
+        if not isinstance(phases, list) or len(phases) not in (2, 3):
+            raise ValueError(f"state_dict _schedule_phases must be a list of 2 or 3 phases, got {phases!r}")
+        anneal = state_dict["_anneal_func_type"]
+        if anneal not in ("cos", "linear"):
+            raise ValueError(f"unknown _anneal_func_type {anneal!r}")
+        if bool(state_dict.get("cycle_momentum", self.cycle_momentum)) != self.cycle_momentum:
+            raise ValueError("state_dict cycle_momentum differs from this OneCycleLR's")
+        # torch stores phase ends; recover float(pct_start * total_steps) = end_step + 1 exactly.
+        pct_steps = _one_cycle_pct_steps(float(phases[0]["end_step"]))
+        backup = (self.total_steps, self._pct_steps, self._schedule_phases, self._anneal_func_type)
+        self.total_steps, self._pct_steps = total, pct_steps
+        self._schedule_phases = self._phases(pct_steps, total, len(phases) == 3)
+        self._anneal_func_type = anneal
+        try:
+            super().load_state_dict(state_dict)
+        except Exception:
+            self.total_steps, self._pct_steps, self._schedule_phases, self._anneal_func_type = backup
+            raise
+
+
+def _one_cycle_pct_steps(end_step: float) -> float:
+    """The float ``x`` with ``x - 1 == end_step`` closest to ``end_step + 1`` (x - 1 can round)."""
+    x = end_step + 1.0
+    for _ in range(64):
+        if x - 1.0 == end_step:
+            return x
+        x = math.nextafter(x, math.inf if x - 1.0 < end_step else -math.inf)
+    return end_step + 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Composition: ChainedScheduler and PerGroupLR
+# ---------------------------------------------------------------------------------------------
+
+
+class _Composer:
+    """Builds one description from rows taken out of other schedulers' descriptions."""
+
+    def __init__(self, n_groups: int) -> None:
+        self.n = n_groups
+        self.groups: list[list[float] | None] = [None] * n_groups
+        self.pieces: list[list[float]] = []
+        self.table: list[float] = []
+        self.direct: dict[int, Callable] = {}
+        self.moms: list[tuple[int, list[float]]] = []
+
+    @staticmethod
+    def _shift(row, shift: int) -> list[float]:
+        row = list(row)
+        kind = int(row[0])
+        if kind == S.KIND_TABLE:
+            row[2] += shift
+        elif kind == S.KIND_MULTISTEP:
+            row[3] += shift
+        return row
+
+    def take(self, desc, g: int) -> tuple[list[float], int]:
+        """Group ``g``'s row of ``desc`` (its pieces appended here); also returns the table shift."""
+        rows, table, direct, *more = desc
+        shift = len(self.table)
+        self.table.extend(table or [])
+        row = self._shift(rows[g], shift)
+        if int(row[0]) in (S.KIND_SEQUENTIAL, S.KIND_PRODUCT):
+            count, first = int(row[2]), int(row[3])
+            row[3] = float(self.n + len(self.pieces))
+            for k in range(count):
+                piece = self._shift(rows[first + k], shift)
+                piece[S.COL_OWNER] = float(g)
+                self.pieces.append(piece)
+        if direct and g in direct:
+            self.direct[g] = direct[g]
+        mom = more[0] if more and more[0] else {}
+        if g in mom:
+            self.moms.append((g, self._shift(rows[mom[g]], shift)))
+        return row, shift
+
+    def add_piece(self, row, owner: int) -> int:
+        self.pieces.append(S.as_piece(row, 0.0, math.inf, owner))
+        return self.n + len(self.pieces) - 1
+
+    def describe(self):
+        first_mom = self.n + len(self.pieces)
+        rows = list(self.groups) + self.pieces + [r for _, r in self.moms]
+        mom = {g: first_mom + j for j, (g, _) in enumerate(self.moms)}
+        return rows, self.table, self.direct or None, mom
+
+
+class _Composite(_FusedLRScheduler):
+    """A scheduler made of other fused_lr schedulers of the same optimizer, on one counter."""
+
+    _schedulers: list
+
+    def _check_subs(self, schedulers, optimizer, name: str, allowed=None) -> list:
+        schedulers = list(schedulers)
+        if not schedulers:
+            raise ValueError(f"{name} expects at least one scheduler, but got no scheduler.")
+        for i, sub in enumerate(schedulers):
+            if isinstance(sub, (ReduceLROnPlateau, stock_lr_scheduler.ReduceLROnPlateau)):
+                raise ValueError(
+                    f"{name} does not support `ReduceLROnPlateau` scheduler as it requires additional kwargs "
+                    f"to be specified when calling `step`, but got one at index {i} in the given schedulers sequence."
+                )
+            if not isinstance(sub, _FusedLRScheduler) or isinstance(sub, _Composite):
+                raise TypeError(
+                    f"{name} combines fused_lr schedulers with a closed form; scheduler at index {i} is a "
+                    f"{type(sub).__module__}.{type(sub).__name__}"
+                )
+            if allowed is not None and not isinstance(sub, allowed):
+                raise ValueError(
+                    f"{name} runs on the device as a product of multiplicative schedulers "
+                    f"({', '.join(c.__name__ for c in allowed)}); scheduler at index {i} is a {type(sub).__name__}, "
+                    "whose chained (recursive) form has no closed form. Use SequentialLR or PerGroupLR, or "
+                    "torch.optim.lr_scheduler.ChainedScheduler with stock schedulers (host-written LRs)."
+                )
+            if sub.optimizer is not optimizer:
+                raise ValueError(
+                    f"{name} expects all schedulers to belong to the same optimizer, but got scheduler "
+                    f"{type(sub).__name__} at index {i} with a different optimizer"
+                )
+        epochs = {sub.last_epoch for sub in schedulers}
+        if len(epochs) != 1:
+            raise ValueError(f"{name} needs schedulers at the same step; their last_epoch values are {sorted(epochs)}")
+        return schedulers
+
+    def _grow_tables(self, epoch: int) -> bool:
+        grew = [sub._grow_tables(epoch) for sub in self._schedulers]
+        return any(grew)
+
+    def _check_step(self, epoch: int) -> None:
+        for sub in self._schedulers:
+            sub._check_step(epoch)
+
+    def step(self, epoch: int | None = None) -> None:
+        super().step(epoch)
+        for sub in self._schedulers:  # keep the parts' bookkeeping (and state_dicts) in step
+            sub.last_epoch = self.last_epoch
+            sub._step_count = self._step_count
+            sub._host_cache = None
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["_schedulers"] = [sub.state_dict() for sub in self._schedulers]
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        subs = state_dict.get("_schedulers")
+        if subs is None or len(subs) != len(self._schedulers):
+            raise ValueError(
+                f"state_dict has {0 if subs is None else len(subs)} schedulers, this {type(self).__name__} "
+                f"has {len(self._schedulers)}"
+            )
+        sd = dict(state_dict)
+        if "last_epoch" not in sd:  # torch's ChainedScheduler keeps no step of its own
+            sd["last_epoch"] = subs[0]["last_epoch"] if isinstance(subs[0], dict) and "last_epoch" in subs[0] else None
+        sd.setdefault("base_lrs", self.base_lrs)
+        backups = [sub.state_dict() for sub in self._schedulers]
+        own_backup = super().state_dict()
+        try:
+            for sub, s in zip(self._schedulers, subs):
+                sub.load_state_dict(s)
+            super().load_state_dict(sd)
+        except Exception:
+            for sub, s in zip(self._schedulers, backups):
+                sub.load_state_dict(s)
+            super().load_state_dict(own_backup)
+            raise
+
+
+class ChainedScheduler(_Composite):
+    """torch's ChainedScheduler of multiplicative schedulers, as one product on the device.
+
+    Same signature as ``torch.optim.lr_scheduler.ChainedScheduler``. torch steps every scheduler
+    in turn, each scaling the current LR by its own ratio; for ``StepLR``, ``MultiStepLR``,
+    ``ExponentialLR``, ``ConstantLR``, ``LinearLR``, ``PolynomialLR`` and ``MultiplicativeLR``
+    that composition is the product of their closed-form factors, which is what the device
+    evaluates (``fused_lr.schedules.KIND_PRODUCT``): ``lr = base_lr * prod(factor_i(t))``.
+    Other schedulers (cosine, lambdas, cycles) overwrite the LR in torch's chained form, which has
+    no closed form: they are refused with a clear error. The usual chained warmup
+    (``[ConstantLR(...), ExponentialLR(...)]`` or ``[LinearLR(...), StepLR(...)]``) is covered.
+    ``step()`` steps the chain (one counter); the parts' ``last_epoch`` follow for state_dict.
+    """
+
+    def __init__(self, schedulers, optimizer: FusedSGD | None = None) -> None:
+        schedulers = list(schedulers)
+        if not schedulers:
+            raise ValueError("ChainedScheduler expects at least one scheduler to be chained, but got no scheduler.")
+        for i, sub in enumerate(schedulers):
+            if not hasattr(sub, "optimizer"):
+                raise TypeError(f"ChainedScheduler at index {i} should have `optimizer` as its attribute.")
+        optimizer = optimizer or schedulers[0].optimizer
+        _check_optimizer(optimizer, "ChainedScheduler")
+        allowed = (StepLR, MultiStepLR, ExponentialLR, ConstantLR, LinearLR, PolynomialLR, MultiplicativeLR)
+        self._schedulers = self._check_subs(schedulers, optimizer, "ChainedScheduler", allowed)
+        self._init_from_parts(optimizer)
+
+    def _init_from_parts(self, optimizer: FusedSGD) -> None:
+        # No initial step of its own (torch's ChainedScheduler has none): continue at the parts' step.
+        first = self._schedulers[0]
+        self.optimizer = optimizer
+        self.base_lrs = list(first.base_lrs)
+        self.last_epoch = first.last_epoch
+        self._step_count = first._step_count
+        self._get_lr_called_within_step = False
+        self._is_initial = False
+        self._build_schedule()
+        self._sched.set_step(max(self.last_epoch, 0))
+        optimizer._schedule = self._sched
+        self._sched.write_lr(optimizer._lr_buf)
+        self._write_momenta()
+        self._host_cache = None
+
+    def _describe(self):
+        comp = _Composer(len(self.base_lrs))
+        descs = [sub._describe() for sub in self._schedulers]
+        for g, base in enumerate(self.base_lrs):
+            first = comp.n + len(comp.pieces)
+            for desc in descs:
+                row, _ = comp.take(desc, g)
+                row[1] = 1.0  # a factor: base_lr is the group's, once
+                comp.add_piece(row, g)
+            comp.groups[g] = S.product_row(base, len(descs), first)
+        return comp.describe()
+
+
+class PerGroupLR(_Composite):
+    """Different schedules for different parameter groups, in one optimizer and one launch.
+
+    ``PerGroupLR(optimizer, schedulers)``: ``schedulers[g]`` is a fused_lr scheduler of the same
+    optimizer whose schedule ``param_groups[g]`` follows (the same scheduler may serve several
+    groups). Example — backbone on cosine, head constant::
+
+        opt = FusedSGD([{"params": backbone, "lr": 0.1}, {"params": head, "lr": 0.01}], momentum=0.9)
+        cosine = CosineAnnealingLR(opt, T_max=100)
+        flat = ConstantLR(opt, factor=1.0, total_iters=0)
+        sched = PerGroupLR(opt, [cosine, flat])       # then sched.step() only
+
+    The groups' rows (with any pieces of a SequentialLR / ChainedScheduler part, and momentum
+    rows of a cycling part) form one description on one step counter, so the Triton kernel
+    evaluates every group's own schedule in the same launch. Step only the PerGroupLR. Parts are
+    built on the whole optimizer as torch schedulers are, with torch's construction side effects:
+    a CyclicLR / OneCycleLR with ``cycle_momentum`` sets every group's momentum; PerGroupLR puts
+    back the momentum of the groups that do not follow a cycling part.
+    """
+
+    def __init__(self, optimizer: FusedSGD, schedulers) -> None:
+        _check_optimizer(optimizer, "PerGroupLR")
+        schedulers = list(schedulers)
+        n = len(optimizer.param_groups)
+        if len(schedulers) != n:
+            raise ValueError(f"PerGroupLR needs one scheduler per param group: {n} groups, got {len(schedulers)} schedulers")
+        for i, sub in enumerate(schedulers):
+            if isinstance(sub, (ReduceLROnPlateau, stock_lr_scheduler.ReduceLROnPlateau)):
+                raise ValueError(f"PerGroupLR does not support `ReduceLROnPlateau` (scheduler for group {i})")
+            if not isinstance(sub, _FusedLRScheduler) or isinstance(sub, PerGroupLR):
+                raise TypeError(
+                    f"PerGroupLR combines fused_lr schedulers; the scheduler for group {i} is a "
+                    f"{type(sub).__module__}.{type(sub).__name__}"
+                )
+            if sub.optimizer is not optimizer:
+                raise ValueError(f"PerGroupLR: the scheduler for group {i} belongs to a different optimizer")
+        epochs = {sub.last_epoch for sub in schedulers}
+        if len(epochs) != 1:
+            raise ValueError(f"PerGroupLR needs schedulers at the same step; their last_epoch values are {sorted(epochs)}")
+        self._group_schedulers = schedulers
+        unique: list = []
+        for sub in schedulers:
+            if not any(sub is u for u in unique):
+                unique.append(sub)
+        self._schedulers = unique
+        # Momentum of groups that do not follow a cycling part: as before any cycling part was built.
+        for g, sub in enumerate(schedulers):
+            if not getattr(sub, "cycle_momentum", False):
+                before = [u._momenta_before[g] for u in unique if getattr(u, "cycle_momentum", False)]
+                if before:
+                    optimizer.param_groups[g]["momentum"] = before[0]
+        ChainedScheduler._init_from_parts(self, optimizer)
+        self.base_lrs = [sub.base_lrs[g] for g, sub in enumerate(schedulers)]
+
+    def _describe(self):
+        comp = _Composer(len(self._group_schedulers))
+        cache: dict[int, Any] = {}
+        for g, sub in enumerate(self._group_schedulers):
+            desc = cache.setdefault(id(sub), sub._describe())
+            comp.groups[g], _ = comp.take(desc, g)
+        return comp.describe()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.base_lrs = [sub.base_lrs[g] for g, sub in enumerate(self._group_schedulers)]

@@ -364,13 +364,15 @@ class FusedSGD(Optimizer):
         """One launch per dtype for every group; the LR is computed in the kernel from the schedule."""
         sched = self._schedule
         closed = sched is not None and _tp.kinds_supported(sched.kinds)
+        mom_rows = sched.momentum_rows if closed else {}
         params, grads, bufs, first, gidx = [], [], [], [], []
         leftovers = []  # tensors the kernel does not take (non-contiguous, exotic dtypes): torch path
         for gi, (group, (ps, gs, bs)) in enumerate(zip(self.param_groups, work)):
-            momentum = group["momentum"] != 0
+            # A cycled momentum lives in the schedule: the group always has buffers.
+            momentum = group["momentum"] != 0 or gi in mom_rows
             rest = ([], [], [])
             for j, (p, g) in enumerate(zip(ps, gs)):
-                b = bs[j] if momentum else None
+                b = bs[j] if (momentum and bs) else None
                 if not (p.is_contiguous() and g.is_contiguous() and (b is None or b.is_contiguous())) or not (
                     p.dtype in _tp.KERNEL_DTYPES or (p.is_complex() and p.real.dtype in _tp.KERNEL_DTYPES)
                 ):
@@ -406,7 +408,9 @@ class FusedSGD(Optimizer):
             self._plan_cache = _tp.SGDPlanCache()
         hyper = tuple(
             _tp.SGDHyper(g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
-            for g in self.param_groups
+            if gi not in mom_rows
+            else _tp.SGDHyper(1.0, g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"], mom_rows[gi])
+            for gi, g in enumerate(self.param_groups)
         )
         wrote = _tp.triton_sgd_step(
             params, grads, bufs, first, gidx, hyper, desc, table, counter,

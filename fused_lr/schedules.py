@@ -75,6 +75,31 @@ fractional part last passed to ``step(epoch)``)::
                           with i the cycle containing e and T_cur = e - S_i:
                           lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2
                                                          p0=T_0, p1=T_mult, p2=eta_min, p3=frac
+
+Cycles (torch's CyclicLR and OneCycleLR; a momentum schedule is the same kind with other values)::
+
+    KIND_CYCLIC       c = floor(1 + t / S), x = 1 + t / S - c (S = total cycle size),
+                      f = x / r if x <= r else (x - 1) / (r - 1) (r = step_size_up / S),
+                      lr = base_lr + (max_lr - base_lr) * f * scale, with scale
+                      1 (mode 0, triangular), 1 / 2 ** (c - 1) (mode 1, triangular2),
+                      gamma ** t (mode 2, exp_range)
+                                                 p0=max_lr, p1=S, p2=r, p3=mode, p4=gamma
+    KIND_ONE_CYCLE    torch's phases (X = float(pct_start * T)): e1 = X - 1; two phases (initial -> max until e1,
+                      max -> min until T - 1) or three (initial -> max, max -> initial until
+                      2 * X - 2, initial -> min until T - 1); within a phase from step a to
+                      b, q = (t - a) / (b - a) and the value anneals start -> end by
+                      cos: end + (start - end) / 2 * (1 + cos(pi * q));  linear: (end - start) * q + start
+                                                 base_lr = initial, p0=T, p1=X, p2=max, p3=min,
+                                                 p4 = 2 * three_phase + (anneal == linear)
+
+Products (torch's ChainedScheduler of multiplicative schedulers)::
+
+    KIND_PRODUCT      lr = base_lr * prod(factor rows): piece rows (owner = this group, start 0,
+                      end inf) with base_lr 1, each the factor of one chained scheduler
+                                                 p0=number of factors, p1=first factor row
+
+A momentum schedule (CyclicLR / OneCycleLR ``cycle_momentum``) is a further standalone row after
+the groups and pieces; ``DeviceSchedule.momentum_rows`` maps a group to it.
 """
 
 from __future__ import annotations
@@ -103,6 +128,10 @@ __all__ = [
     "KIND_INVERSE_SQRT",
     "KIND_COSINE_RESTARTS",
     "KIND_SEQUENTIAL",
+    "KIND_CYCLIC",
+    "KIND_ONE_CYCLE",
+    "KIND_PRODUCT",
+    "CYCLIC_MODES",
     "WSD_SHAPES",
     "KIND_NAMES",
     "constant_row",
@@ -120,6 +149,9 @@ __all__ = [
     "inverse_sqrt_row",
     "cosine_restarts_row",
     "sequential_row",
+    "cyclic_row",
+    "one_cycle_row",
+    "product_row",
     "as_piece",
     "lr_at",
     "lambda_runs_on_device",
@@ -143,6 +175,12 @@ KIND_WSD = 11
 KIND_INVERSE_SQRT = 12
 KIND_COSINE_RESTARTS = 13
 KIND_SEQUENTIAL = 14
+KIND_CYCLIC = 15
+KIND_ONE_CYCLE = 16
+KIND_PRODUCT = 17
+
+# Scale modes of KIND_CYCLIC, by code (torch's CyclicLR modes).
+CYCLIC_MODES = {"triangular": 0, "triangular2": 1, "exp_range": 2}
 
 # Cooldown shapes of KIND_WSD, by code.
 WSD_SHAPES = {"linear": 0, "cosine": 1, "1-sqrt": 2}
@@ -163,6 +201,9 @@ KIND_NAMES = {
     KIND_INVERSE_SQRT: "inverse_sqrt",
     KIND_COSINE_RESTARTS: "cosine_restarts",
     KIND_SEQUENTIAL: "sequential",
+    KIND_CYCLIC: "cyclic",
+    KIND_ONE_CYCLE: "one_cycle",
+    KIND_PRODUCT: "product",
 }
 
 
@@ -246,6 +287,24 @@ def cosine_restarts_row(base_lr: float, T_0: int, T_mult: int, eta_min: float, f
 def sequential_row(base_lr: float, n_pieces: int, first_piece_row: int) -> list[float]:
     """A group's row whose LR is its active piece's (torch's SequentialLR)."""
     return _row(KIND_SEQUENTIAL, base_lr, n_pieces, first_piece_row)
+
+
+def cyclic_row(base: float, peak: float, total_size: float, step_ratio: float, mode: int, gamma: float) -> list[float]:
+    """torch's CyclicLR between ``base`` and ``peak`` (for momentum: base = max_momentum, peak = base_momentum)."""
+    return _row(KIND_CYCLIC, base, peak, total_size, step_ratio, mode, gamma)
+
+
+def one_cycle_row(initial: float, total_steps: int, pct_steps: float, peak: float, final: float,
+                  three_phase: bool, linear: bool) -> list[float]:
+    """torch's OneCycleLR; ``pct_steps = float(pct_start * total_steps)`` as torch computes it.
+
+    For momentum: ``initial = final = max_momentum``, ``peak = base_momentum``."""
+    return _row(KIND_ONE_CYCLE, initial, total_steps, pct_steps, peak, final, 2 * int(three_phase) + int(linear))
+
+
+def product_row(base_lr: float, n_factors: int, first_factor_row: int) -> list[float]:
+    """A group's row whose LR is ``base_lr`` times the product of its factor rows (ChainedScheduler)."""
+    return _row(KIND_PRODUCT, base_lr, n_factors, first_factor_row)
 
 
 def as_piece(row: Sequence[float], start: float, end: float, owner: int) -> list[float]:
@@ -380,12 +439,45 @@ def lr_at(
         t_i = torch.where(geo, t0 * torch.pow(m, n), t0)
         restart_lr = p2 + (base - p2) * (1.0 + torch.cos(math.pi * t_cur / t_i)) / 2.0
         out = pick(KIND_COSINE_RESTARTS, restart_lr, out)
+    if KIND_CYCLIC in kinds:
+        size = torch.where(p1 > 0, p1, torch.ones_like(p1))
+        cycle = torch.floor(1.0 + t / size)
+        x = 1.0 + t / size - cycle
+        f = torch.where(x <= p2, x / p2, (x - 1.0) / (p2 - 1.0))
+        scale = torch.where(
+            p3 == 0, torch.ones_like(t), torch.where(p3 == 1, 1.0 / torch.pow(2.0, cycle - 1.0), torch.pow(p4, t))
+        )
+        out = pick(KIND_CYCLIC, base + (p0 - base) * f * scale, out)
+    if KIND_ONE_CYCLE in kinds:
+        three = p4 >= 2
+        linear = torch.remainder(p4, 2.0) == 1
+        e1 = p1 - 1.0
+        e2 = torch.where(three, 2.0 * p1 - 2.0, p0 - 1.0)
+        e3 = p0 - 1.0
+        ph1 = t <= e1
+        ph2 = ~ph1 & ((t <= e2) | ~three)
+        a = torch.where(ph1, torch.zeros_like(t), torch.where(ph2, e1, e2))
+        b = torch.where(ph1, e1, torch.where(ph2, e2, e3))
+        v_start = torch.where(ph1, base, torch.where(ph2, p2, base))
+        v_end = torch.where(ph1, p2, torch.where(ph2, torch.where(three, base, p3), p3))
+        q = (t - a) / (b - a)
+        cos_v = v_end + (v_start - v_end) / 2.0 * (torch.cos(math.pi * q) + 1.0)
+        lin_v = (v_end - v_start) * q + v_start
+        out = pick(KIND_ONE_CYCLE, torch.where(linear, lin_v, cos_v), out)
+    if kinds & {KIND_SEQUENTIAL, KIND_PRODUCT}:
+        is_piece = owner >= 0
+        owner_idx = owner.clamp_min(0).to(torch.int64)
+        owner_kind = kind[owner_idx]
+        pieces_out = out
     if KIND_SEQUENTIAL in kinds:
         tg = t_global.to(torch.float64)
-        is_piece = owner >= 0
-        active = is_piece & (tg >= start) & (tg < end)
-        chosen = torch.zeros_like(out).index_add_(0, owner.clamp_min(0).to(torch.int64), torch.where(active, out, 0.0))
+        active = is_piece & (owner_kind == KIND_SEQUENTIAL) & (tg >= start) & (tg < end)
+        chosen = torch.zeros_like(out).index_add_(0, owner_idx, torch.where(active, pieces_out, 0.0))
         out = torch.where(kind == KIND_SEQUENTIAL, chosen, out)
+    if KIND_PRODUCT in kinds:
+        factor = is_piece & (owner_kind == KIND_PRODUCT)
+        prod = torch.ones_like(out).scatter_reduce_(0, owner_idx, torch.where(factor, pieces_out, 1.0), "prod")
+        out = torch.where(kind == KIND_PRODUCT, base * prod, out)
     return out if n_groups is None else out[:n_groups]
 
 
@@ -504,6 +596,7 @@ class DeviceSchedule:
         self.table = self.table_host.to(self.device)
         self.kinds: frozenset[int] = frozenset()
         self.direct_fns: dict[int, Callable] = {}
+        self.momentum_rows: dict[int, int] = {}
         # Scheduler steps taken on the host but not yet applied to ``counter``: on the Triton path
         # the next update kernel applies them (one launch for opt.step() + sched.step()).
         self.pending = 0
@@ -514,10 +607,12 @@ class DeviceSchedule:
         table: Sequence[float] | None = None,
         direct_fns: dict[int, Callable] | None = None,
         n_groups: int | None = None,
+        momentum_rows: dict[int, int] | None = None,
     ) -> None:
         """Replace the description (a host-to-device copy: done at construction, load and table growth).
 
-        ``rows`` holds one row per group, then any piece rows (``n_groups`` says how many are groups)."""
+        ``rows`` holds one row per group, then any piece rows (``n_groups`` says how many are groups),
+        then any momentum rows (``momentum_rows`` maps a group to its momentum row)."""
         desc_host = torch.tensor([list(r) for r in rows], dtype=torch.float64).reshape(-1, DESC_WIDTH)
         table_host = torch.tensor(list(table) if table else [1.0], dtype=torch.float64)
         self.desc_host = desc_host
@@ -527,6 +622,10 @@ class DeviceSchedule:
         self.kinds = frozenset(int(k) for k in desc_host[:, 0].tolist())
         self.direct_fns = dict(direct_fns or {})
         self.n_groups = desc_host.shape[0] if n_groups is None else n_groups
+        self.momentum_rows = dict(momentum_rows or {})
+        for g, r in self.momentum_rows.items():
+            if not (0 <= g < self.n_groups and self.n_groups <= r < desc_host.shape[0]):
+                raise AssertionError(f"momentum row {r} of group {g} outside the description")
 
     def set_step(self, step: int) -> None:
         self.counter.fill_(step)
@@ -565,3 +664,10 @@ class DeviceSchedule:
             for g, fn in self.direct_fns.items():
                 desc[g, 2] = desc[g, 1] * float(fn(step))
         return lr_at(torch.tensor([step], dtype=torch.int64), desc, self.table_host, self.kinds, self.n_groups).tolist()
+
+    def host_momenta(self, step: int) -> dict[int, float]:
+        """Momentum of every group with a momentum schedule at a host-known step (CPU mirror)."""
+        if not self.momentum_rows:
+            return {}
+        vals = lr_at(torch.tensor([step], dtype=torch.int64), self.desc_host, self.table_host, self.kinds).tolist()
+        return {g: vals[r] for g, r in self.momentum_rows.items()}

@@ -82,6 +82,9 @@ __all__ = [
     "KIND_INVERSE_SQRT",
     "KIND_COSINE_RESTARTS",
     "KIND_SEQUENTIAL",
+    "KIND_CYCLIC",
+    "KIND_ONE_CYCLE",
+    "KIND_PRODUCT",
     "SUPPORTED_KINDS",
     "lr_at",
     "lr_at_kernel",
@@ -106,9 +109,12 @@ KIND_WSD = tl.constexpr(11)
 KIND_INVERSE_SQRT = tl.constexpr(12)
 KIND_COSINE_RESTARTS = tl.constexpr(13)
 KIND_SEQUENTIAL = tl.constexpr(14)
+KIND_CYCLIC = tl.constexpr(15)
+KIND_ONE_CYCLE = tl.constexpr(16)
+KIND_PRODUCT = tl.constexpr(17)
 
 # Every kind lr_at implements (the host checks a description against it before launching).
-SUPPORTED_KINDS = frozenset(range(15))
+SUPPORTED_KINDS = frozenset(range(18))
 
 @triton.jit
 def _powi(x, n):
@@ -170,7 +176,7 @@ def lr_at(step, desc_ptr, table_ptr, table_numel, group):
 
     Args:
         step: int64 scalar, the scheduler's step counter ``t``.
-        desc_ptr: pointer to float64 ``[groups, DESC_WIDTH]``, contiguous (the schedule rows).
+        desc_ptr: pointer to float64 ``[rows, DESC_WIDTH]``, contiguous (the schedule rows).
         table_ptr: pointer to float64 ``[table_numel]`` (tabulated multipliers of KIND_TABLE rows;
             never read for other kinds).
         table_numel: int scalar, number of elements behind ``table_ptr`` (>= 1).
@@ -178,20 +184,40 @@ def lr_at(step, desc_ptr, table_ptr, table_numel, group):
 
     Returns:
         float64 scalar.
+
+    A composite row first picks the rows to evaluate: ``KIND_SEQUENTIAL`` its active piece (the
+    last of its piece rows whose ``start`` is ``<= t``; the pieces' starts ascend),
+    ``KIND_PRODUCT`` all of its factor rows (the result is ``base_lr`` times their product).
+    One loop then evaluates them with ``_row_lr``, so the per-kind code is inlined once.
     """
     row = desc_ptr + group.to(tl.int64) * DESC_WIDTH
     kind = tl.load(row).to(tl.int32)
     t_int = step.to(tl.int64)
+    first = group.to(tl.int64)
+    count = tl.full((), 1, tl.int64)
+    scale = tl.full((), 1.0, tl.float64)
     if kind == KIND_SEQUENTIAL:
-        # Move to the active piece: the last piece row whose start is <= t.
         n_pieces = tl.load(row + 2).to(tl.int64)
-        first = tl.load(row + 3).to(tl.int64)
-        chosen = first
+        first_piece = tl.load(row + 3).to(tl.int64)
+        chosen = first_piece
         for k in range(1, n_pieces):
-            piece_start = tl.load(desc_ptr + (first + k) * DESC_WIDTH + COL_START)
-            chosen = tl.where(t_int.to(tl.float64) >= piece_start, first + k, chosen)
-        row = desc_ptr + chosen * DESC_WIDTH
-        kind = tl.load(row).to(tl.int32)
+            piece_start = tl.load(desc_ptr + (first_piece + k) * DESC_WIDTH + COL_START)
+            chosen = tl.where(t_int.to(tl.float64) >= piece_start, first_piece + k, chosen)
+        first = chosen
+    elif kind == KIND_PRODUCT:
+        count = tl.load(row + 2).to(tl.int64)
+        first = tl.load(row + 3).to(tl.int64)
+        scale = tl.load(row + 1)
+    lr = scale
+    for k in range(0, count):
+        lr = lr * _row_lr(desc_ptr + (first + k) * DESC_WIDTH, t_int, table_ptr, table_numel)
+    return lr
+
+
+@triton.jit
+def _row_lr(row, t_int, table_ptr, table_numel):
+    """float64 value of one plain (non-composite) row at the global step ``t_int``."""
+    kind = tl.load(row).to(tl.int32)
     # Every row runs on its local step (a piece starts later; a group's own row has start 0).
     t_int = tl.maximum(t_int - tl.load(row + COL_START).to(tl.int64), 0)
     base = tl.load(row + 1)
@@ -280,6 +306,41 @@ def lr_at(step, desc_ptr, table_ptr, table_numel, group):
             t_cur = _fmod_floor(e, t0)
         eta_min = tl.load(row + 4)
         lr = eta_min + (base - eta_min) * (1.0 + tl.cos(3.141592653589793 * t_cur / t_i)) / 2.0
+    elif kind == KIND_CYCLIC:
+        ratio = tl.load(row + 4)
+        mode = tl.load(row + 5)
+        gamma = tl.load(row + 6)
+        size = tl.where(p1 > 0, p1, 1.0)
+        cycle = tl.floor(1.0 + t / size)
+        x = 1.0 + t / size - cycle
+        f = tl.where(x <= ratio, x / ratio, (x - 1.0) / (ratio - 1.0))
+        if mode == 0:
+            amp = tl.full((), 1.0, tl.float64)
+        elif mode == 1:
+            amp = 1.0 / _powf(tl.full((), 2.0, tl.float64), cycle - 1.0)
+        else:
+            amp = _powi(gamma, t_int)
+        lr = base + (p0 - base) * f * amp
+    elif kind == KIND_ONE_CYCLE:
+        peak = tl.load(row + 4)
+        final = tl.load(row + 5)
+        flags = tl.load(row + 6)
+        three = flags >= 2
+        linear = (flags == 1) | (flags == 3)
+        e1 = p1 - 1.0
+        e2 = tl.where(three, 2.0 * p1 - 2.0, p0 - 1.0)
+        e3 = p0 - 1.0
+        ph1 = t <= e1
+        ph2 = (t > e1) & ((t <= e2) | (flags < 2))
+        a = tl.where(ph1, 0.0, tl.where(ph2, e1, e2))
+        b = tl.where(ph1, e1, tl.where(ph2, e2, e3))
+        v_start = tl.where(ph1, base, tl.where(ph2, peak, base))
+        v_end = tl.where(ph1, peak, tl.where(ph2, tl.where(three, base, final), final))
+        q = (t - a) / (b - a)
+        if linear:
+            lr = (v_end - v_start) * q + v_start
+        else:
+            lr = v_end + (v_start - v_end) / 2.0 * (tl.cos(3.141592653589793 * q) + 1.0)
     return lr
 
 

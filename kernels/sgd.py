@@ -5,7 +5,8 @@ One launch updates every tensor of one dtype, across parameter groups: the launc
 table that gives each program one chunk of one tensor. Each program
 
 1. reads its chunk's (tensor, offset) and the tensor's group, first-step flag and addresses;
-2. computes its group's learning rate with ``lr_at`` (float64) from the device step counter;
+2. computes its group's learning rate with ``lr_at`` (float64) from the device step counter, and
+   its momentum the same way when the schedule cycles momentum (hyper column HYPER_MOMENTUM_ROW);
 3. applies torch.optim.SGD's update in torch's order to every element of the chunk::
 
        g = -g                     if maximize
@@ -47,6 +48,7 @@ __all__ = [
     "HYPER_WEIGHT_DECAY",
     "HYPER_NESTEROV",
     "HYPER_MAXIMIZE",
+    "HYPER_MOMENTUM_ROW",
     "SUPPORTED_DTYPES",
     "ALIGNMENT",
     "compute_dtype",
@@ -79,6 +81,7 @@ HYPER_ONE_MINUS_DAMPENING = 1  # 1 - dampening, computed on the host in float64 
 HYPER_WEIGHT_DECAY = 2
 HYPER_NESTEROV = 3  # 1.0 or 0.0
 HYPER_MAXIMIZE = 4  # 1.0 or 0.0
+HYPER_MOMENTUM_ROW = 5  # -1, or the schedule row whose value is the group's momentum (CyclicLR/OneCycleLR)
 # The same values as compile-time constants for the kernel (jit code reads only constexpr globals).
 _HYPER_WIDTH = tl.constexpr(HYPER_WIDTH)
 _HYPER_MOMENTUM = tl.constexpr(HYPER_MOMENTUM)
@@ -86,6 +89,7 @@ _HYPER_ONE_MINUS_DAMPENING = tl.constexpr(HYPER_ONE_MINUS_DAMPENING)
 _HYPER_WEIGHT_DECAY = tl.constexpr(HYPER_WEIGHT_DECAY)
 _HYPER_NESTEROV = tl.constexpr(HYPER_NESTEROV)
 _HYPER_MAXIMIZE = tl.constexpr(HYPER_MAXIMIZE)
+_HYPER_MOMENTUM_ROW = tl.constexpr(HYPER_MOMENTUM_ROW)
 
 # The storage dtypes the kernel specializes for (Triton dtype names, as torch dtypes map to them).
 SUPPORTED_DTYPES = ("fp16", "bf16", "fp32", "fp64")
@@ -168,7 +172,7 @@ def sgd_kernel(
     groups_ptr,  # *int32 [n_tensors]: parameter-group index of each tensor (row of hyper and desc)
     first_step_ptr,  # *int8 [n_tensors]: 1 on a tensor's first step with momentum (buf = g)
     chunks_ptr,  # *int64 [n_programs, 2]: (tensor index, first element) of each program's chunk
-    hyper_ptr,  # *fp64 [n_groups, HYPER_WIDTH]: momentum, 1 - dampening, weight_decay, nesterov, maximize
+    hyper_ptr,  # *fp64 [n_groups, HYPER_WIDTH]: momentum, 1 - dampening, weight_decay, nesterov, maximize, momentum row
     step_ptr,  # *int64 [1]: the schedule's step counter t
     desc_ptr,  # *fp64 [n_groups, DESC_WIDTH]: schedule rows (see kernels/schedule.py)
     table_ptr,  # *fp64 [table_numel]: tabulated LR multipliers (KIND_TABLE rows)
@@ -211,6 +215,10 @@ def sgd_kernel(
     step = tl.load(step_ptr) + advance
     lr = lr_at(step, desc_ptr, table_ptr, table_numel, group).to(COMPUTE_DTYPE)
     momentum = tl.load(hyper + _HYPER_MOMENTUM).to(COMPUTE_DTYPE)
+    momentum_row = tl.load(hyper + _HYPER_MOMENTUM_ROW)
+    if momentum_row >= 0:
+        # A cycled momentum (CyclicLR / OneCycleLR): the schedule's momentum row at this step.
+        momentum = lr_at(step, desc_ptr, table_ptr, table_numel, momentum_row.to(tl.int32)).to(COMPUTE_DTYPE)
     one_minus_dampening = tl.load(hyper + _HYPER_ONE_MINUS_DAMPENING).to(COMPUTE_DTYPE)
     weight_decay = tl.load(hyper + _HYPER_WEIGHT_DECAY).to(COMPUTE_DTYPE)
     nesterov = tl.load(hyper + _HYPER_NESTEROV) != 0

@@ -21,6 +21,7 @@ if __name__ == "__main__":
     os.environ["TRITON_INTERPRET"] = "1"
 
 import copy
+import math
 import io
 
 import torch
@@ -97,6 +98,17 @@ SCHEDULERS = {
     "lambda_device": (lambda o: stock.LambdaLR(o, lambda e: 0.9**e), lambda o: fused.LambdaLR(o, lambda e: 0.9**e)),
     "lambda_table": (lambda o: stock.LambdaLR(o, lambda e: 1.0 if e < 5 else 0.3),
                      lambda o: fused.LambdaLR(o, lambda e: 1.0 if e < 5 else 0.3, horizon=8)),
+    # Momentum cycling: the kernel computes each step's momentum from the schedule's momentum rows.
+    "cyclic": (lambda o: stock.CyclicLR(o, 0.01, [0.1, 0.2], step_size_up=3, step_size_down=5, mode="triangular2"),
+               lambda o: fused.CyclicLR(o, 0.01, [0.1, 0.2], step_size_up=3, step_size_down=5, mode="triangular2")),
+    "onecycle": (lambda o: stock.OneCycleLR(o, [0.3, 0.1], total_steps=30, three_phase=True),
+                 lambda o: fused.OneCycleLR(o, [0.3, 0.1], total_steps=30, three_phase=True)),
+    "chained": (lambda o: stock.ChainedScheduler([stock.ConstantLR(o, 0.5, total_iters=3), stock.ExponentialLR(o, 0.9)]),
+                lambda o: fused.ChainedScheduler([fused.ConstantLR(o, 0.5, total_iters=3), fused.ExponentialLR(o, 0.9)])),
+    # Group 0 on cosine, group 1 on a constant factor: stock has no per-group form but LambdaLR's
+    # per-group lambdas, which give the same LRs.
+    "per_group": (lambda o: stock.LambdaLR(o, [lambda e: (1 + math.cos(math.pi * e / 10)) / 2, lambda e: 0.5 if e < 5 else 1.0]),
+                  lambda o: fused.PerGroupLR(o, [fused.CosineAnnealingLR(o, 10), fused.ConstantLR(o, 0.5, total_iters=5)])),
     "stock_on_fused": (lambda o: stock.ExponentialLR(o, 0.9), lambda o: stock.ExponentialLR(o, 0.9)),
     "none": (lambda o: None, lambda o: None),
 }
@@ -161,9 +173,14 @@ def run_scheduler(name, dtype=torch.float32):
         if sa is not None:
             sa.step()
             grows = "table" in getattr(sk, "modes", ()) and sk.last_epoch + 1 >= sk.horizon - sk.horizon // 4
-            if closed_form and not sk._sched.direct_fns and not grows:
+            if closed_form and not sk._sched.direct_fns and not grows and not sk._sched.momentum_rows:
                 with NoTorchOps():
                     sk.step()  # deferred: no device work at all, the next kernel advances the counter
+                assert sk._sched.pending == 1
+            elif closed_form and sk._sched.momentum_rows:
+                # Deferred too; group["momentum"] is set on the host from the CPU mirror of the
+                # schedule (CPU tensor ops, no device work), as torch sets it.
+                sk.step()
                 assert sk._sched.pending == 1
             elif closed_form:
                 # A device-mode lambda is evaluated (torch ops) at the step the kernel will use; a
@@ -175,6 +192,8 @@ def run_scheduler(name, dtype=torch.float32):
             st.step()
             if closed_form:
                 assert sk.get_last_lr() == st.get_last_lr()
+                moms = [[g["momentum"] for g in o.param_groups] for o in (stock_opt, torch_opt, kern_opt)]
+                assert moms[1] == moms[2] and all(abs(a - b) <= 1e-15 for a, b in zip(moms[0], moms[1])), moms
         if manual:
             for o in (stock_opt, torch_opt, kern_opt):
                 for g in o.param_groups:

@@ -177,6 +177,26 @@ def case_lr_at() -> str:
     rows.append(S.as_piece(S.linear_row(0.1, 0.01, 1.0, 5), 0, 5, seq))
     rows.append(S.as_piece(S.cosine_row(0.1, 20, 1e-4), 5, 25, seq))
     rows.append(S.as_piece(S.step_row(0.1, 3, 0.5), 25, math.inf, seq))
+    # Cycles (torch's CyclicLR in its three modes, a momentum row cycling downwards, a cycle with no
+    # down phase; OneCycleLR in its four variants, one with a fractional pct_start * total_steps).
+    rows += [
+        S.cyclic_row(0.01, 0.1, 10.0, 0.5, 0, 1.0),
+        S.cyclic_row(0.01, 0.1, 11.0, 4.0 / 11.0, 1, 1.0),
+        S.cyclic_row(0.01, 0.1, 6.0, 0.5, 2, 0.999),
+        S.cyclic_row(0.9, 0.8, 10.0, 0.5, 0, 1.0),
+        S.cyclic_row(0.01, 0.1, 5.0, 1.0, 0, 1.0),
+        S.one_cycle_row(0.004, 100, 30.0, 0.1, 4e-7, False, False),
+        S.one_cycle_row(0.004, 100, 30.0, 0.1, 4e-7, False, True),
+        S.one_cycle_row(0.004, 77, 0.3 * 77, 0.1, 4e-7, True, False),
+        S.one_cycle_row(0.95, 77, 0.3 * 77, 0.85, 0.95, True, True),
+        S.one_cycle_row(0.004, 2**41, 0.25 * 2**41, 0.1, 4e-7, False, False),
+    ]
+    # A product (torch's ChainedScheduler): ConstantLR x ExponentialLR x MultiStepLR factors.
+    prod = len(rows)
+    rows.append(S.product_row(0.1, 3, prod + 1))
+    rows.append(S.as_piece(S.constant_factor_row(1.0, 0.1, 2), 0, math.inf, prod))
+    rows.append(S.as_piece(S.exponential_row(1.0, 0.9), 0, math.inf, prod))
+    rows.append(S.as_piece(S.multistep_row(1.0, 0.5, 7, 4), 0, math.inf, prod))
     table = torch.tensor([9.0, 9.0, 1.0, 0.5, 0.25, 0.125, 7.0, 3.0, 5.0, 5.0, 20.0], dtype=torch.float64)
     desc = torch.tensor(rows, dtype=torch.float64)
     steps = sorted(
@@ -190,7 +210,8 @@ def case_lr_at() -> str:
     ref = torch.stack([S.lr_at(torch.tensor([s]), desc, table) for s in steps])
 
     exact_kinds = {S.KIND_CONSTANT, S.KIND_TABLE, S.KIND_DIRECT, S.KIND_CONSTANT_FACTOR, S.KIND_LINEAR}
-    cosine_kinds = {S.KIND_COSINE, S.KIND_WARMUP_COSINE, S.KIND_WSD, S.KIND_COSINE_RESTARTS, S.KIND_SEQUENTIAL}
+    cosine_kinds = {S.KIND_COSINE, S.KIND_WARMUP_COSINE, S.KIND_WSD, S.KIND_COSINE_RESTARTS, S.KIND_SEQUENTIAL,
+                    S.KIND_ONE_CYCLE}
     missing = set(S.KIND_NAMES) - {int(k) for k in desc[:, 0].tolist()}
     assert not missing, f"add rows for kinds {sorted(missing)}"
     kinds = desc[:, 0].tolist()
@@ -198,13 +219,16 @@ def case_lr_at() -> str:
     failures = []
     for j, kind in enumerate(kinds):
         for i, s in enumerate(steps):
+            if kind == S.KIND_ONE_CYCLE and s > desc[j, 2].item():
+                continue  # past total_steps torch raises; the angle would grow without bound
             got, exp = out[i, j].item(), ref[i, j].item()
             if kind in exact_kinds:
                 ok = got == exp
             else:
                 bound = LR_RTOL * abs(exp) + LR_ATOL_UNDERFLOW
                 if kind in cosine_kinds:
-                    floor_col = 4 if kind == S.KIND_COSINE_RESTARTS else 3  # eta_min's column
+                    # eta_min's column (OneCycleLR: the peak's; its floor is smaller)
+                    floor_col = 4 if kind in (S.KIND_COSINE_RESTARTS, S.KIND_ONE_CYCLE) else 3
                     bound += LR_COSINE_ATOL_PER_AMPLITUDE * (abs(desc[j, 1].item()) + abs(desc[j, floor_col].item()))
                 ok = abs(got - exp) <= bound
                 if exp != 0:
@@ -264,7 +288,7 @@ def _reference_step(p, g, buf, first, hyper, lr, compute_dtype):
     """The kernel's update in torch ops: separate (unfused) float32 / float64 operations in the
     kernel's order, state rounded once to storage. Returns the new (p, buf) in storage dtype;
     ``buf`` is None when momentum is 0."""
-    momentum, dampening, weight_decay, nesterov, maximize = hyper
+    momentum, dampening, weight_decay, nesterov, maximize = hyper[:5]
     # Python floats next to tensors are rounded to the tensor's dtype, as the kernel rounds its
     # float64 scalars to the compute type.
     pc, gc = p.to(compute_dtype), g.to(compute_dtype)
