@@ -1467,9 +1467,12 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
                 for k in keys:
                     if k not in group:
                         raise KeyError(f"param {k!r} is not specified in param_groups[{i}] when resuming OneCycleLR")
+        pct_steps = float(pct_start * total)
+        phases = self._phases(pct_steps, total, three_phase)
+        self._check_phases(phases, total)
         self.total_steps = total
-        self._pct_steps = float(pct_start * total)
-        self._schedule_phases = self._phases(self._pct_steps, total, three_phase)
+        self._pct_steps = pct_steps
+        self._schedule_phases = phases
         self._anneal_func_type = anneal_strategy
         self.cycle_momentum = cycle_momentum
         self.use_beta1 = False
@@ -1517,6 +1520,27 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
                 for g in groups
             ]
         return self._momentum_desc(rows, moms)
+
+    @staticmethod
+    def _check_phases(phases, total: int) -> None:
+        """Refuse, at construction, a schedule on which torch divides by zero at some step <= total.
+
+        torch evaluates phase i from ``start`` to ``end`` as ``(t - start) / (end - start)``. A
+        phase of zero length is used when it is the first (at t = 0) or the last (at the first
+        integer step past every earlier phase's end, if that is <= total_steps)."""
+        start, reached = 0.0, []
+        for i, phase in enumerate(phases):
+            end = phase["end_step"]
+            last = i == len(phases) - 1
+            first_step = 0 if i == 0 else max(math.floor(max(reached)) + 1, 0)
+            if end == start and (i == 0 or last) and first_step <= total:
+                raise ValueError(
+                    f"OneCycleLR phase {i} has zero length (it starts and ends at step {end}): torch divides "
+                    f"by zero at step {first_step}; choose pct_start so that pct_start * total_steps != 1 "
+                    f"(pct_start={phases[0]['end_step'] + 1} / total_steps={total} here)"
+                )
+            reached.append(end)
+            start = end
 
     def _check_step(self, epoch: int) -> None:
         if epoch > self.total_steps:

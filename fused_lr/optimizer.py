@@ -158,6 +158,8 @@ class FusedSGD(Optimizer):
         self._plan_cache = None  # Triton path: address/chunk tables per parameter set
         self._uniform: list[bool] = []  # per group: the torch path's single-call fast path applies
         self._buf_cache: dict[int, tuple] = {}  # per group: (state key, momentum buffers in param order)
+        self._lr_log: Tensor | None = None  # start_lr_log(): [capacity, groups] ring of the LRs used
+        self._lr_log_pos: Tensor | None = None  # int64 device count of steps recorded
         super().__init__(params, defaults)
         self._impl = self._resolve_backend()
 
@@ -208,6 +210,8 @@ class FusedSGD(Optimizer):
         self._rebuild_lr_buf()
         self._uniform.append(self._is_uniform(params))
         self._buf_cache.clear()
+        if getattr(self, "_lr_log", None) is not None:
+            self.start_lr_log(self._lr_log.shape[0])
 
     @staticmethod
     def _is_uniform(params) -> bool:
@@ -251,6 +255,42 @@ class FusedSGD(Optimizer):
     def lr_tensor(self) -> Tensor:
         """The float64 device tensor holding every group's current learning rate."""
         return self._lr_buf
+
+    # ------------------------------------------------------------------ device-side LR log
+
+    def start_lr_log(self, capacity: int = 4096) -> None:
+        """Record the LR every group uses at each ``step()`` in a device ring buffer.
+
+        The buffer (float64 ``[capacity, groups]``) and its step count live on the parameters'
+        device; recording costs three tiny device ops per step (no host read, capturable; the
+        Triton path records the LR its kernel used). Read it with :meth:`lr_log` (one sync).
+        Restarting, or adding a param group, clears it.
+        """
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        device = self._lr_buf.device
+        self._lr_log = torch.zeros(capacity, len(self.param_groups), dtype=torch.float64, device=device)
+        self._lr_log_pos = torch.zeros(1, dtype=torch.int64, device=device)
+
+    def stop_lr_log(self) -> None:
+        """Stop recording and free the buffer."""
+        self._lr_log = self._lr_log_pos = None
+
+    def lr_log(self) -> Tensor:
+        """The recorded LRs, oldest first: a CPU float64 tensor ``[steps, groups]`` holding the
+        last ``min(steps, capacity)`` steps. Reads the device once (a sync on a GPU)."""
+        if self._lr_log is None:
+            raise RuntimeError("no LR log is being recorded: call start_lr_log(capacity) first")
+        log, count = self._lr_log.cpu(), int(self._lr_log_pos.item())
+        cap = log.shape[0]
+        if count <= cap:
+            return log[:count]
+        return torch.roll(log, -(count % cap), dims=0)
+
+    def _record_lr(self) -> None:
+        slot = torch.remainder(self._lr_log_pos, self._lr_log.shape[0])
+        self._lr_log.index_copy_(0, slot, self._lr_buf.reshape(1, -1))
+        self._lr_log_pos.add_(1)
 
     # ------------------------------------------------------------------ backend
 
@@ -337,6 +377,8 @@ class FusedSGD(Optimizer):
             self._step_triton(work)
         else:
             self._step_torch(work)
+        if self._lr_log is not None:
+            self._record_lr()
         return loss
 
     def _step_torch(self, work) -> None:
@@ -495,6 +537,8 @@ class FusedSGD(Optimizer):
                 g.pop(k, None)
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("_schedule", None)
+        self.__dict__.setdefault("_lr_log", None)
+        self.__dict__.setdefault("_lr_log_pos", None)
         self.__dict__.setdefault("_impl", "torch")
         for name in ("_identity", "_ticket", "_plan_cache"):
             self.__dict__.setdefault(name, None)

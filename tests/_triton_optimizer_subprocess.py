@@ -155,12 +155,18 @@ def run_scheduler(name, dtype=torch.float32):
     sa, st, sk = make_stock(stock_opt), make_fused(torch_opt), make_fused(kern_opt)
     manual = name == "none"
     closed_form = isinstance(sk, fused._FusedLRScheduler)
+    # The device-side LR log: a ring smaller than the run on the kernel path (it wraps), a large
+    # one on the torch path; both must hold the LRs stock used at each step.
+    kern_opt.start_lr_log(8)
+    torch_opt.start_lr_log(64)
+    used_history = []
     for t in range(STEPS):
         gs = grads_for(t, ref)
         for ps in (a_ps, t_ps, k_ps):
             for p, g in zip(ps, gs):
                 p.grad = None if g is None else g.clone()
         used = [g["lr"] for g in stock_opt.param_groups]
+        used_history.append(used)
         stock_opt.step()
         torch_opt.step()
         with CountLaunches() as launches:
@@ -208,6 +214,9 @@ def run_scheduler(name, dtype=torch.float32):
             assert (bk is None) == (bt is None), f"{name} step {t} param {i}: buffer presence"
             if bk is not None:
                 check_close(bk, bt, tol, f"{name} step {t} buffer {i}")
+    for opt, keep in ((kern_opt, 8), (torch_opt, 64)):
+        log, want = opt.lr_log(), torch.tensor(used_history[-keep:], dtype=torch.float64)
+        assert log.shape == want.shape and torch.allclose(log, want, rtol=1e-12, atol=0), f"{name}: LR log {log} vs {want}"
     if closed_form:
         kern_opt.step()  # applies the last deferred scheduler step
         assert int(sk.step_counter.item()) == sk.last_epoch == STEPS
