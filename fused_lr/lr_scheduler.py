@@ -988,7 +988,9 @@ class WarmupStableDecayLR(_EditableMixin, _FusedLRScheduler):
         """Start the cooldown now: its start becomes the device step counter (a device copy)."""
         self.total_steps = self.last_epoch + self.decay_steps  # the host's view, for state_dict
         self._sched.desc_host[:, 3] = float(self.last_epoch)
-        self._edit_column(3, self._sched.counter)
+        sched = self._sched
+        # On the Triton path the counter may lag the host by deferred steps the next kernel applies.
+        self._edit_column(3, sched.counter + sched.pending if sched.pending else sched.counter)
 
     def set_total_steps(self, total_steps: int) -> None:
         """End the cooldown at ``total_steps`` (it starts ``decay_steps`` earlier)."""
@@ -1086,6 +1088,11 @@ class SequentialLR(_FusedLRScheduler):
                     f"{type(self).__name__} expects all schedulers to belong to the same optimizer, but "
                     f"got scheduler at index {i} with a different optimizer"
                 )
+            if getattr(sub, "cycle_momentum", False):
+                raise ValueError(
+                    f"{type(self).__name__}: scheduler at index {i} ({type(sub).__name__}) cycles momentum, which a "
+                    "sequence cannot hand over on the device; pass cycle_momentum=False (or use it alone / in PerGroupLR)"
+                )
         milestones = list(milestones)
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(
@@ -1115,7 +1122,7 @@ class SequentialLR(_FusedLRScheduler):
         pieces: list[list[float]] = [[] for _ in range(n * k)]
         table: list[float] = []
         for i, sub in enumerate(self._schedulers):
-            sub_rows, sub_table, _ = self._tabulated(sub)
+            sub_rows, sub_table, *_ = self._tabulated(sub)
             shift = len(table)
             table.extend(sub_table or [])
             for g, row in enumerate(sub_rows):

@@ -37,6 +37,16 @@ Formulas (``t`` = the int64 step counter; ``warmup`` = ``base_lr * t / p0`` whil
                       T_i *= T_mult: exact, at most log_{T_mult}(e / T_0) + 1 iterations) to the
                       one holding e; T_mult = 1: T_cur = e mod T_0 (exact); then the half cosine
                       from base_lr to eta_min = p2 at T_cur / T_i
+    KIND_CYCLIC       c = floor(1 + t / S), x = 1 + t / S - c, S = p1, r = p2,
+                      f = x / r if x <= r else (x - 1) / (r - 1);
+                      base_lr + (p0 - base_lr) * f * a with a = 1 (p3 == 0), 1 / 2 ** (c - 1)
+                      (p3 == 1), p4 ** t (p3 == 2)
+    KIND_ONE_CYCLE    torch's phases with X = p1 (= float(pct_start * total_steps)), T = p0:
+                      ends X - 1, then (three-phase, p4 >= 2) 2 X - 2, then T - 1; in the phase
+                      from a to b, q = (t - a) / (b - a), anneal start -> end: linear (p4 odd)
+                      (end - start) * q + start, else end + (start - end) / 2 * (cos(pi q) + 1);
+                      values: base_lr -> p2 -> p3 (two phases), base_lr -> p2 -> base_lr -> p3
+    KIND_PRODUCT      base_lr * prod of the p0 factor rows from row p1 (ChainedScheduler)
 
 How each piece stays exact, or within a few ulp, on both the GPU and Triton's CPU interpreter:
 

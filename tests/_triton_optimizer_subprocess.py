@@ -304,7 +304,39 @@ def case_epoch_schedule():
     assert sk.get_last_lr() == sa.get_last_lr()
 
 
+def case_edits():
+    """WarmupStableDecayLR.start_cooldown() and set_total_steps() mid-run on the Triton path (with a
+    deferred scheduler step pending) give the torch path's LRs and params at every step."""
+    ps = make_params(torch.float32)
+    t_ps, k_ps = copy.deepcopy(ps), copy.deepcopy(ps)
+    t = fused_lr.FusedSGD(groups(t_ps), lr=0.1, momentum=0.9, backend="torch")
+    k = fused_lr.FusedSGD(groups(k_ps), lr=0.1, momentum=0.9, backend="triton")
+    st = fused.WarmupStableDecayLR(t, warmup_steps=2, total_steps=1000, decay_steps=6, decay_shape="cosine")
+    sk = fused.WarmupStableDecayLR(k, warmup_steps=2, total_steps=1000, decay_steps=6, decay_shape="cosine")
+    for step in range(24):
+        if step == 10:
+            assert sk._sched.pending == 1  # the edit must account for the step the kernel has not applied
+            st.start_cooldown()
+            sk.start_cooldown()
+        if step == 13:
+            st.set_total_steps(40)
+            sk.set_total_steps(40)
+        gs = grads_for(step, ps)
+        for qs in (t_ps, k_ps):
+            for p, g in zip(qs, gs):
+                p.grad = None if g is None else g.clone()
+        t.step()
+        k.step()
+        assert k.lr_tensor.tolist() == t.lr_tensor.tolist(), f"step {step}: {k.lr_tensor.tolist()} vs {t.lr_tensor.tolist()}"
+        st.step()
+        sk.step()
+        for p, q in zip(t_ps, k_ps):
+            check_close(q, p, FP32, f"edits step {step}")
+    assert sk.get_last_lr() == st.get_last_lr()
+
+
 CASES = {
+    "edits": case_edits,
     "schedulers": case_schedulers,
     "bf16": case_bf16,
     "plateau": case_plateau,

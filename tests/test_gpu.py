@@ -36,6 +36,13 @@ def _sched_pairs():
         "step": (lambda o: stock.StepLR(o, 5, 0.5), lambda o: fused.StepLR(o, 5, 0.5)),
         "cosine": (lambda o: stock.CosineAnnealingLR(o, 8, 1e-3), lambda o: fused.CosineAnnealingLR(o, 8, 1e-3)),
         "lambda": (lambda o: stock.LambdaLR(o, lambda e: 0.95**e), lambda o: fused.LambdaLR(o, lambda e: 0.95**e)),
+        # momentum cycled on the device (Triton path) / on the host (torch path)
+        "onecycle": (lambda o: stock.OneCycleLR(o, 0.2, total_steps=40, three_phase=True),
+                     lambda o: fused.OneCycleLR(o, 0.2, total_steps=40, three_phase=True)),
+        "cyclic": (lambda o: stock.CyclicLR(o, 0.01, 0.1, step_size_up=4, mode="triangular2"),
+                   lambda o: fused.CyclicLR(o, 0.01, 0.1, step_size_up=4, mode="triangular2")),
+        "chained": (lambda o: stock.ChainedScheduler([stock.ConstantLR(o, 0.5, total_iters=3), stock.ExponentialLR(o, 0.9)]),
+                    lambda o: fused.ChainedScheduler([fused.ConstantLR(o, 0.5, total_iters=3), fused.ExponentialLR(o, 0.9)])),
     }
 
 
@@ -104,11 +111,22 @@ def test_no_host_sync_in_steady_state(backend):
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("sched", ["step", "cosine"])
+GRAPH_CASES = [(b, s) for b in BACKENDS for s in ("step", "cosine")] + [
+    # Momentum cycling in a graph needs the Triton path: the kernel computes the momentum from the
+    # schedule; the torch path passes group["momentum"] as a host float, frozen at capture.
+    ("triton", "onecycle"),
+]
+
+
+@pytest.mark.parametrize("backend,sched", GRAPH_CASES)
 def test_cuda_graph_replays_follow_the_schedule(backend, sched):
-    """Capture forward+backward+opt.step()+sched.step(); 30 replays == 30 eager steps."""
-    make = {"step": lambda o: fused.StepLR(o, 4, 0.5), "cosine": lambda o: fused.CosineAnnealingLR(o, 7, 1e-3)}[sched]
+    """Capture forward+backward+opt.step()+sched.step(); 30 replays == 30 eager steps; the device
+    LR log recorded during the replays equals the eager one."""
+    make = {
+        "step": lambda o: fused.StepLR(o, 4, 0.5),
+        "cosine": lambda o: fused.CosineAnnealingLR(o, 7, 1e-3),
+        "onecycle": lambda o: fused.OneCycleLR(o, 0.2, total_steps=100),
+    }[sched]
     m_eager = _model()
     m_graph = copy.deepcopy(m_eager)
     static_x = torch.randn(16, 33, device="cuda")
@@ -132,6 +150,8 @@ def test_cuda_graph_replays_follow_the_schedule(backend, sched):
             step(m_eager, o_e, s_e)
             step(m_graph, o_g, s_g)
     torch.cuda.current_stream().wait_stream(side)
+    o_e.start_lr_log(64)
+    o_g.start_lr_log(64)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step(m_graph, o_g, s_g)
@@ -143,3 +163,5 @@ def test_cuda_graph_replays_follow_the_schedule(backend, sched):
     for p, q in zip(m_eager.parameters(), m_graph.parameters()):
         assert_close(q, p, what=f"graph vs eager {sched}", rtol=1e-6, atol=1e-7)
     assert_close(o_g.lr_tensor, o_e.lr_tensor, what="lr after replays", rtol=1e-12, atol=0.0)
+    assert_close(o_g.lr_log(), o_e.lr_log(), what="LR log of the replays", rtol=1e-12, atol=0.0)
+    assert o_e.lr_log().shape[0] == 30

@@ -39,7 +39,7 @@ def test_every_scheduler_one_launch_per_step(run_cases):
 
 
 def test_bf16_and_plateau_and_epoch_schedules(run_cases):
-    run_cases("bf16", "plateau", "epoch_schedule")
+    run_cases("bf16", "plateau", "epoch_schedule", "edits")
 
 
 def test_state_dict_resume_on_the_triton_path(run_cases):
