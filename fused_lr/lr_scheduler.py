@@ -97,6 +97,12 @@ class _FusedLRScheduler(LRScheduler):
     # Names of the constructor arguments saved in state_dict (besides torch's bookkeeping keys).
     _arg_names: tuple[str, ...] = ()
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        self = super().__new__(cls)
+        # The constructor's arguments, as given: a tabulated ChainedScheduler rebuilds torch's twin.
+        self._ctor_args = (args, kwargs)
+        return self
+
     def __init__(self, optimizer: FusedSGD, last_epoch: int = -1) -> None:
         last_epoch = _int_arg("last_epoch", last_epoch, -1)
         if last_epoch >= 0:
@@ -1753,20 +1759,31 @@ class _Composite(_FusedLRScheduler):
 
 
 class ChainedScheduler(_Composite):
-    """torch's ChainedScheduler of multiplicative schedulers, as one product on the device.
+    """torch's ChainedScheduler on the device: one counter, no host switching.
 
-    Same signature as ``torch.optim.lr_scheduler.ChainedScheduler``. torch steps every scheduler
-    in turn, each scaling the current LR by its own ratio; for ``StepLR``, ``MultiStepLR``,
-    ``ExponentialLR``, ``ConstantLR``, ``LinearLR``, ``PolynomialLR`` and ``MultiplicativeLR``
-    that composition is the product of their closed-form factors, which is what the device
-    evaluates (``fused_lr.schedules.KIND_PRODUCT``): ``lr = base_lr * prod(factor_i(t))``.
-    Other schedulers (cosine, lambdas, cycles) overwrite the LR in torch's chained form, which has
-    no closed form: they are refused with a clear error. The usual chained warmup
-    (``[ConstantLR(...), ExponentialLR(...)]`` or ``[LinearLR(...), StepLR(...)]``) is covered.
-    ``step()`` steps the chain (one counter); the parts' ``last_epoch`` follow for state_dict.
+    Same signature as ``torch.optim.lr_scheduler.ChainedScheduler`` plus the keyword-only
+    ``horizon``. torch steps every scheduler in turn, each applying its recurrence to the LR the
+    previous one left. Two device forms, chosen at construction (``scheduler.mode`` tells which):
+
+    * ``"product"`` — when every part is multiplicative (``StepLR``, ``MultiStepLR``,
+      ``ExponentialLR``, ``ConstantLR``, ``LinearLR``, ``PolynomialLR``, ``MultiplicativeLR``),
+      the chain is the product of their closed-form factors, ``lr = base_lr * prod(factor_i(t))``
+      (``fused_lr.schedules.KIND_PRODUCT``): exact at any step, nothing tabulated.
+    * ``"table"`` — otherwise (cosine, lambdas, cycles, warm restarts: torch's chained form
+      has no closed form), the chain's LRs are computed on the host ahead of time by running
+      torch's own schedulers with the same arguments on a stand-in optimizer, for steps
+      ``[0, horizon)``, and kept on the device as a table that doubles when ``last_epoch``
+      passes three quarters of it (under CUDA-graph replay give a ``horizon`` covering the run).
+      The parts must be freshly built (``last_epoch=-1``), pure functions of the step, with a
+      torch twin (not the large-model schedules) and without momentum cycling.
+
+    ``step()`` steps the chain; the parts' ``last_epoch`` follow for state_dict. Do not step the
+    parts themselves.
     """
 
-    def __init__(self, schedulers, optimizer: FusedSGD | None = None) -> None:
+    _multiplicative = ()  # filled in below, once the classes exist
+
+    def __init__(self, schedulers, optimizer: FusedSGD | None = None, *, horizon: int = 1024) -> None:
         schedulers = list(schedulers)
         if not schedulers:
             raise ValueError("ChainedScheduler expects at least one scheduler to be chained, but got no scheduler.")
@@ -1775,9 +1792,56 @@ class ChainedScheduler(_Composite):
                 raise TypeError(f"ChainedScheduler at index {i} should have `optimizer` as its attribute.")
         optimizer = optimizer or schedulers[0].optimizer
         _check_optimizer(optimizer, "ChainedScheduler")
-        allowed = (StepLR, MultiStepLR, ExponentialLR, ConstantLR, LinearLR, PolynomialLR, MultiplicativeLR)
-        self._schedulers = self._check_subs(schedulers, optimizer, "ChainedScheduler", allowed)
+        self._schedulers = self._check_subs(schedulers, optimizer, "ChainedScheduler")
+        self.horizon = _int_arg("horizon", horizon, 1)
+        self.mode = "product" if all(isinstance(s, self._multiplicative) for s in schedulers) else "table"
+        if self.mode == "table":
+            for i, sub in enumerate(schedulers):
+                twin = getattr(stock_lr_scheduler, type(sub).__name__, None)
+                if twin is None or isinstance(sub, SequentialLR):
+                    raise ValueError(
+                        f"ChainedScheduler: scheduler at index {i} ({type(sub).__name__}) has no closed-form chained "
+                        "composition and no torch twin to tabulate it with; use SequentialLR or PerGroupLR"
+                    )
+                if getattr(sub, "cycle_momentum", False):
+                    raise ValueError(
+                        f"ChainedScheduler: scheduler at index {i} ({type(sub).__name__}) cycles momentum, which a "
+                        "tabulated chain does not carry; pass cycle_momentum=False"
+                    )
+                if sub.last_epoch != 0 or sub._ctor_args[1].get("last_epoch", -1) != -1:
+                    raise ValueError(
+                        f"ChainedScheduler: scheduler at index {i} is at step {sub.last_epoch}; a tabulated chain "
+                        "needs freshly built schedulers (resume the chain with load_state_dict instead)"
+                    )
         self._init_from_parts(optimizer)
+
+    def _simulate(self) -> list[list[float]]:
+        """torch's chained LRs for steps [0, horizon): ``values[g][t]``, from torch's own schedulers."""
+        groups = self.optimizer.param_groups
+        stand_in = torch.optim.SGD(
+            [{"params": [torch.zeros(1)], "lr": base, "momentum": g["momentum"]} for base, g in zip(self.base_lrs, groups)],
+            lr=1.0,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's "scheduler stepped before the optimizer" warnings
+            parts = []
+            for sub in self._schedulers:
+                args, kwargs = sub._ctor_args
+                kwargs = {k: v for k, v in kwargs.items() if k not in ("optimizer", "horizon")}
+                args = args[1:] if args and args[0] is self.optimizer else args
+                parts.append(getattr(stock_lr_scheduler, type(sub).__name__)(stand_in, *args, **kwargs))
+            values = [[float(g["lr"])] for g in stand_in.param_groups]
+            for _ in range(1, self.horizon):
+                for part in parts:
+                    part.step()
+                for column, g in zip(values, stand_in.param_groups):
+                    column.append(float(g["lr"]))
+        return values
+
+    def _grow_tables(self, epoch: int) -> bool:
+        if self.mode == "table":
+            return self._grow_horizon(epoch)
+        return super()._grow_tables(epoch)
 
     def _init_from_parts(self, optimizer: FusedSGD) -> None:
         # No initial step of its own (torch's ChainedScheduler has none): continue at the parts' step.
@@ -1796,6 +1860,12 @@ class ChainedScheduler(_Composite):
         self._host_cache = None
 
     def _describe(self):
+        if self.mode == "table":
+            table, rows = [], []
+            for column in self._simulate():
+                rows.append(S.table_row(1.0, len(table), self.horizon))
+                table.extend(column)
+            return rows, table, None
         comp = _Composer(len(self.base_lrs))
         descs = [sub._describe() for sub in self._schedulers]
         for g, base in enumerate(self.base_lrs):
@@ -1873,3 +1943,6 @@ class PerGroupLR(_Composite):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.base_lrs = [sub.base_lrs[g] for g, sub in enumerate(self._group_schedulers)]
+
+
+ChainedScheduler._multiplicative = (StepLR, MultiStepLR, ExponentialLR, ConstantLR, LinearLR, PolynomialLR, MultiplicativeLR)

@@ -215,14 +215,41 @@ CHAINS = [
 
 @pytest.mark.parametrize("make", CHAINS, ids=[f"chain-{i}" for i in range(len(CHAINS))])
 def test_chained_scheduler_matches_stock(make):
-    _run_side_by_side(lambda m, o: m.ChainedScheduler(make(m, o)), 40)
+    a, b, sa, sb = _run_side_by_side(lambda m, o: m.ChainedScheduler(make(m, o)), 40)
+    assert sb.mode == "product"
 
 
-def test_chained_scheduler_refuses_what_has_no_closed_form():
+# Chains whose torch recurrence has no closed form: tabulated from torch's own schedulers.
+TABLE_CHAINS = [
+    lambda m, o: [m.LinearLR(o, 0.1, total_iters=5), m.CosineAnnealingLR(o, 20, eta_min=1e-3)],  # past T_max too
+    lambda m, o: [m.LambdaLR(o, lambda e: 1.0 if e < 10 else 0.5), m.ExponentialLR(o, 0.99)],
+    lambda m, o: [m.CosineAnnealingWarmRestarts(o, 7, 2, 1e-4), m.StepLR(o, 30, 0.5)],
+    lambda m, o: [m.CyclicLR(o, 0.01, 0.1, step_size_up=9, cycle_momentum=False), m.MultiStepLR(o, [50, 90])],
+]
+
+
+@pytest.mark.parametrize("make", TABLE_CHAINS, ids=[f"table-chain-{i}" for i in range(len(TABLE_CHAINS))])
+def test_tabulated_chained_scheduler_matches_stock_past_its_horizon(make):
+    a, b, sa, sb = _run_side_by_side(
+        lambda m, o: m.ChainedScheduler(make(m, o), **({"horizon": 32} if m is fused else {})), 150
+    )
+    assert sb.mode == "table" and sb.horizon >= 256  # the table grew twice or more
+
+
+def test_chained_scheduler_refuses_what_it_cannot_run_on_the_device():
     _, b = _optimizers()
+    with pytest.raises(ValueError, match="WarmupCosineLR.*no torch twin"):
+        fused.ChainedScheduler([fused.ExponentialLR(b, 0.9), fused.WarmupCosineLR(b, 5, 50)])
+    with pytest.raises(ValueError, match="cycles momentum"):
+        fused.ChainedScheduler([fused.ExponentialLR(b, 0.9), fused.CyclicLR(b, 0.01, 0.1)])
+    late = [fused.CosineAnnealingLR(b, 10), fused.ExponentialLR(b, 0.9)]
+    b.step()
+    for s in late:
+        s.step()
+    with pytest.raises(ValueError, match="at step 1"):
+        fused.ChainedScheduler(late)
     lrs = b.lr_tensor.clone()
-    with pytest.raises(ValueError, match="CosineAnnealingLR"):
-        fused.ChainedScheduler([fused.LinearLR(b, 0.1, total_iters=3), fused.CosineAnnealingLR(b, 10)])
+    sched = b._schedule
     with pytest.raises(ValueError, match="ReduceLROnPlateau"):
         fused.ChainedScheduler([fused.ExponentialLR(b, 0.9), fused.ReduceLROnPlateau(b)])
     with pytest.raises(ValueError, match="at least one"):
@@ -230,7 +257,7 @@ def test_chained_scheduler_refuses_what_has_no_closed_form():
     _, other = _optimizers()
     with pytest.raises(ValueError, match="same optimizer"):
         fused.ChainedScheduler([fused.ExponentialLR(b, 0.9), fused.StepLR(other, 3)])
-    assert b._schedule is not None and torch.equal(b.lr_tensor, lrs)
+    assert b._schedule is not sched or torch.equal(b.lr_tensor, lrs)
 
 
 def test_per_group_schedules_match_their_stock_equivalent():
@@ -311,6 +338,7 @@ RESUMABLE = {
     "onecycle": lambda m, o: m.OneCycleLR(o, [0.5, 0.3, 1.0], total_steps=40, three_phase=True),
     "onecycle_linear": lambda m, o: m.OneCycleLR(o, 0.5, total_steps=40, pct_start=0.33, anneal_strategy="linear"),
     "chained": lambda m, o: m.ChainedScheduler([m.ConstantLR(o, 0.5, total_iters=4), m.ExponentialLR(o, 0.93)]),
+    "chained_table": lambda m, o: m.ChainedScheduler([m.LinearLR(o, 0.2, total_iters=6), m.CosineAnnealingLR(o, 9)]),
 }
 
 
