@@ -217,6 +217,22 @@ class _FusedLRScheduler(LRScheduler):
             self._sched.set_step(max(self.last_epoch, 0))
             self.optimizer._schedule = self._sched
 
+    def preview(self, steps: int) -> S.DeviceSchedule:
+        """A CPU copy of this schedule whose tabulated parts cover steps ``[0, steps)``, for
+        ``fused_lr.schedule_values`` / ``plot_schedule``; the scheduler itself is left as it is."""
+        owners = [self, *getattr(self, "_schedulers", ())]
+        horizons = [(o, o.horizon) for o in owners if hasattr(o, "horizon")]
+        try:
+            self._grow_tables(steps)
+            rows, table, direct, *more = self._describe()
+        finally:
+            for o, h in horizons:
+                o.horizon = h
+        sched = S.DeviceSchedule(torch.device("cpu"))
+        sched.set_rows(rows, table, direct, n_groups=len(self.optimizer.param_groups),
+                       momentum_rows=more[0] if more else None)
+        return sched
+
     def _grow_horizon(self, epoch: int) -> bool:
         """Double ``self.horizon`` until ``epoch`` is below three quarters of it; True if it grew."""
         if epoch < self.horizon - self.horizon // 4:
@@ -1140,6 +1156,13 @@ class SequentialLR(_FusedLRScheduler):
                     row[3] += shift  # p1 = offset
                 pieces[g * k + i] = S.as_piece(row, starts[i], ends[i], g)
         return rows + pieces, table, None
+
+    def _grow_tables(self, epoch: int) -> bool:
+        # Lambda pieces are always tabulated here (device-mode ones too); a piece's local step is at
+        # most the global one, so growing by the global step covers it.
+        grew = [sub._grow_horizon(epoch) if isinstance(sub, LambdaLR) else sub._grow_tables(epoch)
+                for sub in self._schedulers]
+        return any(grew)
 
     def _tabulated(self, sub):
         """``sub``'s description with device-mode lambdas tabulated (they would see the global step)."""

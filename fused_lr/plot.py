@@ -25,11 +25,9 @@ def schedule_values(scheduler: Any, steps: int) -> list[list[float]]:
     if isinstance(scheduler, (ReduceLROnPlateau, torch.optim.lr_scheduler.ReduceLROnPlateau)):
         raise TypeError("ReduceLROnPlateau depends on the metrics it is given and cannot be drawn ahead")
     if isinstance(scheduler, _FusedLRScheduler):
-        sched = scheduler._sched
-        if sched.direct_fns or "table" in getattr(scheduler, "modes", ()):
-            # LambdaLR: its callables are evaluated on the host, as get_last_lr() does.
-            lam = scheduler
-            return [[b * float(fn(t)) for fn, b in zip(lam.lr_lambdas, lam.base_lrs)] for t in range(steps)]
+        # The description with every tabulated part (lambdas, products, chains) grown to cover the
+        # steps; device-mode lambdas are evaluated on the host, as get_last_lr() does.
+        sched = scheduler.preview(steps)
         return [sched.host_lrs(t) for t in range(steps)]
     clone = copy.deepcopy(scheduler)
     out = []

@@ -280,6 +280,11 @@ SEQUENCES = {
     "restarts-poly": lambda M, o: M.SequentialLR(
         o, [M.CosineAnnealingWarmRestarts(o, 3, 2), M.PolynomialLR(o, total_iters=10, power=2.0)], [9]
     ),
+    # A tabulated lambda piece run far past its horizon (8): the table must grow with the run.
+    "warmup-lambda-table": lambda M, o: M.SequentialLR(
+        o, [M.LinearLR(o, 0.1, total_iters=3),
+            M.LambdaLR(o, lambda e: 0.99**e if e < 30 else 0.5, **({"horizon": 8} if M is fused else {}))], [3]
+    ),
 }
 
 
