@@ -109,9 +109,32 @@ SCHEDULERS = {
     # per-group lambdas, which give the same LRs.
     "per_group": (lambda o: stock.LambdaLR(o, [lambda e: (1 + math.cos(math.pi * e / 10)) / 2, lambda e: 0.5 if e < 5 else 1.0]),
                   lambda o: fused.PerGroupLR(o, [fused.CosineAnnealingLR(o, 10), fused.ConstantLR(o, 0.5, total_iters=5)])),
+    # Group 0 on OneCycleLR (its momentum row relocated after the pieces), group 1 constant with its
+    # own momentum 0.5 (put back by PerGroupLR after OneCycleLR's construction changed it).
+    "per_group_cycle": (lambda o: _PinGroup1(stock.OneCycleLR(o, [0.3, 0.1], total_steps=30), o, lr=0.1 / 25, momentum=0.5),
+                        lambda o: fused.PerGroupLR(o, [fused.OneCycleLR(o, [0.3, 0.1], total_steps=30),
+                                                       fused.ConstantLR(o, 1.0, total_iters=0)])),
     "stock_on_fused": (lambda o: stock.ExponentialLR(o, 0.9), lambda o: stock.ExponentialLR(o, 0.9)),
     "none": (lambda o: None, lambda o: None),
 }
+
+
+class _PinGroup1:
+    """Stock reference: a stock scheduler driving group 0 only; group 1 keeps a fixed lr and momentum."""
+
+    def __init__(self, sched, opt, lr, momentum):
+        self.s, self.o, self.fixed = sched, opt, (lr, momentum)
+        self._pin()
+
+    def _pin(self):
+        self.o.param_groups[1]["lr"], self.o.param_groups[1]["momentum"] = self.fixed
+
+    def step(self):
+        self.s.step()
+        self._pin()
+
+    def get_last_lr(self):
+        return [g["lr"] for g in self.o.param_groups]
 
 
 class CountLaunches:
