@@ -558,6 +558,7 @@ class CosineAnnealingWarmRestarts(_FusedLRScheduler):
         self._frac = frac
         self._sched.desc[:, 5].fill_(frac)  # device data only
         self._sched.desc_host[:, 5] = frac
+        self._sched.invalidate()
         super().step(int(whole))
 
     def state_dict(self) -> dict[str, Any]:
@@ -916,6 +917,7 @@ class _EditableMixin:
             sched.desc[:, col].copy_(value.reshape(()).to(torch.float64).expand(sched.desc.shape[0]))
         else:
             sched.desc[:, col].fill_(float(value))
+        sched.invalidate()
         self._sched.write_lr(self.optimizer._lr_buf)
         self._host_cache = None
 

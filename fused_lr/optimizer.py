@@ -462,9 +462,10 @@ class FusedSGD(Optimizer):
             cache=self._plan_cache,
         )
         if closed and advance:
-            if not wrote:
+            if wrote:
+                sched.kernel_applied()
+            else:
                 sched.apply_pending(self._lr_buf)
-            sched.pending = 0
 
     def _identity_schedule(self):
         ident = self._identity

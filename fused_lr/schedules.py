@@ -154,10 +154,14 @@ __all__ = [
     "product_row",
     "as_piece",
     "lr_at",
+    "lr_table",
     "lambda_runs_on_device",
 ]
 
 DESC_WIDTH = 10
+# Steps the host evaluates at once from the CPU mirror (DeviceSchedule._host_values).
+HOST_BLOCK = 64
+_INT64_MAX = 2**63 - 1
 COL_START, COL_END, COL_OWNER = 7, 8, 9
 
 KIND_CONSTANT = 0
@@ -337,7 +341,9 @@ def lr_at(
     if kinds is None:
         kinds = set(KIND_NAMES) if table is not None else set(KIND_NAMES) - {KIND_TABLE, KIND_MULTISTEP}
     kinds = set(kinds)
-    t_int = step.reshape(())
+    # One step: scalar math against the [rows] columns. Several (lr_table): a [steps, 1] column
+    # that broadcasts every formula to [steps, rows].
+    t_int = step.reshape(()) if step.numel() == 1 else step.reshape(-1, 1)
     if t_int.dtype != torch.int64:
         t_int = t_int.to(torch.int64)
     kind, base, p0, p1, p2, p3, p4, start, end, owner = desc.unbind(1)  # one op for the column views
@@ -346,7 +352,7 @@ def lr_at(
         t_global = t_int
         t_int = (t_int - start.to(torch.int64)).clamp_min(0)
     t = t_int.to(torch.float64)
-    out = base
+    out = base if step.numel() == 1 else base.expand(step.numel(), base.shape[0])
     single = len(kinds) == 1
 
     def pick(code: int, value: Tensor, current: Tensor) -> Tensor:
@@ -380,7 +386,7 @@ def lr_at(
             raise ValueError("a KIND_MULTISTEP schedule row needs its table of milestones")
         j = torch.arange(table.numel(), device=desc.device, dtype=torch.float64)
         mine = (j >= p1[:, None]) & (j < (p1 + p2)[:, None])  # [groups, table]
-        passed = (mine & (table[None, :] <= t.reshape(-1, 1))).sum(dim=1).to(torch.float64)
+        passed = (mine & (table <= t.unsqueeze(-1))).sum(dim=-1).to(torch.float64)
         out = pick(KIND_MULTISTEP, base * torch.pow(p0, passed), out)
     if KIND_CONSTANT_FACTOR in kinds:
         out = pick(KIND_CONSTANT_FACTOR, torch.where(t < p1, base * p0, base), out)
@@ -472,13 +478,33 @@ def lr_at(
     if KIND_SEQUENTIAL in kinds:
         tg = t_global.to(torch.float64)
         active = is_piece & (owner_kind == KIND_SEQUENTIAL) & (tg >= start) & (tg < end)
-        chosen = torch.zeros_like(out).index_add_(0, owner_idx, torch.where(active, pieces_out, 0.0))
+        chosen = torch.zeros(out.shape, dtype=out.dtype, device=out.device).index_add_(
+            -1, owner_idx, torch.where(active, pieces_out, 0.0)
+        )
         out = torch.where(kind == KIND_SEQUENTIAL, chosen, out)
     if KIND_PRODUCT in kinds:
         factor = is_piece & (owner_kind == KIND_PRODUCT)
-        prod = torch.ones_like(out).scatter_reduce_(0, owner_idx, torch.where(factor, pieces_out, 1.0), "prod")
+        src = torch.where(factor, pieces_out, 1.0)
+        prod = torch.ones(out.shape, dtype=out.dtype, device=out.device).scatter_reduce_(
+            -1, owner_idx.expand(src.shape), src, "prod"
+        )
         out = torch.where(kind == KIND_PRODUCT, base * prod, out)
-    return out if n_groups is None else out[:n_groups]
+    return out if n_groups is None else out[..., :n_groups]
+
+
+def lr_table(
+    steps: Tensor,
+    desc: Tensor,
+    table: Tensor | None = None,
+    kinds: Iterable[int] | None = None,
+    n_groups: int | None = None,
+) -> Tensor:
+    """``lr_at`` at many steps in one evaluation: float64 ``[len(steps), n_groups]``, element for
+    element the same arithmetic as ``lr_at`` at each step (the host uses it to answer a block of
+    future steps at once)."""
+    steps = steps.reshape(-1)
+    rows = desc.shape[0] if n_groups is None else n_groups
+    return lr_at(steps, desc, table, kinds, n_groups).reshape(steps.numel(), rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,6 +626,12 @@ class DeviceSchedule:
         # Scheduler steps taken on the host but not yet applied to ``counter``: on the Triton path
         # the next update kernel applies them (one launch for opt.step() + sched.step()).
         self.pending = 0
+        # The counter's value as the host knows it (kept beside every change the host makes or
+        # asks a kernel to make): a CPU device answers its LRs without reading the counter.
+        self.host_step = 0
+        # CPU mirror values for a block of steps (start, [block, rows] tensor, the same as lists):
+        # the host answers get_last_lr(), momenta and (on a CPU device) the LR itself from it.
+        self._block: tuple[int, Tensor, list] | None = None
 
     def set_rows(
         self,
@@ -622,17 +654,48 @@ class DeviceSchedule:
         self.kinds = frozenset(int(k) for k in desc_host[:, 0].tolist())
         self.direct_fns = dict(direct_fns or {})
         self.n_groups = desc_host.shape[0] if n_groups is None else n_groups
+        self._block = None
         self.momentum_rows = dict(momentum_rows or {})
         for g, r in self.momentum_rows.items():
             if not (0 <= g < self.n_groups and self.n_groups <= r < desc_host.shape[0]):
                 raise AssertionError(f"momentum row {r} of group {g} outside the description")
 
+    def invalidate(self) -> None:
+        """Forget host values computed ahead: call after editing ``desc`` in place."""
+        self._block = None
+
+    def _host_values(self, step: int) -> tuple[tuple[int, Tensor, list], int]:
+        """Every row's value at ``step`` from the CPU mirror, computed ``HOST_BLOCK`` steps at a
+        time with ``lr_table`` (one evaluation answers the next steps too)."""
+        blk = self._block
+        if blk is None or not blk[0] <= step < blk[0] + blk[1].shape[0]:
+            count = max(1, min(HOST_BLOCK, _INT64_MAX - step))
+            vals = lr_table(torch.arange(step, step + count, dtype=torch.int64), self.desc_host, self.table_host, self.kinds)
+            blk = self._block = (step, vals, vals.tolist())
+        return blk, step - blk[0]
+
+    # On a CPU device the "device" is the host: no sync to avoid, so the host block answers the LR
+    # (a copy of one row instead of ~12 tiny tensor ops). Tests switch it off to exercise the
+    # device path on CPU tensors.
+    host_answers_on_cpu = True
+
+    def _cpu_fast(self) -> bool:
+        # Device-mode lambdas (KIND_DIRECT rows) change the description every step: no block.
+        return self.host_answers_on_cpu and self.device.type == "cpu" and not self.direct_fns
+
     def set_step(self, step: int) -> None:
         self.counter.fill_(step)
         self.pending = 0
+        self.host_step = step
 
     def advance(self) -> None:
         self.counter.add_(1)
+        self.host_step += 1
+
+    def kernel_applied(self) -> None:
+        """The update kernel advanced the counter by the pending steps and wrote the LRs."""
+        self.host_step += self.pending
+        self.pending = 0
 
     def defer_advance(self) -> None:
         """Count a scheduler step for the next update kernel to apply; no device work, except
@@ -647,17 +710,25 @@ class DeviceSchedule:
         """Apply deferred steps with torch ops (when no kernel ran to apply them)."""
         if self.pending:
             self.counter.add_(self.pending)
+            self.host_step += self.pending
             self.pending = 0
-        lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds, self.n_groups))
+        self.write_lr(lr_buf)
 
     def write_lr(self, lr_buf: Tensor) -> None:
         """``lr_buf[:] = lr_at(counter)`` on the device: no host read, capturable."""
+        if self._cpu_fast():
+            blk, k = self._host_values(self.host_step)
+            lr_buf.copy_(blk[1][k, : self.n_groups])
+            return
         for g, fn in self.direct_fns.items():
             self.desc[g, 2].copy_(self.desc[g, 1] * eval_lambda_on_device(fn, self.counter))
         lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds, self.n_groups))
 
     def host_lrs(self, step: int) -> list[float]:
         """The same ``lr_at`` evaluated on the CPU mirror at a host-known step."""
+        if not self.direct_fns:
+            blk, k = self._host_values(step)
+            return blk[2][k][: self.n_groups]
         desc = self.desc_host
         if self.direct_fns:
             desc = desc.clone()
@@ -669,5 +740,5 @@ class DeviceSchedule:
         """Momentum of every group with a momentum schedule at a host-known step (CPU mirror)."""
         if not self.momentum_rows:
             return {}
-        vals = lr_at(torch.tensor([step], dtype=torch.int64), self.desc_host, self.table_host, self.kinds).tolist()
-        return {g: vals[r] for g, r in self.momentum_rows.items()}
+        blk, k = self._host_values(step)
+        return {g: blk[2][k][r] for g, r in self.momentum_rows.items()}

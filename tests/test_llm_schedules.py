@@ -128,7 +128,9 @@ def test_giant_step_counts(row, expected):
         assert got == pytest.approx(expected(t), rel=1e-12), t
 
 
-def test_wsd_start_cooldown_now_edits_device_data_only():
+def test_wsd_start_cooldown_now_edits_device_data_only(monkeypatch):
+    # The device path (what runs on a GPU), on CPU tensors: the CPU shortcut is switched off.
+    monkeypatch.setattr(S.DeviceSchedule, "host_answers_on_cpu", False)
     opt = _opt()
     sched = fused.WarmupStableDecayLR(opt, warmup_steps=2, total_steps=1000, decay_steps=8, decay_shape="linear")
     desc_before = sched._sched.desc

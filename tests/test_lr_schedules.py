@@ -215,6 +215,45 @@ def test_scheduler_step_never_reads_the_host():
     assert b.lr_tensor.tolist() == pytest.approx([lr * 0.1 * 0.95**2 for lr in BASE_LRS], rel=1e-14)
 
 
+def test_scheduler_device_path_never_reads_the_host(monkeypatch):
+    """The scheduler's device work (the GPU path, forced on CPU tensors) for closed forms, a
+    product, a sequence and momentum cycling, with host reads forbidden."""
+    monkeypatch.setattr(S.DeviceSchedule, "host_answers_on_cpu", False)
+    builds = [
+        lambda o: fused.CosineAnnealingLR(o, 10),
+        lambda o: fused.ChainedScheduler([fused.ConstantLR(o, 0.5, total_iters=2), fused.MultiStepLR(o, [3, 5])]),
+        lambda o: fused.SequentialLR(o, [fused.LinearLR(o, 0.1, total_iters=2), fused.StepLR(o, 3)], [2]),
+        lambda o: fused.OneCycleLR(o, 0.5, total_steps=20),
+    ]
+    for build in builds:
+        _, b = _optimizers()
+        s = build(b)
+        with S._ForbidHostReads():
+            for _ in range(4):
+                s._sched.advance()
+                s._sched.write_lr(b.lr_tensor)
+        expected = S.lr_at(torch.tensor([4]), s._sched.desc, s._sched.table, n_groups=3)
+        assert torch.equal(b.lr_tensor, expected), type(s).__name__
+
+
+@pytest.mark.parametrize("name,kwargs,steps", CASES[::3], ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES[::3])])
+def test_cpu_shortcut_equals_the_device_path_bit_for_bit(monkeypatch, name, kwargs, steps):
+    """On a CPU device the LR comes from host blocks (lr_table); the device path (lr_at per step)
+    must give the very same bits, every step."""
+    runs = []
+    for shortcut in (True, False):
+        monkeypatch.setattr(S.DeviceSchedule, "host_answers_on_cpu", shortcut)
+        _, b = _optimizers()
+        s = getattr(fused, name)(b, **kwargs)
+        lrs = []
+        for _ in range(steps):
+            b.step()
+            s.step()
+            lrs.append(b.lr_tensor.clone())
+        runs.append(torch.stack(lrs))
+    assert torch.equal(runs[0], runs[1])
+
+
 # ---------------------------------------------------------------- random configurations (hypothesis)
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
