@@ -66,6 +66,10 @@ __all__ = [
     "triton_sgd_step",
     "kernel_specializations",
     "override_launch_config",
+    "plan_for",
+    "set_plan_grads",
+    "clear_first_steps",
+    "launch_plan",
 ]
 
 
@@ -445,7 +449,39 @@ def triton_sgd_step(
     first_key = tuple(map(bool, first_step))
     if first_key != plan.first_key:
         _set_first_step(plan, first_key)
+    return launch_plan(plan, desc, table, step, advance=advance, lr_out=lr_out, ticket=ticket, n_groups=len(hyper))
 
+
+def plan_for(cache: SGDPlanCache, params, momentum_buffers, group_index, hyper) -> _Plan:
+    """The cached plan of this exact parameter set (what ``triton_sgd_step`` would launch)."""
+    return cache.get(params, momentum_buffers, tuple(group_index), tuple(hyper))
+
+
+def set_plan_grads(plan: _Plan, grads: Sequence[Tensor], params: Sequence[Tensor], grad_key: tuple[int, ...]) -> None:
+    """Point ``plan`` at these grads (checked: device, dtype, numel, contiguity) if they moved."""
+    if grad_key != plan.grad_key:
+        _set_grads(plan, grads, params, grad_key)
+
+
+def clear_first_steps(plan: _Plan) -> None:
+    """Mark every tensor of ``plan`` as past its first momentum step."""
+    no_first = (False,) * sum(len(launch.positions) for launch in plan.launches)
+    if plan.first_key != no_first:
+        _set_first_step(plan, no_first)
+
+
+def launch_plan(
+    plan: _Plan,
+    desc: Tensor,
+    table: Tensor,
+    step: Tensor,
+    *,
+    advance: int,
+    lr_out: Tensor | None,
+    ticket: Tensor | None,
+    n_groups: int,
+) -> bool:
+    """Launch ``plan`` (grads and first-step flags already set); see ``triton_sgd_step``."""
     cfg = _launch_config()
     dtype_map = _torch_to_triton_dtype()
     desc = desc if desc.is_contiguous() else desc.contiguous()
@@ -470,7 +506,7 @@ def triton_sgd_step(
             int(advance),
             lr_out if lr_out is not None else desc,
             ticket if ticket is not None else plan.spare_ticket,
-            len(hyper),
+            n_groups,
             write_back,
             DTYPE=dtype_map[launch.dtype],
             COMPUTE_DTYPE=_sgd_kernels.compute_dtype(dtype_map[launch.dtype]),

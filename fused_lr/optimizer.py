@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -79,6 +79,17 @@ def _validate_hyper(group: dict[str, Any], where: str) -> dict[str, Any]:
         maximize=maximize,
     )
     return out
+
+
+class _FastStep(NamedTuple):
+    """What the Triton path's steady-state step relies on (see FusedSGD._fast_step)."""
+
+    groups: tuple  # (id, len) of each group's params list
+    params: list  # every parameter, in kernel order
+    param_key: tuple  # their data_ptr()s
+    schedule: Any  # the DeviceSchedule the plan ran with (or None)
+    hyper: tuple  # the SGDHyper of each group
+    plan: Any  # the cached launch plan (addresses, chunks, buffers)
 
 
 class FusedSGD(Optimizer):
@@ -158,6 +169,8 @@ class FusedSGD(Optimizer):
         self._plan_cache = None  # Triton path: address/chunk tables per parameter set
         self._uniform: list[bool] = []  # per group: the torch path's single-call fast path applies
         self._buf_cache: dict[int, tuple] = {}  # per group: (state key, momentum buffers in param order)
+        self._fast: _FastStep | None = None  # Triton path: the steady-state step, see _fast_step
+        self._fast_steps = 0  # steps that took it (diagnostics, tests)
         self._lr_log: Tensor | None = None  # start_lr_log(): [capacity, groups] ring of the LRs used
         self._lr_log_pos: Tensor | None = None  # int64 device count of steps recorded
         super().__init__(params, defaults)
@@ -167,6 +180,7 @@ class FusedSGD(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group, checking its hyper-parameters and parameters before anything changes."""
+        self._fast = None
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         params = param_group["params"]
@@ -372,11 +386,12 @@ class FusedSGD(Optimizer):
                 loss = closure()
         # Gather and check everything first: a bad gradient raises before any tensor changes.
         self._sync_assigned_lrs()
-        work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
-        if self._impl == "triton":
-            self._step_triton(work)
-        else:
-            self._step_torch(work)
+        if self._fast is None or not self._fast_step():
+            work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
+            if self._impl == "triton":
+                self._step_triton(work)
+            else:
+                self._step_torch(work)
         if self._lr_log is not None:
             self._record_lr()
         return loss
@@ -448,12 +463,7 @@ class FusedSGD(Optimizer):
         if self._ticket is None:
             self._ticket = torch.zeros(1, dtype=torch.int32, device=self._device)
             self._plan_cache = _tp.SGDPlanCache()
-        hyper = tuple(
-            _tp.SGDHyper(g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
-            if gi not in mom_rows
-            else _tp.SGDHyper(1.0, g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"], mom_rows[gi])
-            for gi, g in enumerate(self.param_groups)
-        )
+        hyper = self._hyper(mom_rows)
         wrote = _tp.triton_sgd_step(
             params, grads, bufs, first, gidx, hyper, desc, table, counter,
             advance=advance,
@@ -466,6 +476,80 @@ class FusedSGD(Optimizer):
                 sched.kernel_applied()
             else:
                 sched.apply_pending(self._lr_buf)
+        # Every parameter took the kernel, as real tensors: the next steps can skip the collection.
+        self._fast = None
+        all_in = len(params) == sum(len(g["params"]) for g in self.param_groups)
+        if params and all_in and not any(r[0] for r in leftovers) and not any(p.is_complex() for p in params):
+            self._fast = _FastStep(
+                groups=tuple((id(g["params"]), len(g["params"])) for g in self.param_groups),
+                params=params,
+                param_key=tuple(map(Tensor.data_ptr, params)),
+                schedule=sched,
+                hyper=hyper,
+                plan=_tp.plan_for(self._plan_cache, params, bufs, gidx, hyper),
+            )
+
+    def _hyper(self, mom_rows) -> tuple:
+        """Each group's hyper-parameters for the kernel (a cycled momentum: its schedule row)."""
+        return tuple(
+            _tp.SGDHyper(g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
+            if gi not in mom_rows
+            else _tp.SGDHyper(1.0, g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"], mom_rows[gi])
+            for gi, g in enumerate(self.param_groups)
+        )
+
+    def _fast_step(self) -> bool:
+        """The Triton path's steady state in O(1) Python work per tensor: the same parameters, all
+        with grads, buffers and hyper-parameters as at the last step. Checks, then launches the
+        cached plan; returns False (having changed nothing) when anything differs, and the full
+        step runs instead (which also raises the precise error for a bad gradient)."""
+        f = self._fast
+        groups = self.param_groups
+        if len(groups) != len(f.groups) or any(
+            id(g["params"]) != ident or len(g["params"]) != n for g, (ident, n) in zip(groups, f.groups)
+        ):
+            return False
+        sched = self._schedule
+        if sched is not f.schedule:
+            return False
+        closed = sched is not None and _tp.kinds_supported(sched.kinds)
+        if self._hyper(sched.momentum_rows if closed else {}) != f.hyper:
+            return False
+        params = f.params
+        grads = [p.grad for p in params]
+        try:
+            grad_key = tuple(map(Tensor.data_ptr, grads))  # TypeError on a None grad
+            if tuple(map(Tensor.data_ptr, params)) != f.param_key:
+                return False  # a parameter's storage was replaced (p.data = ..., .half())
+        except (TypeError, RuntimeError):
+            return False
+        plan = f.plan
+        if grad_key != plan.grad_key:
+            for p, g in zip(params, grads):
+                if g.is_sparse or g.dtype is not p.dtype or g.shape != p.shape or not g.is_contiguous():
+                    return False
+            _tp.set_plan_grads(plan, grads, params, grad_key)
+        _tp.clear_first_steps(plan)
+        if closed:
+            desc, table, counter, advance = sched.desc, sched.table, sched.counter, sched.pending
+        else:
+            ident = self._identity_schedule()
+            ident.desc[:, 2].copy_(self._lr_buf)
+            desc, table, counter, advance = ident.desc, ident.table, ident.counter, 0
+        wrote = _tp.launch_plan(
+            plan, desc, table, counter,
+            advance=advance,
+            lr_out=self._lr_buf if advance else None,
+            ticket=self._ticket,
+            n_groups=len(groups),
+        )
+        if advance:
+            if wrote:
+                sched.kernel_applied()
+            else:
+                sched.apply_pending(self._lr_buf)
+        self._fast_steps += 1
+        return True
 
     def _identity_schedule(self):
         ident = self._identity
@@ -529,6 +613,7 @@ class FusedSGD(Optimizer):
         # torch leaves a loaded momentum_buffer=None entry in place; FusedSGD treats it as "none yet".
         # The loaded LRs are used until the scheduler next steps, as with torch.optim.SGD.
         self._buf_cache.clear()
+        self._fast = None  # new momentum buffers: the next step collects everything again
         self._rebuild_lr_buf()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -539,6 +624,8 @@ class FusedSGD(Optimizer):
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("_schedule", None)
         self.__dict__.setdefault("_lr_log", None)
+        self.__dict__.setdefault("_fast_steps", 0)
+        self._fast = None
         self.__dict__.setdefault("_lr_log_pos", None)
         self.__dict__.setdefault("_impl", "torch")
         for name in ("_identity", "_ticket", "_plan_cache"):

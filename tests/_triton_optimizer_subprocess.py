@@ -358,7 +358,95 @@ def case_edits():
     assert sk.get_last_lr() == st.get_last_lr()
 
 
+def case_fast_path():
+    """The steady-state step (cached plan, no per-tensor collection) against the torch path through
+    everything that must make it fall back: new grad tensors, a None grad, a replaced parameter
+    storage, a changed momentum, a loaded state dict, an added group, a bad grad (which must raise
+    with nothing changed)."""
+    ps = make_params(torch.float32)[:5]  # real tensors only (complex params take the full step)
+    t_ps, k_ps = copy.deepcopy(ps), copy.deepcopy(ps)
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    t = fused_lr.FusedSGD(groups(t_ps), backend="torch", **kw)
+    k = fused_lr.FusedSGD(groups(k_ps), backend="triton", **kw)
+    st, sk = fused.CosineAnnealingLR(t, 7), fused.CosineAnnealingLR(k, 7)
+    fast_expected = 0
+
+    def one(step, fresh_grads=False):
+        gs = grads_for(step + 20, ps)
+        gs = [torch.randn(p.shape) if g is None else g for p, g in zip(ps, gs)]
+        for qs in (t_ps, k_ps):
+            for p, g in zip(qs, gs):
+                if fresh_grads or p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad.copy_(g)
+        t.step()
+        k.step()
+        st.step()
+        sk.step()
+        for i, (p, q) in enumerate(zip(t_ps, k_ps)):
+            check_close(q, p, FP32, f"fast path step {step} param {i}")
+            bt, bk = t.state[p].get("momentum_buffer"), k.state[q].get("momentum_buffer")
+            if bt is not None:
+                check_close(bk, bt, FP32, f"fast path step {step} buffer {i}")
+
+    one(0)  # full step: builds the plan
+    for step in range(1, 4):
+        one(step)
+        fast_expected += 1
+    assert k._fast_steps == fast_expected, (k._fast_steps, fast_expected)
+    one(4, fresh_grads=True)  # new grad addresses: still the fast path, grads re-pointed
+    fast_expected += 1
+    assert k._fast_steps == fast_expected
+    for o in (t, k):  # a None grad: the full step
+        o.param_groups[0]["params"][1].grad = None
+    gs = grads_for(30, ps)
+    t.step(), k.step()
+    assert k._fast_steps == fast_expected
+    one(5)  # grads back: the full step once (buffers exist), then fast again
+    one(6)
+    fast_expected += 1
+    assert k._fast_steps == fast_expected
+    for qs in (t_ps, k_ps):  # a replaced storage
+        qs[2].data = qs[2].data.clone()
+    one(7)
+    assert k._fast_steps == fast_expected, "a replaced parameter storage must not take the cached plan"
+    one(8)
+    fast_expected += 1
+    for o in (t, k):
+        o.param_groups[1]["momentum"] = 0.7
+    one(9)
+    assert k._fast_steps == fast_expected, "a changed momentum must rebuild"
+    k.load_state_dict(k.state_dict())
+    t.load_state_dict(t.state_dict())
+    one(10)
+    assert k._fast_steps == fast_expected, "a loaded state dict must rebuild"
+    # A bad grad once the fast path is established: a clear error, nothing changed.
+    one(11)
+    one(12)
+    fast_expected += 2
+    assert k._fast_steps == fast_expected
+    before = [q.detach().clone() for q in k_ps]
+    bufs = [k.state[q]["momentum_buffer"].clone() for q in k_ps]
+    counter = sk.step_counter.clone()
+    good = k_ps[3].grad
+    k_ps[3].grad_dtype = None  # torch's opt-in for a grad of another dtype
+    k_ps[3].grad = torch.zeros(k_ps[3].shape, dtype=torch.float64)
+    try:
+        k.step()
+    except RuntimeError as e:
+        assert "does not match its parameter" in str(e), e
+    else:
+        raise AssertionError("a float64 grad on a float32 param must raise")
+    assert all(torch.equal(a, q) for a, q in zip(before, k_ps)), "a failed step changed a parameter"
+    assert all(torch.equal(a, k.state[q]["momentum_buffer"]) for a, q in zip(bufs, k_ps)), "a failed step changed a buffer"
+    assert torch.equal(counter, sk.step_counter)
+    k_ps[3].grad = good
+    return f"{k._fast_steps} fast steps"
+
+
 CASES = {
+    "fast_path": case_fast_path,
     "edits": case_edits,
     "schedulers": case_schedulers,
     "bf16": case_bf16,

@@ -46,6 +46,10 @@ def test_state_dict_resume_on_the_triton_path(run_cases):
     run_cases("resume")
 
 
+def test_steady_state_fast_path_and_its_fallbacks(run_cases):
+    run_cases("fast_path")
+
+
 def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
     import torch
 
