@@ -182,3 +182,20 @@ def test_cell_in_its_own_process():
     assert [r["status"] for r in cell["methods"].values()] == ["ok", "ok"], cell
     assert cell["params"] == TINY.numel and cell["copy_gbps"] > 0
     assert len(ticks) == spec["repeats"] + 2  # warm-up, each round, memory
+
+
+def test_host_overhead_script_measures_the_steady_state_path():
+    """benchmarks/host_overhead.py (run in a child: it sets TRITON_INTERPRET=1 before importing
+    triton) times the Triton path's host work, and its steady state takes the cached plan."""
+    import subprocess
+
+    pytest.importorskip("triton")
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import host_overhead as h; "
+        "r = h.measure([(64, 8), (300,), (5,)] * 20, rounds=3, steps=5); print(r)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=_BENCH.parent, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = eval(proc.stdout.strip().splitlines()[-1])  # the dict printed above
+    assert result["fast_steps"] == 3 * 5  # every timed step took the steady-state path
+    assert 0 < result["triton_steady_us"] < result["triton_first_us"]
