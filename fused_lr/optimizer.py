@@ -21,7 +21,24 @@ from . import _triton_path as _tp
 from . import schedules as _schedules
 from ._torch_path import sgd_torch
 
+try:  # DTensor parameters (FSDP2's fully_shard, tensor parallelism); absent from builds without distributed
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover
+    DTensor = None
+
 __all__ = ["FusedSGD"]
+
+
+def _local(t: Tensor | None) -> Tensor | None:
+    """A DTensor's local shard (shares its memory; SGD is elementwise, so updating shards is exact)."""
+    return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
+
+
+def _like_param(local_buf: Tensor, p: Tensor) -> Tensor:
+    """A momentum buffer made from local shards, wrapped as ``p`` is (a DTensor like torch.optim.SGD's)."""
+    if DTensor is not None and isinstance(p, DTensor):
+        return DTensor.from_local(local_buf, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
+    return local_buf
 
 _BACKENDS = ("auto", "torch", "triton")
 # Hyper-parameters a FusedSGD group carries, in torch.optim.SGD's order.
@@ -157,6 +174,7 @@ class FusedSGD(Optimizer):
         self._ticket = None  # Triton path: last-program-done ticket of the write-back
         self._plan_cache = None  # Triton path: address/chunk tables per parameter set
         self._uniform: list[bool] = []  # per group: the torch path's single-call fast path applies
+        self._sharded: list[bool] = []  # per group: holds DTensors (updated through their local shards)
         self._buf_cache: dict[int, tuple] = {}  # per group: (state key, momentum buffers in param order)
         super().__init__(params, defaults)
         self._impl = self._resolve_backend()
@@ -207,7 +225,12 @@ class FusedSGD(Optimizer):
         self._device = device
         self._rebuild_lr_buf()
         self._uniform.append(self._is_uniform(params))
+        self._sharded.append(self._has_dtensor(params))
         self._buf_cache.clear()
+
+    @staticmethod
+    def _has_dtensor(params) -> bool:
+        return DTensor is not None and any(isinstance(p, DTensor) for p in params)
 
     @staticmethod
     def _is_uniform(params) -> bool:
@@ -239,11 +262,20 @@ class FusedSGD(Optimizer):
             if isinstance(lr, Tensor):
                 if lr.numel() != 1:
                     raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)} (param group {i})")
-                view.copy_(lr.reshape(()))
+                value = lr.reshape(())
             else:
                 value = _as_float("lr", lr)
                 if value < 0.0 or math.isinf(value):
                     raise ValueError(f"Invalid learning rate: {value} (param group {i})")
+            # The view that was replaced keeps the LR it held, in its own memory, as a float or a
+            # tensor taken from torch.optim.SGD's group would: code that swaps the LR out and later
+            # puts the old object back (torch.distributed.checkpoint's _init_optim_state zeroes the
+            # LRs around a step) gets the old LR back instead of the one assigned in between.
+            view.set_(view.clone())
+            view = self._lr_views[i] = self._lr_buf[i]
+            if isinstance(value, Tensor):
+                view.copy_(value)
+            else:
                 view.fill_(value)
             g["lr"] = view
 
@@ -343,6 +375,11 @@ class FusedSGD(Optimizer):
         for gi, (group, (params, grads, bufs)) in enumerate(zip(self.param_groups, work)):
             if not params:
                 continue
+            owners = params
+            if self._sharded[gi]:
+                # DTensors (FSDP2): torch has no sharding rule for _fused_sgd_, and none is needed:
+                # SGD is elementwise, so each rank updates its own shards (views) in place.
+                params, grads, bufs = ([_local(t) for t in ts] for ts in (params, grads, bufs))
             new_bufs = sgd_torch(
                 params,
                 grads,
@@ -355,9 +392,9 @@ class FusedSGD(Optimizer):
                 maximize=group["maximize"],
                 uniform=self._uniform[gi],
             )
-            for p, b, old in zip(params, new_bufs, bufs):
+            for p, b, old in zip(owners, new_bufs, bufs):
                 if b is not old:
-                    self.state[p]["momentum_buffer"] = b
+                    self.state[p]["momentum_buffer"] = _like_param(b, p)
                     self._buf_cache.pop(gi, None)
 
     def _step_triton(self, work) -> None:
@@ -369,17 +406,21 @@ class FusedSGD(Optimizer):
         for gi, (group, (ps, gs, bs)) in enumerate(zip(self.param_groups, work)):
             momentum = group["momentum"] != 0
             rest = ([], [], [])
-            for j, (p, g) in enumerate(zip(ps, gs)):
+            sharded = self._sharded[gi]
+            for j, (owner, g) in enumerate(zip(ps, gs)):
                 b = bs[j] if momentum else None
+                p = owner
+                if sharded:  # DTensors: the kernel updates this rank's shards (see _step_torch)
+                    p, g, b = _local(p), _local(g), _local(b)
                 if not (p.is_contiguous() and g.is_contiguous() and (b is None or b.is_contiguous())) or not (
                     p.dtype in _tp.KERNEL_DTYPES or (p.is_complex() and p.real.dtype in _tp.KERNEL_DTYPES)
                 ):
-                    rest[0].append(p), rest[1].append(g), rest[2].append(b)
+                    rest[0].append(owner), rest[1].append(gs[j]), rest[2].append(bs[j] if momentum else None)
                     continue
                 is_first = False
                 if momentum and b is None:
                     b = torch.empty_like(p, memory_format=torch.contiguous_format)
-                    self.state[p]["momentum_buffer"] = b
+                    self.state[owner]["momentum_buffer"] = _like_param(b, owner)
                     self._buf_cache.pop(gi, None)
                     is_first = True
                 real = torch.view_as_real if p.is_complex() else (lambda t: t)
@@ -432,6 +473,7 @@ class FusedSGD(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim.SGD's format: float ``lr`` (read from the device, on request)."""
+        self._sync_assigned_lrs()  # an LR assigned since the last step is the group's LR, as in torch
         sd = super().state_dict()
         lrs = self._lr_buf.tolist()
         for i, g in enumerate(sd["param_groups"]):
@@ -495,6 +537,7 @@ class FusedSGD(Optimizer):
         for name in ("_identity", "_ticket", "_plan_cache"):
             self.__dict__.setdefault(name, None)
         self.__dict__.setdefault("_uniform", [self._is_uniform(g["params"]) for g in self.param_groups])
+        self.__dict__.setdefault("_sharded", [self._has_dtensor(g["params"]) for g in self.param_groups])
         self._buf_cache = {}
         if self.param_groups:
             self._device = self.param_groups[0]["params"][0].device
