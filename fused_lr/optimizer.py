@@ -315,11 +315,15 @@ class FusedSGD(Optimizer):
         a new group) or the state dict's size changes; a buffer tensor swapped into
         ``opt.state[p]`` by hand is not noticed (modify buffers in place, or use load_state_dict).
         """
-        key = (id(self.state), len(self.state))
+        state = self.state
+        if torch.compiler.is_compiling():
+            # The cache saves eager Python work; in a traced step it would only add a guard on the
+            # cache's contents and so one more recompile while the buffers are being created.
+            return [state[p].get("momentum_buffer") if p in state else None for p in group["params"]]
+        key = (id(state), len(state))
         cached = self._buf_cache.get(gi)
         if cached is not None and cached[0] == key:
             return cached[1]
-        state = self.state
         bufs = [state[p].get("momentum_buffer") if p in state else None for p in group["params"]]
         self._buf_cache[gi] = (key, bufs)
         return bufs
