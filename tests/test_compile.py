@@ -30,7 +30,7 @@ import fused_lr.lr_scheduler as fused
 
 from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
-WARMUP = 3  # steps allowed to compile; the rest may not recompile
+WARMUP = 2  # steps allowed to compile; the rest may not recompile
 STEPS = 14
 OPT_KW = dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
 
