@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
 
 import torch
@@ -21,24 +22,29 @@ from . import _triton_path as _tp
 from . import schedules as _schedules
 from ._torch_path import sgd_torch
 
-try:  # DTensor parameters (FSDP2's fully_shard, tensor parallelism); absent from builds without distributed
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover
-    DTensor = None
-
 __all__ = ["FusedSGD"]
+
+
+def _dtensor_type():
+    """DTensor (FSDP2's fully_shard, tensor parallelism) if loaded: a DTensor parameter can only exist
+    once torch.distributed.tensor is imported, and importing it here would add ~1 s to import fused_lr."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 def _local(t: Tensor | None) -> Tensor | None:
     """A DTensor's local shard (shares its memory; SGD is elementwise, so updating shards is exact)."""
-    return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
+    dtensor = _dtensor_type()
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
 
 
 def _like_param(local_buf: Tensor, p: Tensor) -> Tensor:
     """A momentum buffer made from local shards, wrapped as ``p`` is (a DTensor like torch.optim.SGD's)."""
-    if DTensor is not None and isinstance(p, DTensor):
-        return DTensor.from_local(local_buf, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(p, dtensor):
+        return dtensor.from_local(local_buf, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
     return local_buf
+
 
 _BACKENDS = ("auto", "torch", "triton")
 # Hyper-parameters a FusedSGD group carries, in torch.optim.SGD's order.
@@ -230,7 +236,8 @@ class FusedSGD(Optimizer):
 
     @staticmethod
     def _has_dtensor(params) -> bool:
-        return DTensor is not None and any(isinstance(p, DTensor) for p in params)
+        dtensor = _dtensor_type()
+        return dtensor is not None and any(isinstance(p, dtensor) for p in params)
 
     @staticmethod
     def _is_uniform(params) -> bool:
@@ -379,8 +386,8 @@ class FusedSGD(Optimizer):
         for gi, (group, (params, grads, bufs)) in enumerate(zip(self.param_groups, work)):
             if not params:
                 continue
-            owners = params
-            if self._sharded[gi]:
+            owners, sharded = params, self._sharded[gi]
+            if sharded:
                 # DTensors (FSDP2): torch has no sharding rule for _fused_sgd_, and none is needed:
                 # SGD is elementwise, so each rank updates its own shards (views) in place.
                 params, grads, bufs = ([_local(t) for t in ts] for ts in (params, grads, bufs))
@@ -398,7 +405,7 @@ class FusedSGD(Optimizer):
             )
             for p, b, old in zip(owners, new_bufs, bufs):
                 if b is not old:
-                    self.state[p]["momentum_buffer"] = _like_param(b, p)
+                    self.state[p]["momentum_buffer"] = _like_param(b, p) if sharded else b
                     self._buf_cache.pop(gi, None)
 
     def _step_triton(self, work) -> None:
@@ -424,7 +431,7 @@ class FusedSGD(Optimizer):
                 is_first = False
                 if momentum and b is None:
                     b = torch.empty_like(p, memory_format=torch.contiguous_format)
-                    self.state[owner]["momentum_buffer"] = _like_param(b, owner)
+                    self.state[owner]["momentum_buffer"] = _like_param(b, owner) if sharded else b
                     self._buf_cache.pop(gi, None)
                     is_first = True
                 real = torch.view_as_real if p.is_complex() else (lambda t: t)
