@@ -41,7 +41,14 @@ OPT_KW = dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
 SCHEDULES = {
     "StepLR": dict(step_size=3, gamma=0.5),
     "CosineAnnealingLR": dict(T_max=4, eta_min=1e-3),  # past T_max: the cosine comes back up
+    "ReduceLROnPlateau": dict(patience=1, factor=0.5),  # stepped with the loss, stalled from STALL on
 }
+STALL = 4
+
+
+def plateau_metric(loss, t):
+    """The training loss until STALL, then a worse constant offset: the plateau reduces in the run."""
+    return loss if t < STALL else loss + 10.0
 
 
 def make_model() -> torch.nn.Module:
@@ -82,9 +89,10 @@ def reference(sched_name, steps=STEPS, dcp_init=False):
     for t in range(steps):
         x, y = batch(t)
         opt.zero_grad()
-        loss_fn(model, x, y).backward()
+        loss = loss_fn(model, x, y)
+        loss.backward()
         opt.step()
-        sched.step()
+        sched.step(plateau_metric(loss.item(), t)) if sched_name == "ReduceLROnPlateau" else sched.step()
         out.append(
             (
                 [p.detach().clone() for p in model.parameters()],
@@ -118,9 +126,17 @@ def train_local(model, opt, sched, steps, rank, world):
         x, y = batch(t)
         rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
         opt.zero_grad()
-        loss_fn(model, x[rows], y[rows]).backward()
+        loss = loss_fn(model, x[rows], y[rows])
+        loss.backward()
         opt.step()
-        sched.step()
+        if isinstance(sched, (stock.ReduceLROnPlateau, fused.ReduceLROnPlateau)):
+            # Every rank must decide from the same metric: the mean of the ranks' losses (the
+            # full-batch loss), reduced on the device (gloo has no AVG: SUM, then divide).
+            metric = loss.detach().clone()
+            dist.all_reduce(metric)
+            sched.step(plateau_metric(metric / world, t))
+        else:
+            sched.step()
         yield t
 
 
@@ -128,7 +144,8 @@ def train_local(model, opt, sched, steps, rank, world):
 
 
 def case_ddp(rank, world):
-    """DDP needs nothing from the optimizer: every rank applies the same all-reduced gradient."""
+    """DDP needs nothing from the optimizer: every rank applies the same all-reduced gradient.
+    ReduceLROnPlateau gets the all-reduced loss, so every rank makes stock's decisions."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     for name in SCHEDULES:

@@ -35,8 +35,9 @@ def _assert_case(proc, case):
 
 
 def test_ddp_matches_single_process_stock(worker_output):
-    """DistributedDataParallel + FusedSGD + StepLR / CosineAnnealingLR (momentum, nesterov, weight
-    decay, two groups) on 2 ranks = stock SGD + stock scheduler on the full batch in one process."""
+    """DistributedDataParallel + FusedSGD + StepLR / CosineAnnealingLR / ReduceLROnPlateau (metric
+    all-reduced on the device; momentum, nesterov, weight decay, two groups) on 2 ranks = stock SGD +
+    stock scheduler on the full batch in one process."""
     _assert_case(worker_output, "ddp")
 
 
