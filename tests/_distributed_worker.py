@@ -23,6 +23,10 @@ import os
 import sys
 import tempfile
 
+# FusedSGD(backend="triton") runs on CPU tensors only under Triton's interpreter, which must be
+# chosen before triton is first imported (the spawned ranks inherit it). The torch path ignores it.
+os.environ["TRITON_INTERPRET"] = "1"
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -111,12 +115,12 @@ def check(what, got, expected):
     torch.testing.assert_close(full(got).detach(), expected, msg=lambda m: f"{what}: {m}", **TOL)
 
 
-def check_step(what, model, opt, ref_step):
+def check_step(what, model, opt, ref_step, got_lrs=None):
     ps, bufs, lrs = ref_step
     for i, (p, rp, rb) in enumerate(zip(model.parameters(), ps, bufs)):
         check(f"{what} param {i}", p, rp)
         check(f"{what} momentum buffer {i}", opt.state[p]["momentum_buffer"], rb)
-    got = [float(g["lr"]) for g in opt.param_groups]
+    got = got_lrs if got_lrs is not None else [float(g["lr"]) for g in opt.param_groups]
     assert all(abs(a - e) <= 1e-15 + 1e-9 * abs(e) for a, e in zip(got, lrs)), f"{what}: LRs {got} vs stock {lrs}"
 
 
@@ -167,7 +171,7 @@ def fsdp_model():
     return model
 
 
-def case_fsdp2(rank, world):
+def case_fsdp2(rank, world, backend="torch"):
     """fully_shard: DTensor params and grads; FusedSGD updates the local shards, and stores its
     momentum buffers as DTensors sharded like the params, as stock SGD does under FSDP2."""
     from torch.distributed.tensor import DTensor
@@ -175,13 +179,17 @@ def case_fsdp2(rank, world):
     name = "CosineAnnealingLR"
     ref = reference(name)
     model, stock_model = fsdp_model(), fsdp_model()
-    opt = fused_lr.FusedSGD(groups(model), **OPT_KW)
+    opt = fused_lr.FusedSGD(groups(model), backend=backend, **OPT_KW)
+    assert opt.implementation == backend
     sched = getattr(fused, name)(opt, **SCHEDULES[name])
     stock_opt = torch.optim.SGD(groups(stock_model), foreach=False, **OPT_KW)
     stock_sched = getattr(stock, name)(stock_opt, **SCHEDULES[name])
     stock_steps = train_local(stock_model, stock_opt, stock_sched, range(STEPS), rank, world)
     for t, _ in zip(train_local(model, opt, sched, range(STEPS), rank, world), stock_steps):
-        check_step(f"FSDP2 rank {rank} step {t}", model, opt, ref[t])
+        # The Triton path applies a scheduler step in the next update kernel, so between the two
+        # group["lr"] still holds the last LR used (README, Backends); get_last_lr() is the new one.
+        lrs = sched.get_last_lr() if backend == "triton" else None
+        check_step(f"FSDP2 {backend} path, rank {rank} step {t}", model, opt, ref[t], lrs)
     for p, q in zip(model.parameters(), stock_model.parameters()):
         ours, theirs = opt.state[p]["momentum_buffer"], stock_opt.state[q]["momentum_buffer"]
         assert isinstance(p, DTensor) and isinstance(ours, DTensor) and isinstance(theirs, DTensor)
@@ -240,6 +248,14 @@ def worker(rank, world, port, ckpt_dir):
         case_fsdp2(rank, world)
         if rank == 0:
             print("fsdp2: ok", flush=True)
+        from fused_lr import _triton_path as TP
+
+        if TP.triton_available(torch.device("cpu")):
+            # The Triton kernel (interpreted) on the local shards: the same code path as on CUDA.
+            with TP.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=4):
+                case_fsdp2(rank, world, backend="triton")
+            if rank == 0:
+                print("fsdp2_triton: ok", flush=True)
         case_dcp_save_and_resume(rank, world, ckpt_dir)
         if rank == 0:
             print("dcp_2_to_2: ok", flush=True)

@@ -47,6 +47,13 @@ def test_fsdp2_updates_local_shards_like_stock(worker_output):
     _assert_case(worker_output, "fsdp2")
 
 
+def test_fsdp2_on_the_triton_path(worker_output):
+    """The same FSDP2 run with FusedSGD(backend="triton"), the kernel interpreted on CPU
+    (TRITON_INTERPRET=1): the kernel updates the local shards."""
+    pytest.importorskip("triton")
+    _assert_case(worker_output, "fsdp2_triton")
+
+
 def test_dcp_save_and_resume_on_two_ranks(worker_output):
     """torch.distributed.checkpoint mid-schedule (get/set_optimizer_state_dict) + the scheduler's
     state_dict; fresh objects resume and continue on stock's trajectory."""
