@@ -77,6 +77,42 @@ def _loop_sgd(
     return out_bufs
 
 
+def _foreach_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor | None],
+    *,
+    lr: Tensor,
+    weight_decay: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    maximize: bool,
+) -> list[Tensor]:
+    """torch.optim.SGD's foreach algorithm with a tensor LR, for code traced by torch.compile.
+
+    ``torch._fused_sgd_`` has no fake (meta) implementation in torch 2.13, so backends that trace
+    through AOTAutograd (inductor, aot_eager) cannot compile it; these foreach ops they can, and
+    inductor fuses them. The LR stays a graph input (``grads * -lr``, as stock SGD does when
+    compiled with a tensor LR), so a new LR never recompiles. The user's grads are not modified.
+    """
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    out: list[Tensor] = []
+    if momentum != 0:
+        old = [i for i, b in enumerate(bufs) if b is not None]
+        if old:
+            old_bufs = [bufs[i] for i in old]
+            torch._foreach_mul_(old_bufs, momentum)
+            torch._foreach_add_(old_bufs, [grads[i] for i in old], alpha=1 - dampening)
+        out = [g.detach().clone() if b is None else b for g, b in zip(grads, bufs)]  # first step: buf = grad
+        grads = torch._foreach_add(grads, out, alpha=momentum) if nesterov else out
+    torch._foreach_add_(params, torch._foreach_mul(grads, -lr))
+    return out
+
+
 def _fused_call(
     params: list[Tensor],
     grads: list[Tensor],
@@ -145,6 +181,11 @@ def sgd_torch(
     """
     if not params:
         return []
+    if torch.compiler.is_compiling():
+        return _foreach_sgd(
+            params, grads, momentum_buffers if momentum != 0 else [], lr=lr.reshape(()), weight_decay=weight_decay,
+            momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize,
+        )
     if uniform and lr.device.type == "cpu" and (momentum == 0 or all(b is not None for b in momentum_buffers)):
         torch._fused_sgd_(
             params,

@@ -754,7 +754,10 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self.last_epoch = 0
         self._init_is_better(mode=mode, threshold=threshold, threshold_mode=threshold_mode)
         dev = optimizer.lr_tensor.device
-        self._best = torch.full((), self.mode_worse, dtype=torch.float64, device=dev)
+        # Shape (1,), not 0-dim: torch 2.13's torch.compile drops in-place writes to a 0-dim float64
+        # CPU tensor held by an object once that object's int attribute (last_epoch) has become
+        # dynamic (it turns such tensors into symbolic Python floats and retraces without the write).
+        self._best = torch.full((1,), self.mode_worse, dtype=torch.float64, device=dev)
         self._num_bad = torch.zeros((), dtype=torch.int64, device=dev)
         self._cooldown_counter = torch.zeros((), dtype=torch.int64, device=dev)
         self._metric = torch.zeros((), dtype=torch.float64, device=dev)
@@ -828,7 +831,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self._decide(current)
 
     def _is_better_t(self, a: torch.Tensor) -> torch.Tensor:
-        best = self._best
+        best = self._best[0]
         if self.mode == "min" and self.threshold_mode == "rel":
             return a < best * (1.0 - self.threshold)
         if self.mode == "min":
@@ -840,7 +843,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
     def _decide(self, current: torch.Tensor) -> None:
         """torch's step() as tensor ops: same comparisons, same float64 arithmetic."""
         better = self._is_better_t(current)
-        self._best.copy_(torch.where(better, current, self._best))
+        self._best.copy_(torch.where(better, current, self._best[0]))
         num_bad = torch.where(better, torch.zeros_like(self._num_bad), self._num_bad + 1)
         in_cooldown = self._cooldown_counter > 0
         self._cooldown_counter.sub_(in_cooldown.to(torch.int64))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any, NamedTuple
 
 import torch
@@ -22,6 +23,28 @@ from . import schedules as _schedules
 from ._torch_path import sgd_torch
 
 __all__ = ["FusedSGD"]
+
+
+def _dtensor_type():
+    """DTensor (FSDP2's fully_shard, tensor parallelism) if loaded: a DTensor parameter can only exist
+    once torch.distributed.tensor is imported, and importing it here would add ~1 s to import fused_lr."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+def _local(t: Tensor | None) -> Tensor | None:
+    """A DTensor's local shard (shares its memory; SGD is elementwise, so updating shards is exact)."""
+    dtensor = _dtensor_type()
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+def _like_param(local_buf: Tensor, p: Tensor) -> Tensor:
+    """A momentum buffer made from local shards, wrapped as ``p`` is (a DTensor like torch.optim.SGD's)."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(p, dtensor):
+        return dtensor.from_local(local_buf, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
+    return local_buf
+
 
 _BACKENDS = ("auto", "torch", "triton")
 # Hyper-parameters a FusedSGD group carries, in torch.optim.SGD's order.
@@ -168,6 +191,7 @@ class FusedSGD(Optimizer):
         self._ticket = None  # Triton path: last-program-done ticket of the write-back
         self._plan_cache = None  # Triton path: address/chunk tables per parameter set
         self._uniform: list[bool] = []  # per group: the torch path's single-call fast path applies
+        self._sharded: list[bool] = []  # per group: holds DTensors (updated through their local shards)
         self._buf_cache: dict[int, tuple] = {}  # per group: (state key, momentum buffers in param order)
         self._fast: _FastStep | None = None  # Triton path: the steady-state step, see _fast_step
         self._fast_steps = 0  # steps that took it (diagnostics, tests)
@@ -223,9 +247,15 @@ class FusedSGD(Optimizer):
         self._device = device
         self._rebuild_lr_buf()
         self._uniform.append(self._is_uniform(params))
+        self._sharded.append(self._has_dtensor(params))
         self._buf_cache.clear()
         if getattr(self, "_lr_log", None) is not None:
             self.start_lr_log(self._lr_log.shape[0])
+
+    @staticmethod
+    def _has_dtensor(params) -> bool:
+        dtensor = _dtensor_type()
+        return dtensor is not None and any(isinstance(p, dtensor) for p in params)
 
     @staticmethod
     def _is_uniform(params) -> bool:
@@ -257,11 +287,20 @@ class FusedSGD(Optimizer):
             if isinstance(lr, Tensor):
                 if lr.numel() != 1:
                     raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)} (param group {i})")
-                view.copy_(lr.reshape(()))
+                value = lr.reshape(())
             else:
                 value = _as_float("lr", lr)
                 if value < 0.0 or math.isinf(value):
                     raise ValueError(f"Invalid learning rate: {value} (param group {i})")
+            # The view that was replaced keeps the LR it held, in its own memory, as a float or a
+            # tensor taken from torch.optim.SGD's group would: code that swaps the LR out and later
+            # puts the old object back (torch.distributed.checkpoint's _init_optim_state zeroes the
+            # LRs around a step) gets the old LR back instead of the one assigned in between.
+            view.set_(view.clone())
+            view = self._lr_views[i] = self._lr_buf[i]
+            if isinstance(value, Tensor):
+                view.copy_(value)
+            else:
                 view.fill_(value)
             g["lr"] = view
 
@@ -337,11 +376,15 @@ class FusedSGD(Optimizer):
         a new group) or the state dict's size changes; a buffer tensor swapped into
         ``opt.state[p]`` by hand is not noticed (modify buffers in place, or use load_state_dict).
         """
-        key = (id(self.state), len(self.state))
+        state = self.state
+        if torch.compiler.is_compiling():
+            # The cache saves eager Python work; in a traced step it would only add a guard on the
+            # cache's contents and so one more recompile while the buffers are being created.
+            return [state[p].get("momentum_buffer") if p in state else None for p in group["params"]]
+        key = (id(state), len(state))
         cached = self._buf_cache.get(gi)
         if cached is not None and cached[0] == key:
             return cached[1]
-        state = self.state
         bufs = [state[p].get("momentum_buffer") if p in state else None for p in group["params"]]
         self._buf_cache[gi] = (key, bufs)
         return bufs
@@ -400,6 +443,11 @@ class FusedSGD(Optimizer):
         for gi, (group, (params, grads, bufs)) in enumerate(zip(self.param_groups, work)):
             if not params:
                 continue
+            owners, sharded = params, self._sharded[gi]
+            if sharded:
+                # DTensors (FSDP2): torch has no sharding rule for _fused_sgd_, and none is needed:
+                # SGD is elementwise, so each rank updates its own shards (views) in place.
+                params, grads, bufs = ([_local(t) for t in ts] for ts in (params, grads, bufs))
             new_bufs = sgd_torch(
                 params,
                 grads,
@@ -412,9 +460,9 @@ class FusedSGD(Optimizer):
                 maximize=group["maximize"],
                 uniform=self._uniform[gi],
             )
-            for p, b, old in zip(params, new_bufs, bufs):
+            for p, b, old in zip(owners, new_bufs, bufs):
                 if b is not old:
-                    self.state[p]["momentum_buffer"] = b
+                    self.state[p]["momentum_buffer"] = _like_param(b, p) if sharded else b
                     self._buf_cache.pop(gi, None)
 
     def _step_triton(self, work) -> None:
@@ -428,17 +476,21 @@ class FusedSGD(Optimizer):
             # A cycled momentum lives in the schedule: the group always has buffers.
             momentum = group["momentum"] != 0 or gi in mom_rows
             rest = ([], [], [])
-            for j, (p, g) in enumerate(zip(ps, gs)):
+            sharded = self._sharded[gi]
+            for j, (owner, g) in enumerate(zip(ps, gs)):
                 b = bs[j] if (momentum and bs) else None
+                p = owner
+                if sharded:  # DTensors: the kernel updates this rank's shards (see _step_torch)
+                    p, g, b = _local(p), _local(g), _local(b)
                 if not (p.is_contiguous() and g.is_contiguous() and (b is None or b.is_contiguous())) or not (
                     p.dtype in _tp.KERNEL_DTYPES or (p.is_complex() and p.real.dtype in _tp.KERNEL_DTYPES)
                 ):
-                    rest[0].append(p), rest[1].append(g), rest[2].append(b)
+                    rest[0].append(owner), rest[1].append(gs[j]), rest[2].append(bs[j] if (momentum and bs) else None)
                     continue
                 is_first = False
                 if momentum and b is None:
                     b = torch.empty_like(p, memory_format=torch.contiguous_format)
-                    self.state[p]["momentum_buffer"] = b
+                    self.state[owner]["momentum_buffer"] = _like_param(b, owner) if sharded else b
                     self._buf_cache.pop(gi, None)
                     is_first = True
                 real = torch.view_as_real if p.is_complex() else (lambda t: t)
@@ -479,7 +531,13 @@ class FusedSGD(Optimizer):
         # Every parameter took the kernel, as real tensors: the next steps can skip the collection.
         self._fast = None
         all_in = len(params) == sum(len(g["params"]) for g in self.param_groups)
-        if params and all_in and not any(r[0] for r in leftovers) and not any(p.is_complex() for p in params):
+        if (
+            params
+            and all_in
+            and not any(r[0] for r in leftovers)
+            and not any(self._sharded)  # DTensor shards: the grads live on the DTensors, not the shards
+            and not any(p.is_complex() for p in params)
+        ):
             self._fast = _FastStep(
                 groups=tuple((id(g["params"]), len(g["params"])) for g in self.param_groups),
                 params=params,
@@ -563,6 +621,7 @@ class FusedSGD(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim.SGD's format: float ``lr`` (read from the device, on request)."""
+        self._sync_assigned_lrs()  # an LR assigned since the last step is the group's LR, as in torch
         sd = super().state_dict()
         lrs = self._lr_buf.tolist()
         for i, g in enumerate(sd["param_groups"]):
@@ -631,6 +690,7 @@ class FusedSGD(Optimizer):
         for name in ("_identity", "_ticket", "_plan_cache"):
             self.__dict__.setdefault(name, None)
         self.__dict__.setdefault("_uniform", [self._is_uniform(g["params"]) for g in self.param_groups])
+        self.__dict__.setdefault("_sharded", [self._has_dtensor(g["params"]) for g in self.param_groups])
         self._buf_cache = {}
         if self.param_groups:
             self._device = self.param_groups[0]["params"][0].device
