@@ -681,7 +681,14 @@ class DeviceSchedule:
 
     def _cpu_fast(self) -> bool:
         # Device-mode lambdas (KIND_DIRECT rows) change the description every step: no block.
-        return self.host_answers_on_cpu and self.device.type == "cpu" and not self.direct_fns
+        # Inside torch.compile the device path is traced instead: host-side step numbers would be
+        # guarded on and recompile every step.
+        return (
+            self.host_answers_on_cpu
+            and self.device.type == "cpu"
+            and not self.direct_fns
+            and not torch.compiler.is_compiling()
+        )
 
     def set_step(self, step: int) -> None:
         self.counter.fill_(step)
