@@ -22,6 +22,7 @@ if __name__ == "__main__":
 
 import copy
 import io
+import math
 
 import torch
 import torch.optim.lr_scheduler as stock
@@ -48,6 +49,8 @@ STEPS = 24
 
 
 def check_close(a, b, tol, what):
+    if a.is_complex():  # compare both parts (a plain .double() would drop the imaginary one)
+        a, b = torch.view_as_real(a.detach()), torch.view_as_real(b.detach())
     a, b = a.detach().double(), b.detach().double()
     if "scaled" in tol:
         # |a - b| <= tol * max|b|: ulps of the tensor's scale (momentum buffers sum ~10 grads).
@@ -283,6 +286,160 @@ CASES = {
     "resume": case_resume,
     "epoch_schedule": case_epoch_schedule,
 }
+
+# --- AMP and clipping --------------------------------------------------------------------------
+
+AMP_STEPS = 10
+POISONED = (0, 7)  # an inf gradient: the very first step, and param 4's first step (it is frozen before 7)
+
+
+def _amp_grads(t, ps, scale):
+    gs = grads_for(t, ps)
+    out = [None if g is None else g * scale for g in gs]
+    if t in POISONED:
+        out[2].view(-1)[5] = float("inf")
+    return out
+
+
+def _set(ps, gs):
+    for p, g in zip(ps, gs):
+        p.grad = None if g is None else g.clone()
+
+
+def run_amp(dtype, max_grad_norm=None, norm_type=2.0):
+    """GradScaler.step on stock SGD (for-loop), FusedSGD torch path and FusedSGD Triton
+    path, with a StepLR stepped every iteration (deferred on the Triton path, including across
+    skipped steps). With max_grad_norm, stock uses torch's recipe (unscale_, clip_grad_norm_, step).
+    No complex parameter: torch 2.13's GradScaler cannot check complex gradients on CPU
+    (_amp_foreach_non_finite_check_and_unscale_cpu is not implemented for ComplexFloat)."""
+    ref = make_params(dtype)[:5]
+    a_ps, t_ps, k_ps = (copy.deepcopy(ref) for _ in range(3))
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
+    clip_kw = dict(max_grad_norm=max_grad_norm, norm_type=norm_type)
+    stock_opt = torch.optim.SGD(groups(a_ps), foreach=False, **kw)
+    torch_opt = fused_lr.FusedSGD(groups(t_ps), backend="torch", **kw, **clip_kw)
+    kern_opt = fused_lr.FusedSGD(groups(k_ps), backend="triton", **kw, **clip_kw)
+    opts = (stock_opt, torch_opt, kern_opt)
+    scheds = (stock.StepLR(stock_opt, 3, 0.5), fused.StepLR(torch_opt, 3, 0.5), fused.StepLR(kern_opt, 3, 0.5))
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=3) for _ in opts]
+    tol = FP32 if dtype == torch.float32 else BF16
+    for t in range(AMP_STEPS):
+        scale = scalers[1].get_scale()
+        gs = _amp_grads(t, ref, scale)
+        for ps, sc in zip((a_ps, t_ps, k_ps), scalers):
+            sc.scale(torch.ones(()))  # (GradScaler wants a scale() call per iteration before step)
+            _set(ps, gs)
+        if max_grad_norm is not None:
+            scalers[0].unscale_(stock_opt)
+            total = torch.nn.utils.clip_grad_norm_([p for p in a_ps if p.grad is not None], max_grad_norm, norm_type)
+        scalers[0].step(stock_opt)
+        scalers[1].step(torch_opt)
+        with CountLaunches() as launches:
+            scalers[2].step(kern_opt)
+        for sc in scalers:
+            sc.update()
+        assert len({sc.get_scale() for sc in scalers}) == 1
+        dtypes = {(q.real if q.is_complex() else q).dtype for q, g in zip(k_ps, gs) if g is not None}
+        assert launches.n == len(dtypes), f"step {t}: {launches.n} update launches, expected {len(dtypes)}"
+        for s in scheds:
+            s.step()
+        if max_grad_norm is not None:
+            nk, nt = kern_opt.last_grad_norm, torch_opt.last_grad_norm
+            if t in POISONED:
+                assert not math.isfinite(float(nk)) and not math.isfinite(float(nt)), (t, nk, nt)
+            else:
+                check_close(nk, nt, dict(rtol=1e-6, atol=0.0), f"norm step {t}: triton vs torch path")
+                if dtype == torch.float32:  # (torch's bf16 norm is itself rounded to bf16)
+                    check_close(nk, total, dict(rtol=1e-6, atol=0.0), f"norm step {t}: triton vs clip_grad_norm_")
+        if t == 0:
+            # The skipped first step: no buffer on the torch path; on the Triton path a zero buffer whose
+            # first-step flag is still set, which state_dict reports as no buffer (torch.optim.SGD's state).
+            assert len(torch_opt.state) == 0
+            sd = kern_opt.state_dict()
+            assert all(st.get("momentum_buffer") is None for st in sd["state"].values()), sd["state"]
+            assert int(kern_opt._first_flags.sum()) == sum(g is not None for g in gs)
+        for i, (p, q, r) in enumerate(zip(a_ps, t_ps, k_ps)):
+            check_close(r, q, tol, f"amp {dtype} step {t} param {i}: triton vs torch path")
+            check_close(r, p, tol, f"amp {dtype} step {t} param {i}: triton vs stock")
+            bk = kern_opt.state_dict()["state"].get(i, {}).get("momentum_buffer")
+            bt = torch_opt.state.get(q, {}).get("momentum_buffer")
+            assert (bk is None) == (bt is None), f"amp step {t} param {i}: buffer presence {bk is not None} vs {bt is not None}"
+            if bk is not None:
+                check_close(bk, bt, tol, f"amp step {t} buffer {i}")
+    kern_opt.step(found_inf=torch.ones(1))  # a skipped step still applies the last deferred scheduler step
+    assert int(scheds[2].step_counter.item()) == scheds[2].last_epoch == AMP_STEPS
+    assert scheds[2].get_last_lr() == scheds[0].get_last_lr()
+
+
+def case_amp():
+    run_amp(torch.float32)
+
+
+def case_amp_bf16():
+    run_amp(torch.bfloat16)
+
+
+def case_clip():
+    for norm_type in (2.0, float("inf")):
+        run_amp(torch.float32, max_grad_norm=1.5, norm_type=norm_type)
+
+
+def case_clip_plain():
+    """Clipping without AMP vs clip_grad_norm_ + stock SGD; a NaN gradient (torch: NaN params, same
+    places); error_if_nonfinite raising before anything changes (params, buffers, flags, counter)."""
+    ref = make_params(torch.float32)
+    for norm_type in (2.0, float("inf")):
+        # The complex parameter (index 5): in the kernels under the 2-norm (real view), on the torch
+        # path under the inf-norm (max |z|), joining the kernels' norm as the extra partial.
+        a_ps, k_ps = copy.deepcopy(ref), copy.deepcopy(ref)
+        a = torch.optim.SGD(groups(a_ps), lr=0.1, momentum=0.9, foreach=False)
+        k = fused_lr.FusedSGD(groups(k_ps), lr=0.1, momentum=0.9, backend="triton", max_grad_norm=2.0, norm_type=norm_type)
+        sa, sk = stock.CosineAnnealingLR(a, 5), fused.CosineAnnealingLR(k, 5)
+        for t in range(6):
+            gs = [None if g is None else 3 * g for g in grads_for(t, ref)]
+            if norm_type == float("inf") and t % 2:
+                gs[5] = gs[5] * 10  # the complex gradient holds the largest |g| on these steps
+            _set(a_ps, gs), _set(k_ps, gs)
+            total = torch.nn.utils.clip_grad_norm_([p for p in a_ps if p.grad is not None], 2.0, norm_type)
+            a.step(), k.step(), sa.step(), sk.step()
+            check_close(k.last_grad_norm, total, dict(rtol=1e-6, atol=0.0), f"clip {norm_type} norm step {t}")
+            for i, (p, r) in enumerate(zip(a_ps, k_ps)):
+                check_close(r, p, FP32, f"clip {norm_type} step {t} param {i}")
+    gs = grads_for(8, ref)
+    gs[3].view(-1)[0] = float("nan")
+    _set(a_ps, gs), _set(k_ps, gs)
+    torch.nn.utils.clip_grad_norm_(a_ps, 2.0)
+    a.step(), k.step()
+    assert math.isnan(float(k.last_grad_norm))
+    for p, r in zip(a_ps, k_ps):
+        assert torch.equal(p.isnan(), r.isnan()), "NaN pattern differs from torch"
+
+    ps = make_params(torch.float32)
+    k = fused_lr.FusedSGD(groups(ps), lr=0.1, momentum=0.9, backend="triton", max_grad_norm=2.0, error_if_nonfinite=True)
+    sk = fused.StepLR(k, 1, 0.5)
+    _set(ps, grads_for(9, ps))
+    ps[4].grad = None  # param 4 gets its first step below, in the step that raises
+    k.step()
+    sk.step()  # deferred: pending until the next launch
+    snap = ([p.detach().clone() for p in ps], {i: st["momentum_buffer"].clone() for i, st in k.state_dict()["state"].items()},
+            k._first_flags.clone(), int(sk.step_counter.item()), len(k.state))
+    gs = grads_for(10, ps)
+    gs[0] = gs[0] * float("inf")
+    _set(ps, gs)
+    try:
+        k.step()
+    except RuntimeError as e:
+        assert "non-finite" in str(e), e
+    else:
+        raise AssertionError("error_if_nonfinite did not raise")
+    assert all(torch.equal(p, q) for p, q in zip(ps, snap[0])), "a parameter changed"
+    assert torch.equal(k._first_flags, snap[2]) and int(sk.step_counter.item()) == snap[3] and len(k.state) == snap[4]
+    assert {i: st["momentum_buffer"] for i, st in k.state_dict()["state"].items()}.keys() == snap[1].keys()
+    assert sk._sched.pending == 1
+
+
+CASES.update({"amp": case_amp, "amp_bf16": case_amp_bf16, "clip": case_clip, "clip_plain": case_clip_plain})
+
 
 if __name__ == "__main__":
     assert TP._interpreting(), "the kernels are not interpreted"
