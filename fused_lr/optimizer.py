@@ -597,9 +597,10 @@ class FusedSGD(Optimizer):
         if clip is not None and self.error_if_nonfinite:
             before_update = lambda: self._check_finite_norm(clip.norm_out, found_inf)  # noqa: E731
         if new_bufs:
-            idx = torch.tensor([self._slot_of[id(p)] for p, _, _ in new_bufs], dtype=torch.int64)
+            # (Uploaded through pinned memory, asynchronously: no host sync on CUDA.)
+            idx = _tp._upload([self._slot_of[id(p)] for p, _, _ in new_bufs], torch.int64, self._device)
             flags_before = self._first_flags.clone() if before_update is not None else None
-            self._first_flags.index_fill_(0, idx.to(self._device), 1)
+            self._first_flags.index_fill_(0, idx, 1)
         try:
             wrote = _tp.triton_sgd_step(
                 params, grads, bufs, None, gidx, hyper, desc, table, counter,

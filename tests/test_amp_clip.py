@@ -348,3 +348,24 @@ def test_no_clipping_when_under_the_limit_is_bit_identical():
                 p.grad = x
         a.step(), f.step()
     compare(f, f_ps, a, a_ps, dict(rtol=0.0, atol=0.0), "unclipped")
+
+
+def test_torch_recipe_unscale_then_clip_then_step_works_with_fused_sgd():
+    """The stock recipe on FusedSGD (no max_grad_norm): scaler.unscale_(opt) unscales in place, so
+    GradScaler.step hands FusedSGD grad_scale=None and only found_inf; results match stock SGD."""
+    ref = make_params(torch.float32)
+    a_ps, f_ps = copy.deepcopy(ref), copy.deepcopy(ref)
+    a = torch.optim.SGD(groups(a_ps), lr=0.1, momentum=0.9, foreach=False)
+    f = fused_lr.FusedSGD(groups(f_ps), lr=0.1, momentum=0.9, backend="torch")
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**5) for _ in range(2)]
+    for t in range(6):
+        xs = inputs(t, ref, poison=t in (0, 3))
+        for ps, opt, sc in ((a_ps, a, scalers[0]), (f_ps, f, scalers[1])):
+            opt.zero_grad()
+            backward(ps, xs, sc)
+            sc.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(ps, 2.0)
+            sc.step(opt)
+            sc.update()
+        compare(f, f_ps, a, a_ps, TRAJ_TOL[torch.float32], f"step {t}")
+    assert len(f.state) == len(a.state) > 0
