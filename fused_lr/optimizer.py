@@ -428,6 +428,9 @@ class FusedSGD(Optimizer):
         # Everything is checked before anything changes: the AMP tensors, then every gradient.
         self._check_amp_tensor(grad_scale, "grad_scale")
         self._check_amp_tensor(found_inf, "found_inf")
+        # 0-dim views (same storage): a one-element [1] tensor is accepted too.
+        grad_scale = None if grad_scale is None else grad_scale.reshape(())
+        found_inf = None if found_inf is None else found_inf.reshape(())
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -161,7 +161,7 @@ def test_explicit_kwargs_non_power_of_two_scale_and_grads_untouched():
     a_ps, f_ps = copy.deepcopy(ref), copy.deepcopy(ref)
     a = torch.optim.SGD(groups(a_ps), lr=0.1, momentum=0.9, foreach=False)
     f = fused_lr.FusedSGD(groups(f_ps), lr=0.1, momentum=0.9, backend="torch")
-    scale = torch.tensor(3.0)
+    scale = torch.tensor([3.0])  # a one-element [1] tensor works as well as a 0-dim one
     for t in range(5):
         xs = inputs(t, ref)
         for p, x in zip(f_ps, xs):
@@ -169,7 +169,7 @@ def test_explicit_kwargs_non_power_of_two_scale_and_grads_untouched():
         for p, x in zip(a_ps, xs):
             p.grad = (x * 3.0) / scale
         before = [p.grad.clone() for p in f_ps]
-        f.step(grad_scale=scale, found_inf=torch.tensor(0.0))
+        f.step(grad_scale=scale, found_inf=torch.zeros(1))
         a.step()
         assert all(torch.equal(p.grad, b) for p, b in zip(f_ps, before)), "p.grad was modified"
         compare(f, f_ps, a, a_ps, TRAJ_TOL[torch.float32], f"step {t}")
