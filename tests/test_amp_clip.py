@@ -167,7 +167,7 @@ def test_explicit_kwargs_non_power_of_two_scale_and_grads_untouched():
         for p, x in zip(f_ps, xs):
             p.grad = x * 3.0
         for p, x in zip(a_ps, xs):
-            p.grad = (x * 3.0) / scale
+            p.grad = (x * 3.0) / scale.reshape(())
         before = [p.grad.clone() for p in f_ps]
         f.step(grad_scale=scale, found_inf=torch.zeros(1))
         a.step()
