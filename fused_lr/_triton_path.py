@@ -418,6 +418,7 @@ def triton_sgd_step(
     found_inf: Tensor | None = None,
     clip: ClipSpec | None = None,
     before_update: Any = None,
+    clear_first: bool = True,
 ) -> bool:
     """One torch.optim.SGD step on every tensor of ``params``, in place, LR from the device schedule.
 
@@ -456,6 +457,9 @@ def triton_sgd_step(
             and, after an update that happened, clears the flags of the updated tensors (not on a
             step skipped by ``found_inf``). The caller sets a flag when it allocates a buffer.
         flag_slots: with ``first_flags``: ``params[i]``'s index into it (host ints).
+        clear_first: with ``first_flags``: False when the caller knows every flag of these tensors
+            is already 0 (then no program takes a ticket unless it writes back: the steady state
+            without AMP costs what it did before device flags).
         grad_scale: float32 ``[1]`` on the device or ``None``: AMP's loss scale; every gradient is
             divided by it (in the arithmetic type) before the update and the norm.
         found_inf: float32 ``[1]`` on the device or ``None``: when nonzero at run time, the kernels
@@ -603,7 +607,7 @@ def triton_sgd_step(
             len(hyper),
             write_back,
             len(launch.positions),
-            1 if device_flags else 0,
+            1 if (device_flags and clear_first) else 0,
             scale_arg,
             inf_arg,
             coef_arg,

@@ -218,6 +218,9 @@ class FusedSGD(Optimizer):
         # device, set when a momentum buffer is allocated and cleared by the kernel once the update
         # really happened (an AMP-skipped first step leaves it set). None until the first step.
         self._first_flags: Tensor | None = None
+        # Slots whose flag may be 1 (set at allocation; known clear after a launch without found_inf):
+        # while empty, the kernel is told not to clear flags, and takes no ticket for it.
+        self._flags_maybe_set: set[int] = set()
         self._slot_of: dict[int, int] = {}
         self._max_norm_t: Tensor | None = None  # float64 [1] max_grad_norm on the device
         self._clip_out: dict[torch.dtype, tuple[Tensor, Tensor]] = {}  # norm dtype -> (norm_out, clip_coef)
@@ -601,9 +604,11 @@ class FusedSGD(Optimizer):
             before_update = lambda: self._check_finite_norm(clip.norm_out, found_inf)  # noqa: E731
         if new_bufs:
             # (Uploaded through pinned memory, asynchronously: no host sync on CUDA.)
-            idx = _tp._upload([self._slot_of[id(p)] for p, _, _ in new_bufs], torch.int64, self._device)
+            new_slots = [self._slot_of[id(p)] for p, _, _ in new_bufs]
+            idx = _tp._upload(new_slots, torch.int64, self._device)
             flags_before = self._first_flags.clone() if before_update is not None else None
             self._first_flags.index_fill_(0, idx, 1)
+            self._flags_maybe_set.update(new_slots)
         try:
             wrote = _tp.triton_sgd_step(
                 params, grads, bufs, None, gidx, hyper, desc, table, counter,
@@ -617,11 +622,15 @@ class FusedSGD(Optimizer):
                 found_inf=found_inf,
                 clip=clip,
                 before_update=before_update,
+                clear_first=bool(self._flags_maybe_set),
             )
         except Exception:
             if new_bufs and before_update is not None:
                 self._first_flags.copy_(flags_before)
+                self._flags_maybe_set.difference_update(new_slots)
             raise
+        if self._flags_maybe_set and found_inf is None:
+            self._flags_maybe_set.difference_update(slots)  # the update happened: the kernel cleared them
         for p, b, gi in new_bufs:
             self.state[p]["momentum_buffer"] = b
             self._buf_cache.pop(gi, None)
@@ -710,6 +719,7 @@ class FusedSGD(Optimizer):
         self._rebuild_lr_buf()
         if self._first_flags is not None:
             self._first_flags.zero_()  # loaded buffers carry history; missing ones get a flag when allocated
+        self._flags_maybe_set = set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -725,6 +735,7 @@ class FusedSGD(Optimizer):
         self.__dict__.setdefault("norm_type", 2.0)
         self.__dict__.setdefault("error_if_nonfinite", False)
         self.__dict__.setdefault("_clip_out", {})
+        self.__dict__.setdefault("_flags_maybe_set", set())
         self._rebuild_slots()
         self.__dict__.setdefault("_uniform", [self._is_uniform(g["params"]) for g in self.param_groups])
         self._buf_cache = {}

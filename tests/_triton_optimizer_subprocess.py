@@ -195,6 +195,9 @@ def run_scheduler(name, dtype=torch.float32):
     if closed_form:
         kern_opt.step()  # applies the last deferred scheduler step
         assert int(sk.step_counter.item()) == sk.last_epoch == STEPS
+    # Without AMP every first-step flag was cleared by the kernel, and the host knows it (so later
+    # launches skip the flag-clearing ticket).
+    assert int(kern_opt._first_flags.sum()) == 0 and not kern_opt._flags_maybe_set
 
 
 def case_schedulers():
@@ -371,6 +374,8 @@ def run_amp(dtype, max_grad_norm=None, norm_type=2.0, ref=None):
             assert (bk is None) == (bt is None), f"amp step {t} param {i}: buffer presence {bk is not None} vs {bt is not None}"
             if bk is not None:
                 check_close(bk, bt, tol, f"amp step {t} buffer {i}")
+    # Under AMP the host cannot know which flags the kernel cleared: it keeps asking it to clear them.
+    assert kern_opt._flags_maybe_set and int(kern_opt._first_flags.sum()) == 0
     kern_opt.step(found_inf=torch.ones(1))  # a skipped step still applies the last deferred scheduler step
     assert int(scheds[2].step_counter.item()) == scheds[2].last_epoch == AMP_STEPS
     assert scheds[2].get_last_lr() == scheds[0].get_last_lr()
