@@ -43,6 +43,8 @@ FP32 = dict(rtol=1e-5, atol=1e-6)
 # 8 ulp of the value's scale (|values| here are O(1)). The kernel's bf16 arithmetic itself is
 # checked bit for bit against an fp32-math reference in tests/_triton_subprocess.py.
 BF16 = dict(scaled=8 * 2**-8)
+# fp16 kernel vs the torch path: the same argument as BF16 with float16's unit roundoff (2**-11).
+FP16 = dict(scaled=8 * 2**-11)
 
 SHAPES = [(), (1,), (127,), (1025,), (3, 5)]
 STEPS = 24
@@ -333,24 +335,28 @@ def run_amp(dtype, max_grad_norm=None, norm_type=2.0, ref=None):
     scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=3) for _ in opts]
     # torch rounds a bfloat16 gradient's norm to bfloat16 (fused_lr keeps it in float32), so with
     # clipping and bfloat16 params the clipped gradients differ from stock's by ~2**-8 relative:
-    # then only the torch path (same float32 norm) is the reference.
-    vs_stock = max_grad_norm is None or all(p.dtype != torch.bfloat16 for p in ref)
+    # then only the torch path (same float32 norm) is the reference. Stock GradScaler refuses to
+    # unscale float16 gradients for stock optimizers: float16 is compared with the torch path only.
+    vs_stock = (max_grad_norm is None or all(p.dtype != torch.bfloat16 for p in ref)) and all(
+        p.dtype != torch.float16 for p in ref)
     for t in range(AMP_STEPS):
         scale = scalers[1].get_scale()
         gs = _amp_grads(t, ref, scale)
         for ps, sc in zip((a_ps, t_ps, k_ps), scalers):
             sc.scale(torch.ones(()))  # (GradScaler wants a scale() call per iteration before step)
             _set(ps, gs)
-        if max_grad_norm is not None:
-            scalers[0].unscale_(stock_opt)
-            total = torch.nn.utils.clip_grad_norm_([p for p in a_ps if p.grad is not None], max_grad_norm, norm_type)
-        scalers[0].step(stock_opt)
+        if vs_stock:
+            if max_grad_norm is not None:
+                scalers[0].unscale_(stock_opt)
+                total = torch.nn.utils.clip_grad_norm_([p for p in a_ps if p.grad is not None], max_grad_norm, norm_type)
+            scalers[0].step(stock_opt)
         scalers[1].step(torch_opt)
         with CountLaunches() as launches:
             scalers[2].step(kern_opt)
-        for sc in scalers:
+        active = scalers if vs_stock else scalers[1:]
+        for sc in active:
             sc.update()
-        assert len({sc.get_scale() for sc in scalers}) == 1
+        assert len({sc.get_scale() for sc in active}) == 1
         dtypes = {(q.real if q.is_complex() else q).dtype for q, g in zip(k_ps, gs) if g is not None}
         assert launches.n == len(dtypes), f"step {t}: {launches.n} update launches, expected {len(dtypes)}"
         for s in scheds:
@@ -371,7 +377,7 @@ def run_amp(dtype, max_grad_norm=None, norm_type=2.0, ref=None):
             assert all(st.get("momentum_buffer") is None for st in sd["state"].values()), sd["state"]
             assert int(kern_opt._first_flags.sum()) == sum(g is not None for g in gs)
         for i, (p, q, r) in enumerate(zip(a_ps, t_ps, k_ps)):
-            tol = BF16 if r.dtype == torch.bfloat16 else FP32  # (float64 params: FP32 is looser than needed)
+            tol = {torch.bfloat16: BF16, torch.float16: FP16}.get(r.dtype, FP32)  # (float64: FP32 is looser than needed)
             check_close(r, q, tol, f"amp {dtype} step {t} param {i}: triton vs torch path")
             if vs_stock:
                 check_close(r, p, tol, f"amp {dtype} step {t} param {i}: triton vs stock")
@@ -394,6 +400,12 @@ def case_amp():
 
 def case_amp_bf16():
     run_amp(torch.bfloat16)
+
+
+def case_amp_fp16():
+    """float16 params (scaled gradients up to 2**8 * |g|), with and without clipping: vs the torch path."""
+    assert not run_amp(torch.float16)
+    assert not run_amp(torch.float16, max_grad_norm=1.0)
 
 
 def case_amp_mixed():
@@ -465,7 +477,7 @@ def case_clip_plain():
     assert sk._sched.pending == 1
 
 
-CASES.update({"amp": case_amp, "amp_bf16": case_amp_bf16, "amp_mixed": case_amp_mixed, "clip": case_clip, "clip_plain": case_clip_plain})
+CASES.update({"amp": case_amp, "amp_bf16": case_amp_bf16, "amp_mixed": case_amp_mixed, "amp_fp16": case_amp_fp16, "clip": case_clip, "clip_plain": case_clip_plain})
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ def test_state_dict_resume_on_the_triton_path(run_cases):
 def test_amp_gradscaler_on_the_triton_path(run_cases):
     """GradScaler.step(FusedSGD(backend="triton")) vs stock SGD + GradScaler and vs the torch path:
     skipped first steps (the device-side first-step flag survives them; state_dict reports no buffer),
-    a deferred scheduler step applied by a skipped launch, fp32 and bf16."""
-    run_cases("amp", "amp_bf16", "amp_mixed")
+    a deferred scheduler step applied by a skipped launch; fp32, bf16, fp16 (vs the torch path) and mixed."""
+    run_cases("amp", "amp_bf16", "amp_fp16", "amp_mixed")
 
 
 def test_fused_clipping_on_the_triton_path(run_cases):
