@@ -21,6 +21,13 @@ Momentum buffers follow torch: a parameter's first step with momentum sets ``buf
 maximize and weight decay). ``torch._fused_sgd_`` takes one ``is_first_step`` flag per call, so
 tensors that already have a buffer and tensors stepping for the first time (a parameter that was
 frozen, then unfrozen) are sent in two calls; stock fused SGD cannot mix them in one group.
+
+AMP and clipping (``scaled_grads``, ``grad_norm_torch``): the update never writes the user's
+gradients. With a ``grad_scale`` and/or a clipping coefficient, ``scaled_grads`` makes one
+temporary copy, ``(g / grad_scale) * clip_coef`` (each op rounded once to the grad's dtype, as
+GradScaler.unscale_ followed by clip_grad_norm_ round), and the update runs on it. (Passing
+``grad_scale`` to ``torch._fused_sgd_`` instead would write the unscaled gradient back into
+``p.grad``.) The Triton path needs no temporary: its kernel unscales and clips in registers.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from __future__ import annotations
 from torch import Tensor
 import torch
 
-__all__ = ["sgd_torch", "FUSED_DTYPES"]
+__all__ = ["sgd_torch", "FUSED_DTYPES", "scaled_grads", "grad_norm_torch", "norm_dtype"]
 
 # Dtypes the stock fused kernel handles (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16)).
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -36,6 +43,51 @@ FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+def norm_dtype(grads: list[Tensor]) -> torch.dtype:
+    """The dtype of the total gradient norm: float64 when a gradient is float64 / complex128
+    (torch's clip_grad_norm_ stacks the per-tensor norms, which promotes), else float32. (torch
+    keeps float16 / bfloat16 norms in half precision, where AMP-scaled norms overflow; fused_lr
+    accumulates and returns them in float32.)"""
+    return torch.float64 if any(g.dtype in (torch.float64, torch.complex128) for g in grads) else torch.float32
+
+
+def grad_norm_torch(grads: list[Tensor], norm_inf: bool) -> Tensor:
+    """Total norm of ``grads`` (0-dim, ``norm_dtype(grads)``), torch.nn.utils.get_total_norm's
+    formula: per-tensor norms (``torch._foreach_norm``, accumulated in float32 / float64), then
+    the norm of their stack. Device ops only: no host sync. NaN anywhere gives NaN, inf gives inf."""
+    ord_ = float("inf") if norm_inf else 2.0
+    out = norm_dtype(grads)
+    if not grads:
+        return torch.zeros((), dtype=out)
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    norms: list[Tensor] = []
+    for dtype, gs in by_dtype.items():
+        if dtype.is_complex:
+            # |z| per element (the real view's inf-norm would be max(|re|, |im|)); float32/64 result.
+            norms.extend(torch._foreach_norm(gs, ord_))
+        else:
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            norms.extend(torch._foreach_norm(gs, ord_, dtype=acc))
+    return torch.linalg.vector_norm(torch.stack([n.to(out) for n in norms]), ord_)
+
+
+def scaled_grads(grads: list[Tensor], grad_scale: Tensor | None, clip_coef: Tensor | None) -> list[Tensor]:
+    """New tensors ``(g / grad_scale) * clip_coef`` in each grad's dtype; the grads are not modified."""
+    out = list(grads)
+    if grad_scale is not None:
+        out = list(torch._foreach_div(out, grad_scale))
+    if clip_coef is not None:
+        if grad_scale is not None:
+            torch._foreach_mul_(out, clip_coef)
+        else:
+            out = list(torch._foreach_mul(out, clip_coef))
+    # A 0-dim gradient and a 0-dim scale promote (float16 / 1-element float32 -> float32): the
+    # value was computed in float32 either way, so casting back is the same single rounding.
+    return [o if o.dtype == g.dtype else o.to(g.dtype) for o, g in zip(out, grads)]
 
 
 # (device type, dtype) pairs where torch._fused_sgd_ is wrong and the for-loop algorithm is used.
@@ -125,6 +177,7 @@ def _fused_call(
     nesterov: bool,
     maximize: bool,
     is_first_step: bool,
+    found_inf: Tensor | None = None,
 ) -> None:
     if not params:
         return
@@ -148,6 +201,7 @@ def _fused_call(
             nesterov=nesterov,
             maximize=maximize,
             is_first_step=is_first_step,
+            found_inf=found_inf,
         )
 
 
@@ -163,6 +217,7 @@ def sgd_torch(
     nesterov: bool,
     maximize: bool,
     uniform: bool = False,
+    found_inf: Tensor | None = None,
 ) -> list[Tensor]:
     """One SGD step over ``params`` (one group, one device), in place.
 
@@ -171,6 +226,10 @@ def sgd_torch(
         momentum_buffers: one entry per param when ``momentum != 0`` (``None`` where the param has
             no buffer yet), else an empty list.
         lr: float64 tensor with one element on the params' device.
+        found_inf: float32 one-element tensor, 1.0 to skip the step on the device (torch's fused
+            kernel skips on exactly 1.0), or None. CUDA only, and only when every momentum
+            buffer exists (a skipped first step would leave a new buffer unwritten): FusedSGD
+            reads found_inf on the host instead in the other cases.
         uniform: the caller guarantees every param has one real dtype that the fused kernel
             handles correctly on this device (no complex, no split needed): with every momentum
             buffer present this is one direct kernel call, the steady-state fast path.
@@ -181,7 +240,14 @@ def sgd_torch(
     """
     if not params:
         return []
+    if found_inf is not None and (lr.device.type == "cpu" or any(b is None for b in momentum_buffers)):
+        raise ValueError("sgd_torch takes found_inf only on CUDA with every momentum buffer present")
     if torch.compiler.is_compiling():
+        if found_inf is not None:
+            raise NotImplementedError(
+                "a device-side AMP skip (found_inf) inside torch.compile is not supported on the torch path; "
+                "call GradScaler.step(opt) outside the compiled region"
+            )
         return _foreach_sgd(
             params, grads, momentum_buffers if momentum != 0 else [], lr=lr.reshape(()), weight_decay=weight_decay,
             momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize,
@@ -243,7 +309,8 @@ def sgd_torch(
         maximize=bool(maximize),
     )
     if momentum == 0:
-        _fused_call([_real(p) for p in params], [_real(g) for g in grads], [], is_first_step=False, **hp)
+        _fused_call([_real(p) for p in params], [_real(g) for g in grads], [], is_first_step=False,
+                    found_inf=found_inf, **hp)
         return []
 
     out_bufs: list[Tensor] = []
@@ -260,6 +327,6 @@ def sgd_torch(
             old_g.append(_real(g))
             old_b.append(_real(b))
         out_bufs.append(b)
-    _fused_call(old_p, old_g, old_b, is_first_step=False, **hp)
+    _fused_call(old_p, old_g, old_b, is_first_step=False, found_inf=found_inf, **hp)
     _fused_call(new_p, new_g, new_b, is_first_step=True, **hp)
     return out_bufs

@@ -17,8 +17,14 @@ Tables and what is rebuilt when (all of it host-side work plus one small host-to
   (``zero_grad(set_to_none=True)`` frees grads; the caching allocator usually hands the same
   blocks back, and CUDA-graph replays always do). On CUDA the new table is uploaded
   asynchronously from pinned memory: no host sync (but not inside a graph capture).
-* The first-step flags of a plan: rebuilt when the tuple of flags changes (the step after a
-  parameter's first one, typically).
+* The first-step flags of a plan (host-flag mode, ``first_step`` given as host bools): rebuilt
+  when the tuple of flags changes (the step after a parameter's first one, typically). In
+  device-flag mode (``first_flags`` given, what FusedSGD uses) the flags live in the caller's
+  device tensor, the plan holds only each tensor's slot in it, and the kernel clears a flag when
+  the update happened, so a first step skipped by AMP (``found_inf``) stays a first step.
+* Gradient clipping (``clip``): a partials launch per dtype over the plan's grad and chunk tables
+  into the plan's float64 partials buffer, then one finalize program (``kernels/grad_norm.py``);
+  the update launches then read the coefficient from device memory.
 
 A steady-state call therefore does O(n) C-level work (``data_ptr()``/``numel()`` of each tensor to
 form the fingerprints: three ``tuple(map(...))`` calls), a few dict/tuple comparisons and one
@@ -46,11 +52,13 @@ try:
     import triton
     import triton.language as tl
 
+    from fused_lr.kernels import grad_norm as _norm_kernels
     from fused_lr.kernels import schedule as _schedule_kernels
     from fused_lr.kernels import sgd as _sgd_kernels
 except ImportError:  # pragma: no cover - platforms without Triton use the torch path
     triton = None
     tl = None
+    _norm_kernels = None
     _schedule_kernels = None
     _sgd_kernels = None
 
@@ -60,6 +68,7 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 __all__ = [
     "KERNEL_DTYPES",
     "SGDHyper",
+    "ClipSpec",
     "SGDPlanCache",
     "triton_available",
     "kinds_supported",
@@ -68,7 +77,6 @@ __all__ = [
     "override_launch_config",
     "plan_for",
     "set_plan_grads",
-    "clear_first_steps",
     "launch_plan",
 ]
 
@@ -84,6 +92,22 @@ class SGDHyper(NamedTuple):
     # >= 0: the kernel takes the momentum from this schedule row at each step (momentum is then only
     # a nonzero marker that the group has buffers).
     momentum_row: int = -1
+
+
+class ClipSpec(NamedTuple):
+    """Fused gradient clipping for ``triton_sgd_step`` (``torch.nn.utils.clip_grad_norm_``'s formula).
+
+    max_norm: float64 [1] on the device. norm_inf: the inf-norm, else the 2-norm. norm_out: float32
+    [1] (float64 [1] when any gradient is float64) receiving the total norm of the unscaled
+    gradients. clip_coef: float64 [1] receiving the coefficient. extra: float64 [1] or None: one
+    more partial (sum of squares, or max |g|) of gradients the kernels do not see.
+    """
+
+    max_norm: Tensor
+    norm_inf: bool
+    norm_out: Tensor
+    clip_coef: Tensor
+    extra: Tensor | None = None
 
 
 def _torch_to_triton_dtype() -> dict[torch.dtype, Any]:
@@ -184,7 +208,7 @@ class _Launch:
 
     __slots__ = (
         "dtype", "positions", "param_addrs", "buf_addrs", "numels", "groups", "chunks", "n_chunks",
-        "static_aligned", "grad_addrs", "grads_aligned", "first_step",
+        "static_aligned", "grad_addrs", "grads_aligned", "first_step", "slots", "partial_offset",
     )
 
     def __init__(self, dtype: torch.dtype, positions: list[int]) -> None:
@@ -193,13 +217,22 @@ class _Launch:
 
 
 class _Plan:
-    __slots__ = ("device", "launches", "hyper_table", "grad_key", "first_key", "spare_ticket")
+    __slots__ = ("device", "launches", "hyper_table", "grad_key", "first_key", "spare_ticket", "partials",
+                 "one32", "zero32", "one64", "zero64")
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         # Passed as ticket_ptr when no write-back is asked for (never touched then), so the
         # argument keeps its *i32 type and the compiled specialization is the same.
         self.spare_ticket = torch.zeros(1, dtype=torch.int32, device=device)
+        # Stand-ins for grad_scale / found_inf / clip_coef / extra when a step does not use them
+        # (read only by SCALED launches, so their values matter only there: scale 1, no inf,
+        # coefficient 1, no extra partial).
+        self.one32 = torch.ones(1, dtype=torch.float32, device=device)
+        self.zero32 = torch.zeros(1, dtype=torch.float32, device=device)
+        self.one64 = torch.ones(1, dtype=torch.float64, device=device)
+        self.zero64 = torch.zeros(1, dtype=torch.float64, device=device)
+        self.partials: Tensor | None = None  # float64 [total chunks]: the norm's partials, allocated once
         self.launches: list[_Launch] = []
         self.hyper_table: Tensor | None = None
         self.grad_key: tuple[int, ...] | None = None
@@ -227,6 +260,7 @@ def _build_plan(
     group_index: tuple[int, ...],
     hyper: tuple[SGDHyper, ...],
     cfg: dict[str, int],
+    flag_slots: tuple[int, ...] | None = None,
 ) -> _Plan:
     device = params[0].device
     _check_device(device)
@@ -257,6 +291,8 @@ def _build_plan(
         if p.numel() > 0:
             by_dtype.setdefault(p.dtype, []).append(i)
 
+    if flag_slots is not None and any(not isinstance(k, int) or k < 0 for k in flag_slots):
+        raise ValueError("flag_slots must be non-negative ints (indices into first_flags)")
     plan = _Plan(device)
     chunk = cfg["BLOCK_SIZE"] * cfg["CHUNK_BLOCKS"]
     for dtype, positions in by_dtype.items():
@@ -277,7 +313,13 @@ def _build_plan(
         launch.grad_addrs = None
         launch.grads_aligned = False
         launch.first_step = None
+        # Each tensor's index into the first-step flags: the caller's slots (device-flag mode), or
+        # its position in this launch's own flag table (host-flag mode).
+        slots = [flag_slots[i] for i in positions] if flag_slots is not None else list(range(len(positions)))
+        launch.slots = torch.tensor(slots, dtype=torch.int32, device=device)
+        launch.partial_offset = sum(l.n_chunks for l in plan.launches)
         plan.launches.append(launch)
+    plan.partials = torch.zeros(max(1, sum(l.n_chunks for l in plan.launches)), dtype=torch.float64, device=device)
 
     rows = []
     for h in hyper:
@@ -335,6 +377,7 @@ class SGDPlanCache:
         momentum_buffers: Sequence[Tensor | None],
         group_index: tuple[int, ...],
         hyper: tuple[SGDHyper, ...],
+        flag_slots: tuple[int, ...] | None = None,
     ) -> _Plan:
         cfg = _launch_config()
         key = (
@@ -344,10 +387,11 @@ class SGDPlanCache:
             group_index,
             hyper,
             tuple(sorted(cfg.items())),
+            flag_slots,
         )
         plan = self._plans.get(key)
         if plan is None:
-            plan = _build_plan(params, momentum_buffers, group_index, hyper, cfg)
+            plan = _build_plan(params, momentum_buffers, group_index, hyper, cfg, flag_slots)
             self.builds += 1
             self._plans[key] = plan
             while len(self._plans) > self.max_plans:
@@ -364,7 +408,7 @@ def triton_sgd_step(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
     momentum_buffers: Sequence[Tensor | None],
-    first_step: Sequence[bool],
+    first_step: Sequence[bool] | None,
     group_index: Sequence[int],
     hyper: Sequence[SGDHyper],
     desc: Tensor,
@@ -375,6 +419,13 @@ def triton_sgd_step(
     lr_out: Tensor | None = None,
     ticket: Tensor | None = None,
     cache: SGDPlanCache | None = None,
+    first_flags: Tensor | None = None,
+    flag_slots: Sequence[int] | None = None,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    clip: ClipSpec | None = None,
+    before_update: Any = None,
+    clear_first: bool = True,
 ) -> bool:
     """One torch.optim.SGD step on every tensor of ``params``, in place, LR from the device schedule.
 
@@ -382,13 +433,15 @@ def triton_sgd_step(
         params: the parameters to update (only those with a grad this step), contiguous, float16 /
             bfloat16 / float32 / float64, all on one device. Updated in place.
         grads: ``grads[i]`` is ``params[i]``'s gradient: same dtype, numel and device, contiguous.
+            Never written.
         momentum_buffers: ``momentum_buffers[i]`` is ``params[i]``'s buffer. Required (allocated by
             the caller, e.g. ``torch.empty_like(p)``; its contents are ignored on the first step)
             when the tensor's group has momentum != 0, ignored (may be ``None``) otherwise. Updated
             in place.
-        first_step: host bools, ``first_step[i]`` true when ``params[i]`` has no momentum history
-            yet: the kernel sets ``buf = g`` (torch's clone of the grad, no dampening) instead of
-            ``momentum * buf + (1 - dampening) * g``. The caller clears it after the call.
+        first_step: host-flag mode: host bools, ``first_step[i]`` true when ``params[i]`` has no
+            momentum history yet: the kernel sets ``buf = g`` (torch's clone of the grad, no
+            dampening) instead of ``momentum * buf + (1 - dampening) * g``. The caller clears it
+            after the call. Ignored (pass ``None``) in device-flag mode.
         group_index: ``group_index[i]`` is the parameter group of ``params[i]``: the row of
             ``hyper`` and of ``desc``.
         hyper: one ``SGDHyper`` per group (``len(hyper) == desc.shape[0]``).
@@ -402,9 +455,29 @@ def triton_sgd_step(
         lr_out: float64 ``[groups]`` on the device, or ``None``. When given, the step's final
             launch writes back: its last program stores ``step += advance`` and every group's LR
             at that step into ``lr_out`` (a last-program-done ticket, so no program still reads
-            the counter when it changes).
-        ticket: int32 ``[1]`` zeros on the device, required with ``lr_out`` (one per optimizer).
+            the counter when it changes). A step skipped by ``found_inf`` writes back too.
+        ticket: int32 ``[1]`` zeros on the device, required with ``lr_out`` or ``first_flags``
+            (one per optimizer).
         cache: where plans are kept; one per optimizer. ``None`` uses a module-level cache.
+        first_flags: device-flag mode: int8 ``[n_slots]`` on the device, 1 while a tensor has no
+            momentum history. The kernel reads ``first_flags[flag_slots[i]]`` for ``params[i]``
+            and, after an update that happened, clears the flags of the updated tensors (not on a
+            step skipped by ``found_inf``). The caller sets a flag when it allocates a buffer.
+        flag_slots: with ``first_flags``: ``params[i]``'s index into it (host ints).
+        clear_first: with ``first_flags``: False when the caller knows every flag of these tensors
+            is already 0 (then no program takes a ticket unless it writes back: the steady state
+            without AMP costs what it did before device flags).
+        grad_scale: float32 ``[1]`` on the device or ``None``: AMP's loss scale; every gradient is
+            divided by it (in the arithmetic type) before the update and the norm.
+        found_inf: float32 ``[1]`` on the device or ``None``: when nonzero at run time, the kernels
+            store no parameter and no buffer (the schedule still advances).
+        clip: ``ClipSpec`` or ``None``: clip the unscaled gradients to ``clip.max_norm`` as
+            ``torch.nn.utils.clip_grad_norm_`` does, without writing them; the norm and the
+            coefficient land in ``clip.norm_out`` and ``clip.clip_coef``. For complex parameters
+            passed as real views the inf-norm would be the max over components: route them elsewhere.
+        before_update: a callable run on the host after the norm launches and before the update
+            launches (FusedSGD's ``error_if_nonfinite`` check, which reads the norm); if it raises,
+            nothing has been updated.
 
     Returns:
         True when a launch wrote back (``lr_out`` given and at least one non-empty tensor); when it
@@ -416,10 +489,13 @@ def triton_sgd_step(
         ValueError / TypeError: inconsistent lists, devices, dtypes, sizes or layouts.
     """
     n = len(params)
-    if not (len(grads) == len(momentum_buffers) == len(first_step) == len(group_index) == n):
+    device_flags = first_flags is not None
+    n_first = len(flag_slots) if device_flags and flag_slots is not None else (
+        len(first_step) if first_step is not None else -1)
+    if not (len(grads) == len(momentum_buffers) == n_first == len(group_index) == n):
         raise ValueError(
-            f"params, grads, momentum_buffers, first_step and group_index must have one entry per "
-            f"param: got {n}, {len(grads)}, {len(momentum_buffers)}, {len(first_step)}, {len(group_index)}"
+            f"params, grads, momentum_buffers, first_step (or flag_slots) and group_index must have one "
+            f"entry per param: got {n}, {len(grads)}, {len(momentum_buffers)}, {n_first}, {len(group_index)}"
         )
     if n == 0:
         return False
@@ -435,39 +511,62 @@ def triton_sgd_step(
     if lr_out is not None:
         if lr_out.dtype != torch.float64 or lr_out.numel() != len(hyper) or not lr_out.is_contiguous():
             raise ValueError(f"lr_out must be a contiguous float64 tensor of {len(hyper)} elements")
+    if lr_out is not None or device_flags:
         if ticket is None or ticket.dtype != torch.int32 or ticket.numel() != 1:
-            raise ValueError("lr_out needs ticket: an int32 tensor with one element, zero")
+            raise ValueError("lr_out and first_flags need ticket: an int32 tensor with one element, zero")
+    if device_flags:
+        if first_flags.dtype != torch.int8 or not first_flags.is_contiguous():
+            raise ValueError(f"first_flags must be a contiguous int8 tensor, got {first_flags.dtype}")
+        if flag_slots and max(flag_slots) >= first_flags.numel():  # (C-level: no per-tensor Python loop)
+            raise ValueError(f"flag_slots must index first_flags ({first_flags.numel()} entries), got {max(flag_slots)}")
+    for t, what, dtype in ((grad_scale, "grad_scale", torch.float32), (found_inf, "found_inf", torch.float32)):
+        if t is not None and (t.dtype != dtype or t.numel() != 1):
+            raise ValueError(f"{what} must be a {dtype} tensor with one element, got {t.dtype} {tuple(t.shape)}")
+    if clip is not None:
+        clip = ClipSpec(*clip)
+        for t, what, dtypes in ((clip.max_norm, "clip.max_norm", (torch.float64,)),
+                                (clip.norm_out, "clip.norm_out", (torch.float32, torch.float64)),
+                                (clip.clip_coef, "clip.clip_coef", (torch.float64,)),
+                                (clip.extra, "clip.extra", (torch.float64,))):
+            if t is not None and (t.dtype not in dtypes or t.numel() != 1):
+                raise ValueError(f"{what} must be a one-element {' or '.join(map(str, dtypes))} tensor, got {t.dtype} {tuple(t.shape)}")
 
     cache = _default_cache if cache is None else cache
-    plan = cache.get(params, momentum_buffers, tuple(group_index), hyper)
-    for t, what in ((desc, "desc"), (table, "table"), (step, "step")):
-        if t.device != plan.device:
+    plan = cache.get(params, momentum_buffers, tuple(group_index), hyper,
+                     tuple(flag_slots) if device_flags else None)
+    extra_tensors = [(desc, "desc"), (table, "table"), (step, "step"), (grad_scale, "grad_scale"),
+                     (found_inf, "found_inf"), (first_flags, "first_flags")]
+    if clip is not None:
+        extra_tensors += [(clip.max_norm, "clip.max_norm"), (clip.norm_out, "clip.norm_out"),
+                          (clip.clip_coef, "clip.clip_coef"), (clip.extra, "clip.extra")]
+    for t, what in extra_tensors:
+        if t is not None and t.device != plan.device:
             raise ValueError(f"{what} is on {t.device}, params on {plan.device}")
     grad_key = tuple(map(Tensor.data_ptr, grads))
     if grad_key != plan.grad_key:
         _set_grads(plan, grads, params, grad_key)
-    first_key = tuple(map(bool, first_step))
-    if first_key != plan.first_key:
-        _set_first_step(plan, first_key)
-    return launch_plan(plan, desc, table, step, advance=advance, lr_out=lr_out, ticket=ticket, n_groups=len(hyper))
+    if not device_flags:
+        first_key = tuple(map(bool, first_step))
+        if first_key != plan.first_key:
+            _set_first_step(plan, first_key)
+    return launch_plan(
+        plan, desc, table, step,
+        advance=advance, lr_out=lr_out, ticket=ticket, n_groups=len(hyper),
+        first_flags=first_flags, clear_first=clear_first,
+        grad_scale=grad_scale, found_inf=found_inf, clip=clip, before_update=before_update,
+    )
 
 
-def plan_for(cache: SGDPlanCache, params, momentum_buffers, group_index, hyper) -> _Plan:
+def plan_for(cache: SGDPlanCache, params, momentum_buffers, group_index, hyper, flag_slots=None) -> _Plan:
     """The cached plan of this exact parameter set (what ``triton_sgd_step`` would launch)."""
-    return cache.get(params, momentum_buffers, tuple(group_index), tuple(hyper))
+    return cache.get(params, momentum_buffers, tuple(group_index), tuple(hyper),
+                     None if flag_slots is None else tuple(flag_slots))
 
 
 def set_plan_grads(plan: _Plan, grads: Sequence[Tensor], params: Sequence[Tensor], grad_key: tuple[int, ...]) -> None:
     """Point ``plan`` at these grads (checked: device, dtype, numel, contiguity) if they moved."""
     if grad_key != plan.grad_key:
         _set_grads(plan, grads, params, grad_key)
-
-
-def clear_first_steps(plan: _Plan) -> None:
-    """Mark every tensor of ``plan`` as past its first momentum step."""
-    no_first = (False,) * sum(len(launch.positions) for launch in plan.launches)
-    if plan.first_key != no_first:
-        _set_first_step(plan, no_first)
 
 
 def launch_plan(
@@ -480,11 +579,55 @@ def launch_plan(
     lr_out: Tensor | None,
     ticket: Tensor | None,
     n_groups: int,
+    first_flags: Tensor | None = None,
+    clear_first: bool = True,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    clip: ClipSpec | None = None,
+    before_update: Any = None,
 ) -> bool:
-    """Launch ``plan`` (grads and first-step flags already set); see ``triton_sgd_step``."""
+    """Launch ``plan`` (its grads, and host first-step flags when ``first_flags`` is None, already
+    set; arguments checked); see ``triton_sgd_step`` for each argument."""
+    device_flags = first_flags is not None
     cfg = _launch_config()
     dtype_map = _torch_to_triton_dtype()
     desc = desc if desc.is_contiguous() else desc.contiguous()
+    scaled = grad_scale is not None or found_inf is not None or clip is not None
+    scale_arg = grad_scale if grad_scale is not None else plan.one32
+    inf_arg = found_inf if found_inf is not None else plan.zero32
+    coef_arg = clip.clip_coef if clip is not None else plan.one64
+    if clip is not None:
+        for launch in plan.launches:
+            tl_dtype = dtype_map[launch.dtype]
+            _norm_kernels.grad_norm_partials_kernel[(launch.n_chunks,)](
+                launch.grad_addrs,
+                launch.numels,
+                launch.chunks,
+                plan.partials,
+                launch.partial_offset,
+                DTYPE=tl_dtype,
+                COMPUTE_DTYPE=_sgd_kernels.compute_dtype(tl_dtype),
+                ALIGNED=launch.grads_aligned,
+                NORM_INF=bool(clip.norm_inf),
+                BLOCK_SIZE=cfg["BLOCK_SIZE"],
+                CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
+                num_warps=cfg["num_warps"],
+            )
+        _norm_kernels.grad_norm_finalize_kernel[(1,)](
+            plan.partials,
+            sum(l.n_chunks for l in plan.launches),
+            clip.extra if clip.extra is not None else plan.zero64,
+            scale_arg,
+            clip.max_norm,
+            clip.norm_out,
+            clip.clip_coef,
+            NORM_INF=bool(clip.norm_inf),
+            NORM_DTYPE=dtype_map[clip.norm_out.dtype],
+            BLOCK=_norm_kernels.FINALIZE_BLOCK,
+            num_warps=cfg["num_warps"],
+        )
+    if before_update is not None:
+        before_update()
     # Launches run in stream order: only the last one advances the counter, so the earlier ones
     # (other dtypes) read it unchanged.
     last = len(plan.launches) - 1
@@ -496,7 +639,8 @@ def launch_plan(
             launch.buf_addrs,
             launch.numels,
             launch.groups,
-            launch.first_step,
+            first_flags if device_flags else launch.first_step,
+            launch.slots,
             launch.chunks,
             plan.hyper_table,
             step,
@@ -508,9 +652,15 @@ def launch_plan(
             ticket if ticket is not None else plan.spare_ticket,
             n_groups,
             write_back,
+            len(launch.positions),
+            1 if (device_flags and clear_first) else 0,
+            scale_arg,
+            inf_arg,
+            coef_arg,
             DTYPE=dtype_map[launch.dtype],
             COMPUTE_DTYPE=_sgd_kernels.compute_dtype(dtype_map[launch.dtype]),
             ALIGNED=launch.static_aligned and launch.grads_aligned,
+            SCALED=scaled,
             BLOCK_SIZE=cfg["BLOCK_SIZE"],
             CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
             num_warps=cfg["num_warps"],
@@ -530,6 +680,7 @@ _SGD_SIGNATURE = {
     "numels_ptr": "*i64",
     "groups_ptr": "*i32",
     "first_step_ptr": "*i8",
+    "slots_ptr": "*i32",
     "chunks_ptr": "*i64",
     "hyper_ptr": "*fp64",
     "step_ptr": "*i64",
@@ -541,39 +692,88 @@ _SGD_SIGNATURE = {
     "ticket_ptr": "*i32",
     "n_groups": "i32",
     "write_back": "i32",
+    "n_tensors": "i32",
+    "clear_first": "i32",
+    "grad_scale_ptr": "*fp32",
+    "found_inf_ptr": "*fp32",
+    "clip_coef_ptr": "*fp64",
+}
+_PARTIALS_SIGNATURE = {
+    "grad_addrs_ptr": "*i64",
+    "numels_ptr": "*i64",
+    "chunks_ptr": "*i64",
+    "partials_ptr": "*fp64",
+    "offset": "i32",
+}
+_FINALIZE_SIGNATURE = {
+    "partials_ptr": "*fp64",
+    "n_partials": "i32",
+    "extra_ptr": "*fp64",
+    "grad_scale_ptr": "*fp32",
+    "max_norm_ptr": "*fp64",
+    "norm_out_ptr": None,  # *fp32 or *fp64: the norm's dtype
+    "clip_coef_ptr": "*fp64",
 }
 
 
 def kernel_specializations() -> list[dict[str, Any]]:
     """Every (kernel, constexpr) combination ``triton_sgd_step`` can launch, at the production
-    launch configuration, as ``dict(name, fn, signature, constexprs, options, dtype, aligned)``:
+    launch configuration, as ``dict(name, kind, fn, signature, constexprs, options, dtype, aligned)``:
     ready for ``triton.compile(triton.compiler.ASTSource(fn, signature, constexprs), target=...,
-    options=options)``.
+    options=options)``. ``kind`` is ``"sgd"`` (the update), ``"norm_partials"`` or
+    ``"norm_finalize"`` (fused gradient clipping); ``dtype`` is the storage dtype the kernel reads
+    (the norm's dtype for the finalize kernel) and ``aligned`` is None where it does not apply.
     """
     if _sgd_kernels is None:
         return []
     cfg = _sgd_kernels.launch_config()
+    options = {"num_warps": cfg["num_warps"], "enable_fp_fusion": cfg["enable_fp_fusion"]}
     specs = []
     for torch_dtype, tl_dtype in _torch_to_triton_dtype().items():
         for aligned in (True, False):
-            constexprs = {
-                "DTYPE": tl_dtype,
-                "COMPUTE_DTYPE": _sgd_kernels.compute_dtype(tl_dtype),
-                "ALIGNED": aligned,
-                "BLOCK_SIZE": cfg["BLOCK_SIZE"],
-                "CHUNK_BLOCKS": cfg["CHUNK_BLOCKS"],
-            }
-            signature = dict(_SGD_SIGNATURE)
-            signature.update({k: "constexpr" for k in constexprs})
-            specs.append(
-                dict(
-                    name=f"sgd_kernel[{tl_dtype}, ALIGNED={aligned}]",
-                    fn=_sgd_kernels.sgd_kernel,
-                    signature=signature,
-                    constexprs=constexprs,
-                    options={"num_warps": cfg["num_warps"], "enable_fp_fusion": cfg["enable_fp_fusion"]},
-                    dtype=torch_dtype,
+            for scaled in (False, True):
+                constexprs = {
+                    "DTYPE": tl_dtype,
+                    "COMPUTE_DTYPE": _sgd_kernels.compute_dtype(tl_dtype),
+                    "ALIGNED": aligned,
+                    "SCALED": scaled,
+                    "BLOCK_SIZE": cfg["BLOCK_SIZE"],
+                    "CHUNK_BLOCKS": cfg["CHUNK_BLOCKS"],
+                }
+                signature = dict(_SGD_SIGNATURE)
+                signature.update({k: "constexpr" for k in constexprs})
+                specs.append(dict(
+                    name=f"sgd_kernel[{tl_dtype}, ALIGNED={aligned}, SCALED={scaled}]", kind="sgd",
+                    fn=_sgd_kernels.sgd_kernel, signature=signature, constexprs=constexprs,
+                    options=dict(options), dtype=torch_dtype, aligned=aligned,
+                ))
+            for norm_inf in (False, True):
+                constexprs = {
+                    "DTYPE": tl_dtype,
+                    "COMPUTE_DTYPE": _sgd_kernels.compute_dtype(tl_dtype),
+                    "ALIGNED": aligned,
+                    "NORM_INF": norm_inf,
+                    "BLOCK_SIZE": cfg["BLOCK_SIZE"],
+                    "CHUNK_BLOCKS": cfg["CHUNK_BLOCKS"],
+                }
+                signature = dict(_PARTIALS_SIGNATURE)
+                signature.update({k: "constexpr" for k in constexprs})
+                specs.append(dict(
+                    name=f"grad_norm_partials_kernel[{tl_dtype}, ALIGNED={aligned}, NORM_INF={norm_inf}]",
+                    kind="norm_partials", fn=_norm_kernels.grad_norm_partials_kernel, signature=signature,
+                    constexprs=constexprs, options={"num_warps": cfg["num_warps"]}, dtype=torch_dtype,
                     aligned=aligned,
-                )
-            )
+                ))
+    for norm_dtype in (torch.float32, torch.float64):
+        for norm_inf in (False, True):
+            tl_dtype = _torch_to_triton_dtype()[norm_dtype]
+            constexprs = {"NORM_INF": norm_inf, "NORM_DTYPE": tl_dtype, "BLOCK": _norm_kernels.FINALIZE_BLOCK}
+            signature = dict(_FINALIZE_SIGNATURE)
+            signature["norm_out_ptr"] = "*fp64" if norm_dtype == torch.float64 else "*fp32"
+            signature.update({k: "constexpr" for k in constexprs})
+            specs.append(dict(
+                name=f"grad_norm_finalize_kernel[{tl_dtype}, NORM_INF={norm_inf}]", kind="norm_finalize",
+                fn=_norm_kernels.grad_norm_finalize_kernel, signature=signature, constexprs=constexprs,
+                options={"num_warps": cfg["num_warps"]}, dtype=norm_dtype, aligned=None,
+            ))
     return specs

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 from . import _triton_path as _tp
 from . import schedules as _schedules
-from ._torch_path import sgd_torch
+from ._torch_path import grad_norm_torch, norm_dtype, scaled_grads, sgd_torch
 
 __all__ = ["FusedSGD"]
 
@@ -65,6 +65,33 @@ def _as_float(name: str, value: Any) -> float:
     if math.isnan(value):
         raise ValueError(f"Invalid {name}: {value}")
     return value
+
+
+def _validate_clip(max_grad_norm: Any, norm_type: Any, error_if_nonfinite: Any) -> tuple[float | None, float, bool]:
+    """Checked (max_grad_norm, norm_type, error_if_nonfinite); errors name the bad value."""
+    if max_grad_norm is not None:
+        if isinstance(max_grad_norm, Tensor):
+            if max_grad_norm.numel() != 1:
+                raise ValueError(f"Tensor max_grad_norm must be 1-element, got shape {tuple(max_grad_norm.shape)}")
+            max_grad_norm = max_grad_norm.item()
+        if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, numbers.Real):
+            raise TypeError(f"max_grad_norm must be a real number or None, got {max_grad_norm!r}")
+        max_grad_norm = float(max_grad_norm)
+        if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+            raise ValueError(f"Invalid max_grad_norm: {max_grad_norm} (must be finite and > 0, or None to not clip)")
+    if isinstance(norm_type, bool) or not isinstance(norm_type, (numbers.Real, str)):
+        raise TypeError(f"norm_type must be 2.0 or float('inf'), got {norm_type!r}")
+    try:
+        p = float(norm_type)
+    except ValueError:
+        raise ValueError(f"Unsupported norm_type: {norm_type!r}; FusedSGD clips with the 2-norm or the inf-norm "
+                         "(norm_type=2.0 or float('inf'))") from None
+    if p not in (2.0, math.inf):
+        raise ValueError(f"Unsupported norm_type: {norm_type!r}; FusedSGD clips with the 2-norm or the inf-norm "
+                         "(norm_type=2.0 or float('inf'))")
+    if not isinstance(error_if_nonfinite, bool):
+        raise TypeError(f"error_if_nonfinite must be a bool, got {error_if_nonfinite!r}")
+    return max_grad_norm, p, error_if_nonfinite
 
 
 def _validate_hyper(group: dict[str, Any], where: str) -> dict[str, Any]:
@@ -142,6 +169,29 @@ class FusedSGD(Optimizer):
         differentiable: must be False (FusedSGD's step is not differentiable).
         backend: ``"auto"`` (the Triton kernel for CUDA tensors when it is available, else the
             pure-PyTorch path), ``"torch"`` (the pure-PyTorch path), or ``"triton"`` (forced).
+        max_grad_norm: clip the gradients as ``torch.nn.utils.clip_grad_norm_(all params,
+            max_grad_norm, norm_type)`` would just before each step, fused into the step: the
+            total norm of every gradient of every group is computed on the device and each
+            gradient is multiplied by ``min(max_grad_norm / (norm + 1e-6), 1)`` inside the update
+            (``p.grad`` itself is not modified). ``None`` (default): no clipping. Must be finite
+            and > 0. With AMP the norm is that of the unscaled gradients.
+        norm_type: ``2.0`` or ``float("inf")`` (``"inf"`` accepted).
+        error_if_nonfinite: raise ``RuntimeError`` when the total norm is NaN or inf (as
+            clip_grad_norm_ does), before anything is modified. This reads the norm on the host
+            (one sync per step on an accelerator). A step AMP skips (``found_inf`` nonzero) does
+            not raise. Without it a non-finite norm behaves as in torch: the coefficient is NaN
+            (or 0 for an infinite norm) and multiplies the gradients.
+
+    AMP: ``torch.amp.GradScaler.step(opt)`` hands ``FusedSGD`` its loss scale and inf flag
+    (``_step_supports_amp_scaling``); ``step`` also takes them as ``grad_scale=`` / ``found_inf=``.
+    The gradients are divided by ``grad_scale`` inside the update, and a step with ``found_inf != 0``
+    changes no parameter and no momentum buffer (a parameter's skipped first step stays its first
+    step). Schedulers are unaffected: a skipped step still applies pending scheduler steps.
+    ``p.grad`` keeps the scaled gradient (torch's own unscale writes it back; FusedSGD does not).
+
+    After a step with ``max_grad_norm`` set, ``last_grad_norm`` is a 0-dim device tensor (float32,
+    float64 when a gradient is float64), a new tensor each step: the total norm of the unscaled
+    gradients, read it when you choose to.
 
     All parameters must live on one device (the schedule's); parameters on the meta device and
     sparse gradients are refused with an error, before anything is modified.
@@ -166,9 +216,15 @@ class FusedSGD(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         backend: str = "auto",
+        max_grad_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = False,
     ) -> None:
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        self.max_grad_norm, self.norm_type, self.error_if_nonfinite = _validate_clip(
+            max_grad_norm, norm_type, error_if_nonfinite
+        )
         if differentiable:
             raise ValueError("FusedSGD does not support differentiable=True")
         defaults = _validate_hyper(
@@ -197,6 +253,17 @@ class FusedSGD(Optimizer):
         self._fast_steps = 0  # steps that took it (diagnostics, tests)
         self._lr_log: Tensor | None = None  # start_lr_log(): [capacity, groups] ring of the LRs used
         self._lr_log_pos: Tensor | None = None  # int64 device count of steps recorded
+        # Triton path: one int8 first-step flag per parameter (flattened param_groups order), on the
+        # device, set when a momentum buffer is allocated and cleared by the kernel once the update
+        # really happened (an AMP-skipped first step leaves it set). None until the first step.
+        self._first_flags: Tensor | None = None
+        # Slots whose flag may be 1 (set at allocation; known clear after a launch without found_inf):
+        # while empty, the kernel is told not to clear flags, and takes no ticket for it.
+        self._flags_maybe_set: set[int] = set()
+        self._slot_of: dict[int, int] = {}
+        self._max_norm_t: Tensor | None = None  # float64 [1] max_grad_norm on the device
+        self._clip_out: dict[torch.dtype, tuple[Tensor, Tensor]] = {}  # norm dtype -> (norm_out, clip_coef)
+        self.last_grad_norm: Tensor | None = None
         super().__init__(params, defaults)
         self._impl = self._resolve_backend()
 
@@ -249,6 +316,7 @@ class FusedSGD(Optimizer):
         self._uniform.append(self._is_uniform(params))
         self._sharded.append(self._has_dtensor(params))
         self._buf_cache.clear()
+        self._rebuild_slots()
         if getattr(self, "_lr_log", None) is not None:
             self.start_lr_log(self._lr_log.shape[0])
 
@@ -256,6 +324,15 @@ class FusedSGD(Optimizer):
     def _has_dtensor(params) -> bool:
         dtensor = _dtensor_type()
         return dtensor is not None and any(isinstance(p, dtensor) for p in params)
+
+    def _rebuild_slots(self) -> None:
+        """Each parameter's first-step flag slot: its index in param_groups order (the index
+        state_dict gives it); existing flags keep their values."""
+        self._slot_of = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        flags = self.__dict__.get("_first_flags")
+        if flags is not None and flags.numel() < len(self._slot_of):
+            extra = torch.zeros(len(self._slot_of) - flags.numel(), dtype=torch.int8, device=flags.device)
+            self._first_flags = torch.cat([flags, extra])
 
     @staticmethod
     def _is_uniform(params) -> bool:
@@ -416,30 +493,116 @@ class FusedSGD(Optimizer):
                 )
         return params, grads, bufs
 
+    # GradScaler.step(opt) hands the loss scale and the inf flag to step() (as the attributes
+    # grad_scale / found_inf in torch 2.13) instead of unscaling the gradients itself.
+    _step_supports_amp_scaling = True
+
+    def _check_amp_tensor(self, t: Any, name: str) -> None:
+        if t is None:
+            return
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a tensor or None, got {type(t).__name__}")
+        if t.dtype != torch.float32 or t.numel() != 1 or t.device != self._device:
+            raise ValueError(
+                f"{name} must be a float32 tensor with one element on {self._device} (the parameters' "
+                f"device), got {t.dtype} of shape {tuple(t.shape)} on {t.device}"
+            )
+
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, *, grad_scale: Tensor | None = None, found_inf: Tensor | None = None):
         """Perform a single optimization step.
 
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+            grad_scale: float32 one-element tensor on the parameters' device, or None: the gradients
+                are divided by it (AMP's loss scale). Defaults to the ``grad_scale`` attribute
+                ``torch.amp.GradScaler.step`` sets.
+            found_inf: float32 one-element tensor on the parameters' device, or None: when nonzero,
+                no parameter and no momentum buffer changes. Defaults to the ``found_inf``
+                attribute GradScaler sets.
         """
+        if grad_scale is None:
+            grad_scale = getattr(self, "grad_scale", None)
+        if found_inf is None:
+            found_inf = getattr(self, "found_inf", None)
+        # Everything is checked before anything changes: the AMP tensors, then every gradient.
+        self._check_amp_tensor(grad_scale, "grad_scale")
+        self._check_amp_tensor(found_inf, "found_inf")
+        # 0-dim views (same storage): a one-element [1] tensor is accepted too.
+        grad_scale = None if grad_scale is None else grad_scale.reshape(())
+        found_inf = None if found_inf is None else found_inf.reshape(())
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Gather and check everything first: a bad gradient raises before any tensor changes.
         self._sync_assigned_lrs()
-        if self._fast is None or not self._fast_step():
+        # The steady state of the Triton path (no AMP, no clipping: those take the full step).
+        fast = self._fast is not None and grad_scale is None and found_inf is None and self.max_grad_norm is None
+        if not (fast and self._fast_step()):
             work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
             if self._impl == "triton":
-                self._step_triton(work)
+                self._step_triton(work, grad_scale, found_inf)
             else:
-                self._step_torch(work)
+                self._step_torch(work, grad_scale, found_inf)
         if self._lr_log is not None:
             self._record_lr()
         return loss
 
-    def _step_torch(self, work) -> None:
+    # ------------------------------------------------------------------ clipping helpers
+
+    def _max_norm_tensor(self) -> Tensor:
+        if self._max_norm_t is None:
+            self._max_norm_t = torch.tensor([self.max_grad_norm], dtype=torch.float64, device=self._device)
+        return self._max_norm_t
+
+    def _check_finite_norm(self, norm: Tensor, found_inf: Tensor | None) -> None:
+        """error_if_nonfinite: a host read of the norm (and of found_inf), before any update."""
+        if not self.error_if_nonfinite:
+            return
+        if found_inf is not None and float(found_inf) != 0:
+            return  # AMP skips this step: the non-finite norm is expected
+        value = float(norm)
+        if not math.isfinite(value):
+            raise RuntimeError(
+                f"The total norm of order {self.norm_type} for gradients from `parameters` is non-finite "
+                f"({value}), so it cannot be clipped. To disable this error and scale the gradients by the "
+                "non-finite norm anyway, set `error_if_nonfinite=False`"
+            )
+
+    def _skip_on_host(self, work, found_inf: Tensor | None) -> tuple[bool, Tensor | None]:
+        """Whether the torch path skips this step (decided on the host), and the found_inf to hand
+        to torch's fused kernel (device-side skip).
+
+        On CPU found_inf is read on the host (no sync exists there). On CUDA it stays on the device
+        unless this step creates a momentum buffer: a device-skipped first step would leave that
+        buffer unwritten (torch's own fused SGD stores it anyway, see the tests), so such a step,
+        typically only the first, reads found_inf on the host (one sync).
+        """
+        if found_inf is None:
+            return False, None
+        new_bufs = any(
+            b is None for group, (ps, _, bs) in zip(self.param_groups, work) if group["momentum"] != 0 for b in bs
+        )
+        if self._device.type != "cuda" or new_bufs:
+            return float(found_inf) != 0, None
+        return False, (found_inf != 0).to(torch.float32)
+
+    # ------------------------------------------------------------------ torch path
+
+    def _step_torch(self, work, grad_scale=None, found_inf=None, clip_coef=None, norm_done=False) -> None:
+        """The pure-PyTorch path. ``clip_coef``/``norm_done``: the Triton path already computed the
+        coefficient over every gradient (its kernel tensors and these)."""
+        all_grads = [g for (_, gs, _) in work for g in gs]
+        if self.max_grad_norm is not None and not norm_done:
+            total = grad_norm_torch(all_grads, self.norm_type == math.inf).to(self._device)
+            if grad_scale is not None:
+                total = total / grad_scale
+            self._check_finite_norm(total, found_inf)
+            self.last_grad_norm = total
+            clip_coef = (self.max_grad_norm / (total + 1e-6)).clamp(max=1.0)
+        skip, device_found_inf = self._skip_on_host(work, found_inf)
+        if skip:
+            return
         for gi, (group, (params, grads, bufs)) in enumerate(zip(self.param_groups, work)):
             if not params:
                 continue
@@ -448,6 +611,8 @@ class FusedSGD(Optimizer):
                 # DTensors (FSDP2): torch has no sharding rule for _fused_sgd_, and none is needed:
                 # SGD is elementwise, so each rank updates its own shards (views) in place.
                 params, grads, bufs = ([_local(t) for t in ts] for ts in (params, grads, bufs))
+            if grad_scale is not None or clip_coef is not None:
+                grads = scaled_grads(grads, grad_scale, clip_coef)
             new_bufs = sgd_torch(
                 params,
                 grads,
@@ -459,18 +624,24 @@ class FusedSGD(Optimizer):
                 nesterov=group["nesterov"],
                 maximize=group["maximize"],
                 uniform=self._uniform[gi],
+                found_inf=device_found_inf,
             )
             for p, b, old in zip(owners, new_bufs, bufs):
                 if b is not old:
                     self.state[p]["momentum_buffer"] = _like_param(b, p) if sharded else b
                     self._buf_cache.pop(gi, None)
 
-    def _step_triton(self, work) -> None:
+    # ------------------------------------------------------------------ Triton path
+
+    def _step_triton(self, work, grad_scale=None, found_inf=None) -> None:
         """One launch per dtype for every group; the LR is computed in the kernel from the schedule."""
         sched = self._schedule
         closed = sched is not None and _tp.kinds_supported(sched.kinds)
         mom_rows = sched.momentum_rows if closed else {}
-        params, grads, bufs, first, gidx = [], [], [], [], []
+        clipping = self.max_grad_norm is not None
+        norm_inf = self.norm_type == math.inf
+        params, grads, bufs, slots, gidx = [], [], [], [], []
+        new_bufs = []  # (param, buffer, group): stored in the state only once the launch is under way
         leftovers = []  # tensors the kernel does not take (non-contiguous, exotic dtypes): torch path
         for gi, (group, (ps, gs, bs)) in enumerate(zip(self.param_groups, work)):
             # A cycled momentum lives in the schedule: the group always has buffers.
@@ -484,28 +655,34 @@ class FusedSGD(Optimizer):
                     p, g, b = _local(p), _local(g), _local(b)
                 if not (p.is_contiguous() and g.is_contiguous() and (b is None or b.is_contiguous())) or not (
                     p.dtype in _tp.KERNEL_DTYPES or (p.is_complex() and p.real.dtype in _tp.KERNEL_DTYPES)
-                ):
+                ) or (clipping and norm_inf and p.is_complex()):
+                    # (The inf-norm of a complex gradient is max |z|, not the real view's max
+                    # component: the torch path computes it.)
                     rest[0].append(owner), rest[1].append(gs[j]), rest[2].append(bs[j] if (momentum and bs) else None)
                     continue
-                is_first = False
                 if momentum and b is None:
-                    b = torch.empty_like(p, memory_format=torch.contiguous_format)
-                    self.state[owner]["momentum_buffer"] = _like_param(b, owner) if sharded else b
-                    self._buf_cache.pop(gi, None)
-                    is_first = True
+                    # Zeros, not empty: if AMP skips this first step the buffer stays as allocated
+                    # until the next real step (which is the first step: the flag stays set).
+                    b = (torch.zeros_like if found_inf is not None else torch.empty_like)(
+                        p, memory_format=torch.contiguous_format
+                    )
+                    new_bufs.append((owner, b, gi, sharded))
                 real = torch.view_as_real if p.is_complex() else (lambda t: t)
                 params.append(real(p))
                 grads.append(real(g))
                 bufs.append(None if b is None else real(b))
-                first.append(is_first)
+                slots.append(self._slot_of[id(owner)])
                 gidx.append(gi)
             leftovers.append(rest)
+        has_leftovers = any(r[0] for r in leftovers)
         advance = sched.pending if closed else 0
-        if any(r[0] for r in leftovers):
+        if not params:
+            # Nothing for the kernel: the torch path does the whole step (and the clipping).
             if closed and advance:
                 sched.apply_pending(self._lr_buf)
-                advance = 0
-            self._step_torch(leftovers)
+                sched.pending = 0
+            self._step_torch(leftovers, grad_scale, found_inf)
+            return
         if closed:
             desc, table, counter = sched.desc, sched.table, sched.counter
         else:
@@ -515,19 +692,71 @@ class FusedSGD(Optimizer):
         if self._ticket is None:
             self._ticket = torch.zeros(1, dtype=torch.int32, device=self._device)
             self._plan_cache = _tp.SGDPlanCache()
+        if self._first_flags is None:
+            self._first_flags = torch.zeros(len(self._slot_of), dtype=torch.int8, device=self._device)
+        clip = None
+        if clipping:
+            left_grads = [g for r in leftovers for g in r[1]]
+            ndtype = norm_dtype(grads + left_grads)
+            if ndtype not in self._clip_out:
+                self._clip_out[ndtype] = (torch.zeros(1, dtype=ndtype, device=self._device),
+                                          torch.zeros(1, dtype=torch.float64, device=self._device))
+            norm_out, coef = self._clip_out[ndtype]
+            extra = None
+            if left_grads:
+                # The leftovers' share of the norm, as one more partial: sum of squares or max.
+                part = grad_norm_torch(left_grads, norm_inf).to(device=self._device, dtype=torch.float64)
+                extra = (part if norm_inf else part * part).reshape(1)
+            clip = _tp.ClipSpec(self._max_norm_tensor(), norm_inf, norm_out, coef, extra)
         hyper = self._hyper(mom_rows)
-        wrote = _tp.triton_sgd_step(
-            params, grads, bufs, first, gidx, hyper, desc, table, counter,
-            advance=advance,
-            lr_out=self._lr_buf if (closed and advance) else None,
-            ticket=self._ticket,
-            cache=self._plan_cache,
-        )
+        before_update = None
+        if clip is not None and self.error_if_nonfinite:
+            before_update = lambda: self._check_finite_norm(clip.norm_out, found_inf)  # noqa: E731
+        if new_bufs:
+            # (Uploaded through pinned memory, asynchronously: no host sync on CUDA.)
+            new_slots = [self._slot_of[id(p)] for p, _, _, _ in new_bufs]
+            idx = _tp._upload(new_slots, torch.int64, self._device)
+            flags_before = self._first_flags.clone() if before_update is not None else None
+            self._first_flags.index_fill_(0, idx, 1)
+            self._flags_maybe_set.update(new_slots)
+        try:
+            wrote = _tp.triton_sgd_step(
+                params, grads, bufs, None, gidx, hyper, desc, table, counter,
+                advance=advance,
+                lr_out=self._lr_buf if (closed and advance) else None,
+                ticket=self._ticket,
+                cache=self._plan_cache,
+                first_flags=self._first_flags,
+                flag_slots=slots,
+                grad_scale=grad_scale,
+                found_inf=found_inf,
+                clip=clip,
+                before_update=before_update,
+                clear_first=bool(self._flags_maybe_set),
+            )
+        except Exception:
+            if new_bufs and before_update is not None:
+                self._first_flags.copy_(flags_before)
+                self._flags_maybe_set.difference_update(new_slots)
+            raise
+        if self._flags_maybe_set and found_inf is None:
+            self._flags_maybe_set.difference_update(slots)  # the update happened: the kernel cleared them
+        for owner, b, gi, sharded in new_bufs:
+            self.state[owner]["momentum_buffer"] = _like_param(b, owner) if sharded else b
+            self._buf_cache.pop(gi, None)
+        if clip is not None:
+            self.last_grad_norm = clip.norm_out.clone().reshape(())
         if closed and advance:
             if wrote:
                 sched.kernel_applied()
             else:
                 sched.apply_pending(self._lr_buf)
+        if has_leftovers:
+            # After the kernel: it wrote back the LR the step used, which the torch path reads.
+            coef_t = None
+            if clip is not None:
+                coef_t = clip.clip_coef.reshape(()).to(clip.norm_out.dtype)
+            self._step_torch(leftovers, grad_scale, found_inf, clip_coef=coef_t, norm_done=clip is not None)
         # Every parameter took the kernel, as real tensors: the next steps can skip the collection.
         self._fast = None
         all_in = len(params) == sum(len(g["params"]) for g in self.param_groups)
@@ -544,7 +773,7 @@ class FusedSGD(Optimizer):
                 param_key=tuple(map(Tensor.data_ptr, params)),
                 schedule=sched,
                 hyper=hyper,
-                plan=_tp.plan_for(self._plan_cache, params, bufs, gidx, hyper),
+                plan=_tp.plan_for(self._plan_cache, params, bufs, gidx, hyper, slots),
             )
 
     def _hyper(self, mom_rows) -> tuple:
@@ -587,7 +816,8 @@ class FusedSGD(Optimizer):
                 if g.is_sparse or g.dtype is not p.dtype or g.shape != p.shape or not g.is_contiguous():
                     return False
             _tp.set_plan_grads(plan, grads, params, grad_key)
-        _tp.clear_first_steps(plan)
+        if self._flags_maybe_set:
+            return False  # a first step is still pending somewhere: the full step clears the flags
         if closed:
             desc, table, counter, advance = sched.desc, sched.table, sched.counter, sched.pending
         else:
@@ -600,6 +830,8 @@ class FusedSGD(Optimizer):
             lr_out=self._lr_buf if advance else None,
             ticket=self._ticket,
             n_groups=len(groups),
+            first_flags=self._first_flags,
+            clear_first=False,
         )
         if advance:
             if wrote:
@@ -623,6 +855,13 @@ class FusedSGD(Optimizer):
         """torch.optim.SGD's format: float ``lr`` (read from the device, on request)."""
         self._sync_assigned_lrs()  # an LR assigned since the last step is the group's LR, as in torch
         sd = super().state_dict()
+        if self._first_flags is not None:
+            # A buffer whose first step AMP skipped holds no history yet: report it as torch.optim.SGD
+            # would have it (no buffer), so any loader starts it with buf = grad.
+            flags = self._first_flags.tolist()
+            for idx, st in sd["state"].items():
+                if idx < len(flags) and flags[idx] and st.get("momentum_buffer") is not None:
+                    sd["state"][idx] = {**st, "momentum_buffer": None}
         lrs = self._lr_buf.tolist()
         for i, g in enumerate(sd["param_groups"]):
             g["lr"] = lrs[i]
@@ -674,6 +913,9 @@ class FusedSGD(Optimizer):
         self._buf_cache.clear()
         self._fast = None  # new momentum buffers: the next step collects everything again
         self._rebuild_lr_buf()
+        if self._first_flags is not None:
+            self._first_flags.zero_()  # loaded buffers carry history; missing ones get a flag when allocated
+        self._flags_maybe_set = set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -687,8 +929,14 @@ class FusedSGD(Optimizer):
         self._fast = None
         self.__dict__.setdefault("_lr_log_pos", None)
         self.__dict__.setdefault("_impl", "torch")
-        for name in ("_identity", "_ticket", "_plan_cache"):
+        for name in ("_identity", "_ticket", "_plan_cache", "_first_flags", "_max_norm_t", "last_grad_norm"):
             self.__dict__.setdefault(name, None)
+        self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("norm_type", 2.0)
+        self.__dict__.setdefault("error_if_nonfinite", False)
+        self.__dict__.setdefault("_clip_out", {})
+        self.__dict__.setdefault("_flags_maybe_set", set())
+        self._rebuild_slots()
         self.__dict__.setdefault("_uniform", [self._is_uniform(g["params"]) for g in self.param_groups])
         self.__dict__.setdefault("_sharded", [self._has_dtensor(g["params"]) for g in self.param_groups])
         self._buf_cache = {}

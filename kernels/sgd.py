@@ -17,6 +17,20 @@ table that gives each program one chunk of one tensor. Each program
            g = g + momentum * buf  if nesterov  else  buf
        p = p - lr * g
 
+Gradient scaling (``SCALED=True``; AMP's GradScaler and fused gradient clipping): each program
+reads ``found_inf`` and, when it is nonzero, stores nothing at all (parameters and momentum
+buffers keep their values; the schedule's write-back still happens). Otherwise every gradient is
+first unscaled and clipped in the arithmetic type, ``g = (g / grad_scale) * clip_coef`` (an IEEE
+division, as torch's fused kernels divide), before the update above. ``grad_scale`` is 1 without
+AMP and ``clip_coef`` is 1 without clipping, so either alone rounds exactly as it would by itself.
+
+First-step flags live in device memory and are indexed through ``slots_ptr``, so a flag can
+outlive a launch: with ``clear_first`` set, the last program to finish (the write-back ticket)
+clears this launch's flags *only when the update happened* (``found_inf == 0``). A first step
+skipped by AMP therefore leaves the flag set, and the next real step is the tensor's first step
+(``buf = g``), as with torch.optim.SGD's for-loop, which never creates the buffer on a skipped
+step. No program reads a flag after taking its ticket, so clearing cannot race a reader.
+
 Arithmetic is float32 for float16 / bfloat16 / float32 tensors (torch's "opmath" type, as in
 torch's own fused SGD kernel: the unrounded float32 buffer feeds the nesterov term, and parameter
 and buffer are rounded to storage once per step) and float64 for float64 tensors. bfloat16 is
@@ -49,6 +63,7 @@ __all__ = [
     "HYPER_NESTEROV",
     "HYPER_MAXIMIZE",
     "HYPER_MOMENTUM_ROW",
+    "FLAG_BLOCK",
     "SUPPORTED_DTYPES",
     "ALIGNMENT",
     "compute_dtype",
@@ -68,6 +83,11 @@ NUM_WARPS = 4
 # CUDA kernels are built with nvcc's default --fmad=true, so this keeps the GPU update's rounding
 # closest to stock's there. (The interpreter never contracts; the tests account for that.)
 ENABLE_FP_FUSION = True
+
+# First-step flags cleared per iteration by the finishing program (a plain vector width; the loop
+# runs once per launch on one program, over the launch's tensors: not performance-relevant).
+FLAG_BLOCK = 128
+_FLAG_BLOCK = tl.constexpr(FLAG_BLOCK)
 
 # Bytes every parameter / grad / buffer address must be a multiple of for the ALIGNED=True
 # specialization (one 16-byte vector load).
@@ -132,8 +152,11 @@ def _sgd_block(
     use_buf,  # int1 scalar: momentum != 0 (the buffer exists and is updated)
     first,  # int1 scalar: the tensor's first step (buf = g)
     read_buf,  # int1 scalar: use_buf and not first (the old buffer is read)
+    grad_scale,  # compute-type scalar: the gradient is divided by it (SCALED only)
+    clip_coef,  # compute-type scalar: the unscaled gradient is multiplied by it (SCALED only)
     DTYPE: tl.constexpr,  # storage dtype of p, g and buf
     COMPUTE_DTYPE: tl.constexpr,  # arithmetic type: compute_dtype(DTYPE)
+    SCALED: tl.constexpr,  # unscale and clip the gradient first
 ):
     """One block of torch.optim.SGD's update; branch-free except for masks (see module docstring).
 
@@ -146,6 +169,13 @@ def _sgd_block(
     buf_write_mask = offs < tl.where(use_buf, end, 0)
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    if SCALED:
+        # div_rn: Triton's `/` on float32 is the approximate div.full.f32 on NVIDIA GPUs (float64
+        # `/` is already the IEEE div.rn.f64; div_rn takes float32 only).
+        if COMPUTE_DTYPE == tl.float64:
+            g = (g / grad_scale) * clip_coef
+        else:
+            g = tl.div_rn(g, grad_scale) * clip_coef
     g = tl.where(maximize, -g, g)
     # torch skips weight decay when it is 0; selecting (not adding 0 * p) keeps inf params exact.
     g = tl.where(weight_decay != 0, g + weight_decay * p, g)
@@ -163,14 +193,15 @@ def _sgd_block(
     tl.store(b_ptr + offs, buf_out, mask=buf_write_mask)
 
 
-@triton.jit(do_not_specialize=["table_numel", "advance", "n_groups", "write_back"])
+@triton.jit(do_not_specialize=["table_numel", "advance", "n_groups", "write_back", "n_tensors", "clear_first"])
 def sgd_kernel(
     param_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each parameter (contiguous, DTYPE)
     grad_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each gradient (contiguous, DTYPE)
     buf_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each momentum buffer, 0 if its group has momentum 0
     numels_ptr,  # *int64 [n_tensors]: elements of each tensor
     groups_ptr,  # *int32 [n_tensors]: parameter-group index of each tensor (row of hyper and desc)
-    first_step_ptr,  # *int8 [n_tensors]: 1 on a tensor's first step with momentum (buf = g)
+    first_step_ptr,  # *int8 [n_flags]: 1 while a tensor has no momentum history (buf = g), indexed by slots_ptr
+    slots_ptr,  # *int32 [n_tensors]: each tensor's index into first_step_ptr
     chunks_ptr,  # *int64 [n_programs, 2]: (tensor index, first element) of each program's chunk
     hyper_ptr,  # *fp64 [n_groups, HYPER_WIDTH]: momentum, 1 - dampening, weight_decay, nesterov, maximize, momentum row
     step_ptr,  # *int64 [1]: the schedule's step counter t
@@ -182,9 +213,15 @@ def sgd_kernel(
     ticket_ptr,  # *int32 [1]: 0 between launches; counts finished programs (write_back only)
     n_groups,  # int: rows of desc (and of lr_out)
     write_back,  # int: 1 on a step's final launch: the last program to finish stores the advanced counter and the LRs
+    n_tensors,  # int: tensors in this launch (entries of slots_ptr)
+    clear_first,  # int: 1: the last program to finish clears the flags of this launch's tensors, unless the step was skipped
+    grad_scale_ptr,  # *fp32 [1]: AMP's loss scale; gradients are divided by it (read only when SCALED)
+    found_inf_ptr,  # *fp32 [1]: nonzero when a gradient is not finite: nothing is stored (read only when SCALED)
+    clip_coef_ptr,  # *fp64 [1]: gradient-clipping coefficient applied after unscaling (read only when SCALED)
     DTYPE: tl.constexpr,  # storage dtype of params, grads and buffers: fp16, bf16, fp32 or fp64
     COMPUTE_DTYPE: tl.constexpr,  # arithmetic type, compute_dtype(DTYPE): fp64 for fp64, else fp32
     ALIGNED: tl.constexpr,  # every address is a multiple of ALIGNMENT bytes (enables 16-byte vectors)
+    SCALED: tl.constexpr,  # read grad_scale, found_inf and clip_coef (AMP and/or clipping in use)
     BLOCK_SIZE: tl.constexpr,  # elements per block: each thread handles BLOCK_SIZE / (32 * num_warps) contiguous ones
     CHUNK_BLOCKS: tl.constexpr,  # blocks per chunk: chunk offsets are multiples of BLOCK_SIZE * CHUNK_BLOCKS
 ):
@@ -194,7 +231,7 @@ def sgd_kernel(
     chunk_start = tl.multiple_of(tl.load(chunks_ptr + 2 * pid + 1), BLOCK_SIZE)
     numel = tl.load(numels_ptr + tensor)
     group = tl.load(groups_ptr + tensor)
-    first_flag = tl.load(first_step_ptr + tensor)
+    first_flag = tl.load(first_step_ptr + tl.load(slots_ptr + tensor))
 
     p_addr = tl.load(param_addrs_ptr + tensor)
     g_addr = tl.load(grad_addrs_ptr + tensor)
@@ -228,6 +265,16 @@ def sgd_kernel(
     read_buf = use_buf & (first_flag == 0)
 
     chunk_end = tl.minimum(chunk_start + BLOCK_SIZE * CHUNK_BLOCKS, numel)
+    if SCALED:
+        grad_scale = tl.load(grad_scale_ptr).to(COMPUTE_DTYPE)
+        clip_coef = tl.load(clip_coef_ptr).to(COMPUTE_DTYPE)
+        updated = tl.load(found_inf_ptr) == 0
+        # A skipped step: an empty chunk, so no block runs and nothing is stored.
+        chunk_end = tl.where(updated, chunk_end, chunk_start)
+    else:
+        grad_scale = 1.0
+        clip_coef = 1.0
+        updated = True
     n_full = (chunk_end - chunk_start) // BLOCK_SIZE
     # A multiple of BLOCK_SIZE by construction: the hint lets full blocks use vector accesses.
     full_end = tl.multiple_of(chunk_start + n_full * BLOCK_SIZE, BLOCK_SIZE)
@@ -235,22 +282,33 @@ def sgd_kernel(
     for b in range(0, n_full):
         offs = chunk_start + b * BLOCK_SIZE + lanes
         _sgd_block(p_ptr, g_ptr, b_ptr, offs, full_end, lr, momentum, one_minus_dampening,
-                   weight_decay, nesterov, maximize, use_buf, first, read_buf, DTYPE, COMPUTE_DTYPE)
+                   weight_decay, nesterov, maximize, use_buf, first, read_buf, grad_scale, clip_coef,
+                   DTYPE, COMPUTE_DTYPE, SCALED)
     if full_end < chunk_end:
         # The tensor's last, partial block: element-wise mask.
         offs = full_end + lanes
         _sgd_block(p_ptr, g_ptr, b_ptr, offs, chunk_end, lr, momentum, one_minus_dampening,
-                   weight_decay, nesterov, maximize, use_buf, first, read_buf, DTYPE, COMPUTE_DTYPE)
-    if write_back != 0:
-        # Advance the schedule without racing the programs still reading the counter: every
-        # program read it above, before taking a ticket (the atomic is acq_rel, so that read cannot
-        # move past it); the program that takes the last ticket stores the counter, the LRs for
-        # param_groups[i]["lr"], and resets the ticket for the next launch (graph replays too).
+                   weight_decay, nesterov, maximize, use_buf, first, read_buf, grad_scale, clip_coef,
+                   DTYPE, COMPUTE_DTYPE, SCALED)
+    if (write_back != 0) | (clear_first != 0):
+        # Finish the launch without racing the programs still reading the counter or the flags:
+        # every program read them above, before taking a ticket (the atomic is acq_rel, so those
+        # reads cannot move past it); the program that takes the last ticket advances the schedule
+        # (the counter and the LRs for param_groups[i]["lr"]: a skipped AMP step advances it too),
+        # clears the first-step flags of an update that happened, and resets the ticket for the
+        # next launch (launches run in stream order, so one ticket serves them all; graph replays too).
         done = tl.atomic_add(ticket_ptr, 1)
         if done == tl.num_programs(0) - 1:
-            for g in range(0, n_groups):
-                # As a tensor: the interpreter's range() yields Python ints, which lr_at cannot cast.
-                row = tl.program_id(0) * 0 + g
-                tl.store(lr_out_ptr + g, lr_at(step, desc_ptr, table_ptr, table_numel, row))
-            tl.store(step_ptr, step)
+            if write_back != 0:
+                for g in range(0, n_groups):
+                    # As a tensor: the interpreter's range() yields Python ints, which lr_at cannot cast.
+                    row = tl.program_id(0) * 0 + g
+                    tl.store(lr_out_ptr + g, lr_at(step, desc_ptr, table_ptr, table_numel, row))
+                tl.store(step_ptr, step)
+            if (clear_first != 0) & updated:
+                flag_lanes = tl.arange(0, _FLAG_BLOCK)
+                for start in range(0, n_tensors, _FLAG_BLOCK):
+                    idx = start + flag_lanes
+                    slot = tl.load(slots_ptr + idx, mask=idx < n_tensors, other=0)
+                    tl.store(first_step_ptr + slot, tl.zeros([_FLAG_BLOCK], dtype=tl.int8), mask=idx < n_tensors)
             tl.store(ticket_ptr, 0)

@@ -23,6 +23,7 @@ if __name__ == "__main__":
 import copy
 import math
 import io
+import math
 
 import torch
 import torch.optim.lr_scheduler as stock
@@ -43,12 +44,16 @@ FP32 = dict(rtol=1e-5, atol=1e-6)
 # 8 ulp of the value's scale (|values| here are O(1)). The kernel's bf16 arithmetic itself is
 # checked bit for bit against an fp32-math reference in tests/_triton_subprocess.py.
 BF16 = dict(scaled=8 * 2**-8)
+# fp16 kernel vs the torch path: the same argument as BF16 with float16's unit roundoff (2**-11).
+FP16 = dict(scaled=8 * 2**-11)
 
 SHAPES = [(), (1,), (127,), (1025,), (3, 5)]
 STEPS = 24
 
 
 def check_close(a, b, tol, what):
+    if a.is_complex():  # compare both parts (a plain .double() would drop the imaginary one)
+        a, b = torch.view_as_real(a.detach()), torch.view_as_real(b.detach())
     a, b = a.detach().double(), b.detach().double()
     if "scaled" in tol:
         # |a - b| <= tol * max|b|: ulps of the tensor's scale (momentum buffers sum ~10 grads).
@@ -243,6 +248,9 @@ def run_scheduler(name, dtype=torch.float32):
     if closed_form:
         kern_opt.step()  # applies the last deferred scheduler step
         assert int(sk.step_counter.item()) == sk.last_epoch == STEPS
+    # Without AMP every first-step flag was cleared by the kernel, and the host knows it (so later
+    # launches skip the flag-clearing ticket).
+    assert int(kern_opt._first_flags.sum()) == 0 and not kern_opt._flags_maybe_set
 
 
 def case_schedulers():
@@ -454,6 +462,194 @@ CASES = {
     "resume": case_resume,
     "epoch_schedule": case_epoch_schedule,
 }
+
+# --- AMP and clipping --------------------------------------------------------------------------
+
+# Total gradient norms, kernel vs torch (clip_grad_norm_ or the torch path): both sum float32 squares
+# (torch: _foreach_norm per tensor, then the norm of the stack; the kernel: per-lane float32 sums over
+# a chunk's blocks, a tree over lanes, then float64 over chunks) in different orders. For sums of
+# non-negative terms each order is within ~(depth) * 2**-24 relative of the exact value, depth
+# < 16 for these sizes: ~1e-6 at most; the square root halves it. rtol 1e-6.
+NORM_RTOL = dict(rtol=1e-6, atol=0.0)
+AMP_STEPS = 10
+POISONED = (0, 7)  # an inf gradient: the very first step, and param 4's first step (it is frozen before 7)
+
+
+def _amp_grads(t, ps, scale):
+    gs = grads_for(t, ps)
+    out = [None if g is None else g * scale for g in gs]
+    if t in POISONED:
+        out[2].view(-1)[5] = float("inf")
+    return out
+
+
+def _set(ps, gs):
+    for p, g in zip(ps, gs):
+        p.grad = None if g is None else g.clone()
+
+
+def run_amp(dtype, max_grad_norm=None, norm_type=2.0, ref=None):
+    """GradScaler.step on stock SGD (for-loop), FusedSGD torch path and FusedSGD Triton
+    path, with a StepLR stepped every iteration (deferred on the Triton path, including across
+    skipped steps). With max_grad_norm, stock uses torch's recipe (unscale_, clip_grad_norm_, step).
+    No complex parameter: torch 2.13's GradScaler cannot check complex gradients on CPU
+    (_amp_foreach_non_finite_check_and_unscale_cpu is not implemented for ComplexFloat)."""
+    ref = make_params(dtype)[:5] if ref is None else ref
+    a_ps, t_ps, k_ps = (copy.deepcopy(ref) for _ in range(3))
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
+    clip_kw = dict(max_grad_norm=max_grad_norm, norm_type=norm_type)
+    stock_opt = torch.optim.SGD(groups(a_ps), foreach=False, **kw)
+    torch_opt = fused_lr.FusedSGD(groups(t_ps), backend="torch", **kw, **clip_kw)
+    kern_opt = fused_lr.FusedSGD(groups(k_ps), backend="triton", **kw, **clip_kw)
+    opts = (stock_opt, torch_opt, kern_opt)
+    scheds = (stock.StepLR(stock_opt, 3, 0.5), fused.StepLR(torch_opt, 3, 0.5), fused.StepLR(kern_opt, 3, 0.5))
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=3) for _ in opts]
+    # torch rounds a bfloat16 gradient's norm to bfloat16 (fused_lr keeps it in float32), so with
+    # clipping and bfloat16 params the clipped gradients differ from stock's by ~2**-8 relative:
+    # then only the torch path (same float32 norm) is the reference. Stock GradScaler refuses to
+    # unscale float16 gradients for stock optimizers: float16 is compared with the torch path only.
+    vs_stock = (max_grad_norm is None or all(p.dtype != torch.bfloat16 for p in ref)) and all(
+        p.dtype != torch.float16 for p in ref)
+    for t in range(AMP_STEPS):
+        scale = scalers[1].get_scale()
+        gs = _amp_grads(t, ref, scale)
+        for ps, sc in zip((a_ps, t_ps, k_ps), scalers):
+            sc.scale(torch.ones(()))  # (GradScaler wants a scale() call per iteration before step)
+            _set(ps, gs)
+        if vs_stock:
+            if max_grad_norm is not None:
+                scalers[0].unscale_(stock_opt)
+                total = torch.nn.utils.clip_grad_norm_([p for p in a_ps if p.grad is not None], max_grad_norm, norm_type)
+            scalers[0].step(stock_opt)
+        scalers[1].step(torch_opt)
+        with CountLaunches() as launches:
+            scalers[2].step(kern_opt)
+        active = scalers if vs_stock else scalers[1:]
+        for sc in active:
+            sc.update()
+        assert len({sc.get_scale() for sc in active}) == 1
+        dtypes = {(q.real if q.is_complex() else q).dtype for q, g in zip(k_ps, gs) if g is not None}
+        assert launches.n == len(dtypes), f"step {t}: {launches.n} update launches, expected {len(dtypes)}"
+        for s in scheds:
+            s.step()
+        if max_grad_norm is not None:
+            nk, nt = kern_opt.last_grad_norm, torch_opt.last_grad_norm
+            if t in POISONED:
+                assert not math.isfinite(float(nk)) and not math.isfinite(float(nt)), (t, nk, nt)
+            else:
+                check_close(nk, nt, NORM_RTOL, f"norm step {t}: triton vs torch path")
+                if vs_stock:
+                    check_close(nk, total, NORM_RTOL, f"norm step {t}: triton vs clip_grad_norm_")
+        if t == 0:
+            # The skipped first step: no buffer on the torch path; on the Triton path a zero buffer whose
+            # first-step flag is still set, which state_dict reports as no buffer (torch.optim.SGD's state).
+            assert len(torch_opt.state) == 0
+            sd = kern_opt.state_dict()
+            assert all(st.get("momentum_buffer") is None for st in sd["state"].values()), sd["state"]
+            assert int(kern_opt._first_flags.sum()) == sum(g is not None for g in gs)
+        for i, (p, q, r) in enumerate(zip(a_ps, t_ps, k_ps)):
+            tol = {torch.bfloat16: BF16, torch.float16: FP16}.get(r.dtype, FP32)  # (float64: FP32 is looser than needed)
+            check_close(r, q, tol, f"amp {dtype} step {t} param {i}: triton vs torch path")
+            if vs_stock:
+                check_close(r, p, tol, f"amp {dtype} step {t} param {i}: triton vs stock")
+            bk = kern_opt.state_dict()["state"].get(i, {}).get("momentum_buffer")
+            bt = torch_opt.state.get(q, {}).get("momentum_buffer")
+            assert (bk is None) == (bt is None), f"amp step {t} param {i}: buffer presence {bk is not None} vs {bt is not None}"
+            if bk is not None:
+                check_close(bk, bt, tol, f"amp step {t} buffer {i}")
+    # Under AMP the host cannot know which flags the kernel cleared: it keeps asking it to clear them.
+    assert kern_opt._flags_maybe_set and int(kern_opt._first_flags.sum()) == 0
+    kern_opt.step(found_inf=torch.ones(1))  # a skipped step still applies the last deferred scheduler step
+    assert int(scheds[2].step_counter.item()) == scheds[2].last_epoch == AMP_STEPS
+    assert scheds[2].get_last_lr() == scheds[0].get_last_lr()
+    return vs_stock
+
+
+def case_amp():
+    run_amp(torch.float32)
+
+
+def case_amp_bf16():
+    run_amp(torch.bfloat16)
+
+
+def case_amp_fp16():
+    """float16 params (scaled gradients up to 2**8 * |g|), with and without clipping: vs the torch path."""
+    assert not run_amp(torch.float16)
+    assert not run_amp(torch.float16, max_grad_norm=1.0)
+
+
+def case_amp_mixed():
+    """float32, bfloat16 and float64 params in the same groups: one launch per dtype, each with its
+    own first-step flags cleared by its own last program (one shared ticket, stream order)."""
+    g = torch.Generator().manual_seed(3)
+    dtypes = [torch.float32, torch.bfloat16, torch.float64, torch.float32, torch.bfloat16]
+    ref = [torch.nn.Parameter(torch.randn(s, generator=g).to(d)) for s, d in zip(SHAPES, dtypes)]
+    assert run_amp(torch.float32, ref=ref)
+    assert not run_amp(torch.float32, max_grad_norm=1.0, ref=ref)  # vs the torch path only (bf16 norms)
+
+
+def case_clip():
+    for norm_type in (2.0, float("inf")):
+        run_amp(torch.float32, max_grad_norm=1.5, norm_type=norm_type)
+
+
+def case_clip_plain():
+    """Clipping without AMP vs clip_grad_norm_ + stock SGD; a NaN gradient (torch: NaN params, same
+    places); error_if_nonfinite raising before anything changes (params, buffers, flags, counter)."""
+    ref = make_params(torch.float32)
+    for norm_type in (2.0, float("inf")):
+        # The complex parameter (index 5): in the kernels under the 2-norm (real view), on the torch
+        # path under the inf-norm (max |z|), joining the kernels' norm as the extra partial.
+        a_ps, k_ps = copy.deepcopy(ref), copy.deepcopy(ref)
+        a = torch.optim.SGD(groups(a_ps), lr=0.1, momentum=0.9, foreach=False)
+        k = fused_lr.FusedSGD(groups(k_ps), lr=0.1, momentum=0.9, backend="triton", max_grad_norm=2.0, norm_type=norm_type)
+        sa, sk = stock.CosineAnnealingLR(a, 5), fused.CosineAnnealingLR(k, 5)
+        for t in range(6):
+            gs = [None if g is None else 3 * g for g in grads_for(t, ref)]
+            if norm_type == float("inf") and t % 2:
+                gs[5] = gs[5] * 10  # the complex gradient holds the largest |g| on these steps
+            _set(a_ps, gs), _set(k_ps, gs)
+            total = torch.nn.utils.clip_grad_norm_([p for p in a_ps if p.grad is not None], 2.0, norm_type)
+            a.step(), k.step(), sa.step(), sk.step()
+            check_close(k.last_grad_norm, total, NORM_RTOL, f"clip {norm_type} norm step {t}")
+            for i, (p, r) in enumerate(zip(a_ps, k_ps)):
+                check_close(r, p, FP32, f"clip {norm_type} step {t} param {i}")
+    gs = grads_for(8, ref)
+    gs[3].view(-1)[0] = float("nan")
+    _set(a_ps, gs), _set(k_ps, gs)
+    torch.nn.utils.clip_grad_norm_(a_ps, 2.0)
+    a.step(), k.step()
+    assert math.isnan(float(k.last_grad_norm))
+    for p, r in zip(a_ps, k_ps):
+        assert torch.equal(p.isnan(), r.isnan()), "NaN pattern differs from torch"
+
+    ps = make_params(torch.float32)
+    k = fused_lr.FusedSGD(groups(ps), lr=0.1, momentum=0.9, backend="triton", max_grad_norm=2.0, error_if_nonfinite=True)
+    sk = fused.StepLR(k, 1, 0.5)
+    _set(ps, grads_for(9, ps))
+    ps[4].grad = None  # param 4 gets its first step below, in the step that raises
+    k.step()
+    sk.step()  # deferred: pending until the next launch
+    snap = ([p.detach().clone() for p in ps], {i: st["momentum_buffer"].clone() for i, st in k.state_dict()["state"].items()},
+            k._first_flags.clone(), int(sk.step_counter.item()), len(k.state))
+    gs = grads_for(10, ps)
+    gs[0] = gs[0] * float("inf")
+    _set(ps, gs)
+    try:
+        k.step()
+    except RuntimeError as e:
+        assert "non-finite" in str(e), e
+    else:
+        raise AssertionError("error_if_nonfinite did not raise")
+    assert all(torch.equal(p, q) for p, q in zip(ps, snap[0])), "a parameter changed"
+    assert torch.equal(k._first_flags, snap[2]) and int(sk.step_counter.item()) == snap[3] and len(k.state) == snap[4]
+    assert {i: st["momentum_buffer"] for i, st in k.state_dict()["state"].items()}.keys() == snap[1].keys()
+    assert sk._sched.pending == 1
+
+
+CASES.update({"amp": case_amp, "amp_bf16": case_amp_bf16, "amp_mixed": case_amp_mixed, "amp_fp16": case_amp_fp16, "clip": case_clip, "clip_plain": case_clip_plain})
+
 
 if __name__ == "__main__":
     assert TP._interpreting(), "the kernels are not interpreted"

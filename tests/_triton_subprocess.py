@@ -492,6 +492,97 @@ def case_sgd_fp64_fp16() -> str:
     return a + "; " + b
 
 
+# Gradient-norm kernels (fused clipping). Partials: each program sums its chunk's squares per lane
+# (CHUNK_BLOCKS terms each, in the accumulation type) and then across BLOCK_SIZE lanes by a tree:
+# relative error <= (CHUNK_BLOCKS + log2(BLOCK_SIZE) + 1) * u for sums of non-negative terms,
+# u = 2**-24 for the float32 accumulation (16-bit and 32-bit grads): ~12 * 6e-8 = 7e-7 here ->
+# rtol 2e-6; float64 accumulation -> 1e-14. Max |g| is exact. The finalize kernel reduces the
+# float64 partials the same way (one extra rounding per level, float64): its norm is compared to
+# a float64 reference rounded to the norm dtype, within 1 ulp of that dtype; the coefficient is
+# then checked *exactly* against torch's formula applied to the kernel's own norm (same IEEE ops).
+NORM_PARTIAL_RTOL = {torch.float16: 2e-6, torch.bfloat16: 2e-6, torch.float32: 2e-6, torch.float64: 1e-14}
+
+
+def case_grad_norm() -> str:
+    from fused_lr import _triton_path as TP
+    from fused_lr.kernels import grad_norm as N
+    from fused_lr.kernels import sgd as K
+
+    dtype_map = TP._torch_to_triton_dtype()
+    block, chunk_blocks = 128, 2
+    chunk = block * chunk_blocks
+    gen = torch.Generator().manual_seed(7)
+    sizes = [1, 255, 256, 700, 1031]
+    checked = 0
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        grads = [torch.randn(n, generator=gen, dtype=torch.float64).mul(3).to(dtype) for n in sizes]
+        grads[3][300] = float("nan")  # chunk 1 of tensor 3
+        grads[4][5] = -float("inf")  # chunk 0 of tensor 4
+        chunks = [(k, st) for k, g in enumerate(grads) for st in range(0, g.numel(), chunk)]
+        addrs = torch.tensor([g.data_ptr() for g in grads], dtype=torch.int64)
+        numels = torch.tensor([g.numel() for g in grads], dtype=torch.int64)
+        table = torch.tensor(chunks, dtype=torch.int64).reshape(-1, 2)
+        for norm_inf in (False, True):
+            offset = 3
+            partials = torch.full((offset + len(chunks),), -1.0, dtype=torch.float64)
+            N.grad_norm_partials_kernel[(len(chunks),)](
+                addrs, numels, table, partials, offset, DTYPE=dtype_map[dtype],
+                COMPUTE_DTYPE=K.compute_dtype(dtype_map[dtype]), ALIGNED=False, NORM_INF=norm_inf,
+                BLOCK_SIZE=block, CHUNK_BLOCKS=chunk_blocks,
+            )
+            if partials[:offset].tolist() != [-1.0] * offset:
+                raise AssertionError("partials written outside this launch's slots")
+            for i, (k, st) in enumerate(chunks):
+                x = grads[k][st: st + chunk].double()
+                want = x.abs().max() if norm_inf else x.square().sum()
+                got = partials[offset + i]
+                if want.isnan() or got.isnan():
+                    if not (want.isnan() and got.isnan()):
+                        raise AssertionError(f"{dtype} inf={norm_inf} chunk {i}: got {got.item()}, want {want.item()}")
+                elif want.isinf() or got.isinf():
+                    if got.item() != want.item():
+                        raise AssertionError(f"{dtype} inf={norm_inf} chunk {i}: got {got.item()}, want {want.item()}")
+                elif norm_inf and got.item() != want.item():
+                    raise AssertionError(f"{dtype} inf-norm chunk {i}: got {got.item()!r}, want {want.item()!r}")
+                elif abs(got.item() - want.item()) > NORM_PARTIAL_RTOL[dtype] * want.item():
+                    raise AssertionError(f"{dtype} chunk {i}: got {got.item()!r}, want {want.item()!r}")
+                checked += 1
+
+    # Finalize: more partials than one FINALIZE_BLOCK, an extra partial, a loss scale, both clamp sides.
+    for norm_dtype in (torch.float32, torch.float64):
+        for norm_inf in (False, True):
+            for max_norm, poison in ((0.5, None), (1e9, None), (1.0, "nan"), (1.0, "inf")):
+                n = 2 * N.FINALIZE_BLOCK + 37
+                partials = torch.rand(n, generator=gen, dtype=torch.float64) * 10
+                extra = torch.tensor([123.0 if norm_inf else 5.0], dtype=torch.float64)
+                if poison:
+                    partials[N.FINALIZE_BLOCK + 11] = float(poison)
+                scale = torch.tensor([4.0])
+                norm_out = torch.zeros(1, dtype=norm_dtype)
+                coef = torch.zeros(1, dtype=torch.float64)
+                N.grad_norm_finalize_kernel[(1,)](
+                    partials, n, extra, scale, torch.tensor([max_norm], dtype=torch.float64), norm_out, coef,
+                    NORM_INF=norm_inf, NORM_DTYPE=dtype_map[norm_dtype], BLOCK=N.FINALIZE_BLOCK,
+                )
+                ref64 = (torch.maximum(partials.max(), extra[0]) if norm_inf else (partials.sum() + extra[0]).sqrt())
+                want = (ref64.to(norm_dtype) / scale.to(norm_dtype)).reshape(())
+                got = norm_out.reshape(())
+                what = f"finalize {norm_dtype} inf={norm_inf} max_norm={max_norm} poison={poison}"
+                if poison:
+                    if not (got.isnan() if poison == "nan" else got.isinf()):
+                        raise AssertionError(f"{what}: norm {got.item()}")
+                elif abs(got.item() - want.item()) > torch.finfo(norm_dtype).eps * want.item():
+                    raise AssertionError(f"{what}: norm {got.item()!r} vs {want.item()!r}")
+                want_coef = torch.clamp(max_norm / (got + 1e-6), max=1.0)
+                if not (torch.equal(coef.reshape(()).to(norm_dtype), want_coef)
+                        or (want_coef.isnan() and coef.isnan().all())):
+                    raise AssertionError(f"{what}: coef {coef.item()!r} vs {want_coef.item()!r}")
+                if not coef.isnan().all() and coef.to(norm_dtype).reshape(()).item() != coef.item():
+                    raise AssertionError(f"{what}: coef not exactly representable in the norm dtype")
+                checked += 1
+    return f"{checked} partial and finalize checks"
+
+
 def case_production_config() -> str:
     """The production BLOCK_SIZE / CHUNK_BLOCKS on a tensor spanning two chunks and a partial block,
     next to a tensor whose address is not 16-byte aligned (the ALIGNED=False specialization)."""
@@ -539,6 +630,7 @@ CASES: dict[str, Callable[[], str]] = {
     "sgd_bf16": case_sgd_bf16,
     "sgd_fp64_fp16": case_sgd_fp64_fp16,
     "production_config": case_production_config,
+    "grad_norm": case_grad_norm,
 }
 
 

@@ -275,3 +275,75 @@ def test_sequential_rejects(make, exc, match):
     ps, opt = _stepped_opt()
     with pytest.raises(exc, match=match):
         make(opt)
+
+
+# ---------------------------------------------------------------- AMP and clipping
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(max_grad_norm=0.0), ValueError, "Invalid max_grad_norm: 0.0"),
+        (dict(max_grad_norm=-1), ValueError, "Invalid max_grad_norm: -1.0"),
+        (dict(max_grad_norm=float("nan")), ValueError, "Invalid max_grad_norm: nan"),
+        (dict(max_grad_norm=float("inf")), ValueError, "Invalid max_grad_norm: inf"),
+        (dict(max_grad_norm=True), TypeError, "max_grad_norm must be a real number or None, got True"),
+        (dict(max_grad_norm="1"), TypeError, "max_grad_norm must be a real number or None, got '1'"),
+        (dict(max_grad_norm=torch.ones(2)), ValueError, "Tensor max_grad_norm must be 1-element"),
+        (dict(max_grad_norm=1.0, norm_type=1), ValueError, "Unsupported norm_type: 1;"),
+        (dict(max_grad_norm=1.0, norm_type=3.0), ValueError, "Unsupported norm_type: 3.0;"),
+        (dict(max_grad_norm=1.0, norm_type="fro"), ValueError, "Unsupported norm_type: 'fro';"),
+        (dict(max_grad_norm=1.0, norm_type=True), TypeError, "norm_type must be 2.0 or float\\('inf'\\), got True"),
+        (dict(max_grad_norm=1.0, error_if_nonfinite=1), TypeError, "error_if_nonfinite must be a bool, got 1"),
+    ],
+)
+def test_clipping_arguments_are_rejected(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fused_lr.FusedSGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, **kwargs)
+
+
+def test_clipping_arguments_accepted_forms():
+    p = torch.nn.Parameter(torch.ones(2))
+    assert fused_lr.FusedSGD([p], lr=0.1, max_grad_norm=1, norm_type="inf").norm_type == float("inf")
+    assert fused_lr.FusedSGD([p], lr=0.1, max_grad_norm=torch.tensor(0.5)).max_grad_norm == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(grad_scale=torch.tensor(2.0, dtype=torch.float64)), ValueError,
+         r"grad_scale must be a float32 tensor with one element on cpu \(the parameters' device\), got torch.float64 of shape \(\) on cpu"),
+        (dict(grad_scale=torch.ones(2)), ValueError, r"grad_scale must be .* got torch.float32 of shape \(2,\)"),
+        (dict(grad_scale=torch.ones(1, device="meta")), ValueError, r"grad_scale must be .* on meta"),
+        (dict(grad_scale=2.0), TypeError, "grad_scale must be a tensor or None, got float"),
+        (dict(found_inf=torch.zeros(1, dtype=torch.int32)), ValueError, "found_inf must be a float32 tensor .* got torch.int32"),
+        (dict(found_inf=torch.zeros(1, device="meta")), ValueError, r"found_inf must be .* on meta"),
+    ],
+)
+@pytest.mark.parametrize("max_grad_norm", [None, 1.0])
+def test_bad_amp_tensors_raise_before_anything_changes(kwargs, exc, match, max_grad_norm):
+    ps, opt = _stepped_opt(max_grad_norm=max_grad_norm)
+    sched = fused.StepLR(opt, 1, 0.5)
+    opt.step()
+    sched.step()
+    counter = int(sched.step_counter.item())
+    last_norm = opt.last_grad_norm
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    snap = _snapshot(opt)
+    with pytest.raises(exc, match=match):
+        opt.step(**kwargs)
+    _assert_unchanged(opt, snap)
+    assert int(sched.step_counter.item()) == counter and sched.last_epoch == 1
+    assert opt.last_grad_norm is last_norm
+    # The same tensors handed over the GradScaler way (attributes set on the optimizer).
+    for name, value in kwargs.items():
+        setattr(opt, name, value)
+    try:
+        with pytest.raises(exc, match=match):
+            opt.step()
+    finally:
+        for name in kwargs:
+            delattr(opt, name)
+    _assert_unchanged(opt, snap)
+    opt.step()  # and the optimizer still works

@@ -165,3 +165,47 @@ def test_cuda_graph_replays_follow_the_schedule(backend, sched):
     assert_close(o_g.lr_tensor, o_e.lr_tensor, what="lr after replays", rtol=1e-12, atol=0.0)
     assert_close(o_g.lr_log(), o_e.lr_log(), what="LR log of the replays", rtol=1e-12, atol=0.0)
     assert o_e.lr_log().shape[0] == 30
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_amp_and_clipping_no_host_sync_and_parity(backend):
+    """GradScaler("cuda") + max_grad_norm: results vs torch's recipe (unscale_, clip_grad_norm_, step on
+    the for-loop SGD), including a skipped first step; steady-state steps with no host sync."""
+    ma = _model()
+    mb = copy.deepcopy(ma)
+    oa = torch.optim.SGD(ma.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    ob = fused_lr.FusedSGD(mb.parameters(), lr=0.1, momentum=0.9, backend=backend, max_grad_norm=0.5)
+    sa, sb = stock.StepLR(oa, 4, 0.5), fused.StepLR(ob, 4, 0.5)
+    sc_a, sc_b = (torch.amp.GradScaler("cuda", init_scale=2.0**10, growth_interval=3) for _ in range(2))
+    x = torch.randn(16, 33, device="cuda")
+
+    def step_b(poison):
+        ob.zero_grad()
+        loss = mb(x).square().mean() * (float("inf") if poison else 1.0)
+        sc_b.scale(loss).backward()
+        sc_b.step(ob)
+        sc_b.update()
+        sb.step()
+
+    for t in range(12):
+        poison = t in (0, 6)
+        oa.zero_grad()
+        loss = ma(x).square().mean() * (float("inf") if poison else 1.0)
+        sc_a.scale(loss).backward()
+        sc_a.unscale_(oa)
+        total = torch.nn.utils.clip_grad_norm_(ma.parameters(), 0.5)
+        sc_a.step(oa)
+        sc_a.update()
+        sa.step()
+        if t < 2:
+            step_b(poison)  # warm-up: buffers, plans, compiled kernels
+        else:
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                step_b(poison)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        if not poison:
+            assert_close(ob.last_grad_norm, total, rtol=1e-5, atol=0.0, what=f"norm step {t}")
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        assert_close(q, p, what="amp + clip", **CUDA_FP32_TOL)

@@ -14,6 +14,11 @@ blocks) is checked for what the design promises:
   accesses (documented cost of the fallback).
 * float64 constants and functions: math.pi stays a float64 literal, sqrt is the IEEE
   ``sqrt.rn.f64``, and cos is libdevice's (``__internal_trig_reduction`` in the PTX).
+* SCALED=True (AMP unscale / clipping): the hot loop divides with the IEEE ``div.rn`` (as torch's
+  fused kernels do), never the approximate ``div.full.f32``; SCALED=False has no division there.
+* The gradient-norm partials kernel (clipping): aligned, its hot loop is one 16-byte vector load
+  per BLOCK_SIZE * itemsize / (threads * 16) and no store; unaligned, element-wise loads. The
+  finalize kernel compiles for both norm types and both norm dtypes.
 
 Compilation runs in a child process without ``TRITON_INTERPRET`` (the pytest process may have
 imported Triton either way), with this file as the child's script.
@@ -73,6 +78,19 @@ def _child(out_path: str) -> None:
             kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=spec["options"])
             ptx = kernel.asm["ptx"]
             loops = _loops(ptx)
+            if spec["kind"] != "sgd":
+                # The norm kernels: the partials kernel's hot loop is the innermost loop that loads.
+                loading = [body for body in loops if _global_accesses(body)[0]]
+                innermost = [b for b in loading if not any(o is not b and len(o) < len(b) and
+                                                           set(map(id, o)) <= set(map(id, b)) for o in loading)]
+                hot = max(innermost, key=lambda b: len(_global_accesses(b)[0]), default=[])
+                loads, stores = _global_accesses(hot)
+                entry[str(cc)] = dict(
+                    kind=spec["kind"], loads=loads, stores=stores, itemsize=spec["dtype"].itemsize,
+                    aligned=spec["aligned"], block=spec["constexprs"].get("BLOCK_SIZE"),
+                    threads=32 * spec["options"]["num_warps"],
+                )
+                continue
             # The hot loop: among the innermost loops that store (lr_at's loops only load; PTX
             # block layout can also make an outer label-to-branch range that encloses one), the
             # one with the most stores: the update stores param and buffer vectors, the
@@ -83,6 +101,10 @@ def _child(out_path: str) -> None:
             hot = max(innermost, key=lambda b: len(_global_accesses(b)[1]), default=[])
             loads, stores = _global_accesses(hot)
             entry[str(cc)] = dict(
+                kind="sgd",
+                scaled=spec["constexprs"]["SCALED"],
+                div_rn=any(re.search(r"\bdiv\.rn\.f(32|64)", l) for l in hot),
+                div_approx=any(re.search(r"\bdiv\.(full|approx)\.", l) for l in hot),
                 loads=loads,
                 stores=stores,
                 itemsize=spec["dtype"].itemsize,
@@ -115,8 +137,9 @@ def test_every_specialization_compiles(aot_report):
     from fused_lr import _triton_path as TP
 
     names = [s["name"] for s in TP.kernel_specializations()]
-    # 4 dtypes x ALIGNED in (True, False), at the production launch configuration.
-    assert len(names) == 8 and sorted(names) == sorted(aot_report)
+    # At the production launch configuration: the update, 4 dtypes x ALIGNED x SCALED (16); the
+    # norm partials, 4 dtypes x ALIGNED x NORM_INF (16); the norm finalize, 2 norm dtypes x NORM_INF (4).
+    assert len(names) == 36 and len(set(names)) == 36 and sorted(names) == sorted(aot_report)
     for name in names:
         assert sorted(aot_report[name]) == [str(cc) for cc in CAPABILITIES], name
 
@@ -125,12 +148,14 @@ def test_aligned_hot_loop_is_vectorized(aot_report):
     problems = []
     for name, per_cc in aot_report.items():
         for cc, r in per_cc.items():
-            if not r["aligned"]:
+            if not r["aligned"]:  # False, or None for the finalize kernel
                 continue
             vector = "v2.b64" if r["itemsize"] == 8 else "v4.b32"
             per_operand = r["block"] * r["itemsize"] // (r["threads"] * 16)
-            want_loads = [f"ld.global.{vector}"] * (3 * per_operand)
-            want_stores = [f"st.global.{vector}"] * (2 * per_operand)
+            # The update loads p, grad, buf and stores p, buf; the norm partials load the grad only.
+            n_loads, n_stores = (3, 2) if r["kind"] == "sgd" else (1, 0)
+            want_loads = [f"ld.global.{vector}"] * (n_loads * per_operand)
+            want_stores = [f"st.global.{vector}"] * (n_stores * per_operand)
             if r["loads"] != want_loads or r["stores"] != want_stores:
                 problems.append(f"{name} sm_{cc}: loads {r['loads']}, stores {r['stores']}; "
                                 f"expected {len(want_loads)} x {want_loads[0]} and {len(want_stores)} x {want_stores[0]}")
@@ -138,17 +163,34 @@ def test_aligned_hot_loop_is_vectorized(aot_report):
 
 
 def test_unaligned_fallback_uses_element_accesses(aot_report):
+    checked = 0
     for name, per_cc in aot_report.items():
         for cc, r in per_cc.items():
-            if r["aligned"]:
+            if r["aligned"] is not False:
                 continue
-            assert r["loads"] and r["stores"], f"{name} sm_{cc}: no hot loop found"
+            checked += 1
+            assert r["loads"] and (r["stores"] or r["kind"] != "sgd"), f"{name} sm_{cc}: no hot loop found"
             assert not any(".v" in a for a in r["loads"] + r["stores"]), f"{name} sm_{cc}: {r}"
+    assert checked == 16 * len(CAPABILITIES)  # 8 unaligned update + 8 unaligned partials specializations
+
+
+def test_scaled_update_uses_ieee_division(aot_report):
+    n = 0
+    for name, per_cc in aot_report.items():
+        for cc, r in per_cc.items():
+            if r["kind"] != "sgd":
+                continue
+            n += 1
+            assert not r["div_approx"], f"{name} sm_{cc}: approximate division in the hot loop"
+            assert r["div_rn"] == r["scaled"], f"{name} sm_{cc}: div.rn in hot loop = {r['div_rn']}, SCALED = {r['scaled']}"
+    assert n == 16 * len(CAPABILITIES)
 
 
 def test_float64_schedule_math(aot_report):
     for name, per_cc in aot_report.items():
         for cc, r in per_cc.items():
+            if r["kind"] != "sgd":
+                continue
             assert r["pi64"], f"{name} sm_{cc}: math.pi is not a float64 literal in the PTX"
             assert r["sqrt_rn"], f"{name} sm_{cc}: float64 sqrt is not sqrt.rn.f64"
             assert r["libdevice_cos"], f"{name} sm_{cc}: float64 cos is not libdevice's"

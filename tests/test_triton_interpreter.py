@@ -24,7 +24,7 @@ SCRIPT = HERE / "_triton_subprocess.py"
 
 # Two children, balanced by measured run time (about 20-25 s each on 2 cores).
 WORKERS = (
-    ("sgd_bf16", "production_config"),
+    ("sgd_bf16", "production_config", "grad_norm"),
     ("sgd_fp32", "sgd_fp64_fp16", "lr_at"),
 )
 TIMEOUT_S = 600
@@ -93,6 +93,13 @@ def test_sgd_fp64_and_fp16(interpreter_results):
 def test_production_launch_config(interpreter_results):
     """Production BLOCK_SIZE / CHUNK_BLOCKS on a tensor larger than a chunk, plus an unaligned view."""
     _report(interpreter_results, "production_config")
+
+
+def test_grad_norm_kernels(interpreter_results):
+    """Clipping's norm kernels: per-chunk partials (sum of squares, max |g|) for every dtype with NaN
+    and inf gradients, written only to the launch's slots; the finalize over more partials than one
+    block, with an extra partial and a loss scale, both sides of the clamp, NaN and inf norms."""
+    _report(interpreter_results, "grad_norm")
 
 
 def test_kernel_constants_match_schedules():

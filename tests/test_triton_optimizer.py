@@ -50,6 +50,20 @@ def test_steady_state_fast_path_and_its_fallbacks(run_cases):
     run_cases("fast_path")
 
 
+def test_amp_gradscaler_on_the_triton_path(run_cases):
+    """GradScaler.step(FusedSGD(backend="triton")) vs stock SGD + GradScaler and vs the torch path:
+    skipped first steps (the device-side first-step flag survives them; state_dict reports no buffer),
+    a deferred scheduler step applied by a skipped launch; fp32, bf16, fp16 (vs the torch path) and mixed."""
+    run_cases("amp", "amp_bf16", "amp_fp16", "amp_mixed")
+
+
+def test_fused_clipping_on_the_triton_path(run_cases):
+    """Norm kernels + clipped update vs clip_grad_norm_ + stock SGD (2-norm and inf-norm, with AMP;
+    complex params take the torch path under the inf-norm and join the norm as an extra partial),
+    a NaN gradient, error_if_nonfinite raising before anything changes."""
+    run_cases("clip", "clip_plain")
+
+
 def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
     import torch
 
