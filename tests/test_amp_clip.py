@@ -86,8 +86,10 @@ def test_stock_fused_sgd_skipped_first_step_is_wrong_in_this_torch():
         results[kind] = [p.detach().clone() for p in ps]
     assert results["forloop_state_after_skip"] == 0  # the for-loop created nothing on the skipped step
     assert results["fused_state_after_skip"] == len(ref)  # stock fused stored buffers it never wrote
+    # The stored buffers are uninitialised memory: the difference is large, or NaN when that memory
+    # happened to hold NaN bits (seen in CI). Either way stock fused does not match the for-loop.
     worst = max((a - b).abs().max().item() for a, b in zip(results["fused"], results["forloop"]))
-    assert worst > 1e-3, f"stock fused SGD matched the for-loop after a skipped first step (max diff {worst})"
+    assert not worst <= 1e-3, f"stock fused SGD matched the for-loop after a skipped first step (max diff {worst})"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
