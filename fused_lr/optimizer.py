@@ -540,9 +540,13 @@ class FusedSGD(Optimizer):
         fast = self._fast is not None and grad_scale is None and found_inf is None and self.max_grad_norm is None
         if not (fast and self._fast_step()):
             work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
-            if self._impl == "triton":
+            # Clipping over DTensor shards needs the norm reduced across ranks, which the Triton
+            # norm kernels do not do: such steps take the torch path (DTensor ops) whole.
+            if self._impl == "triton" and not (self.max_grad_norm is not None and any(self._sharded)):
                 self._step_triton(work, grad_scale, found_inf)
             else:
+                if self._impl == "triton" and self._schedule is not None and self._schedule.pending:
+                    self._schedule.apply_pending(self._lr_buf)  # no kernel will apply the deferred step
                 self._step_torch(work, grad_scale, found_inf)
         if self._lr_log is not None:
             self._record_lr()
@@ -595,6 +599,11 @@ class FusedSGD(Optimizer):
         all_grads = [g for (_, gs, _) in work for g in gs]
         if self.max_grad_norm is not None and not norm_done:
             total = grad_norm_torch(all_grads, self.norm_type == math.inf).to(self._device)
+            dtensor = _dtensor_type()
+            if dtensor is not None and isinstance(total, dtensor):
+                # FSDP2: the shards' norms are partial; full_tensor() reduces them across the ranks
+                # (a collective on the device, no host sync), as clip_grad_norm_ does for DTensors.
+                total = total.full_tensor()
             if grad_scale is not None:
                 total = total / grad_scale
             self._check_finite_norm(total, found_inf)

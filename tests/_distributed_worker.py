@@ -75,12 +75,14 @@ def loss_fn(model, x, y):
     return torch.nn.functional.mse_loss(model(x), y)  # a mean: half-batch means averaged = full mean
 
 
-def reference(sched_name, steps=STEPS, dcp_init=False):
+def reference(sched_name, steps=STEPS, dcp_init=False, clip=None):
     """Stock SGD + stock scheduler, one process, full batch: (params, momentum buffers, LRs) per step.
 
     ``dcp_init``: call DCP's get_optimizer_state_dict before the first step, as the run compared
     with does. It initializes the state by a step with zero grads and the LR zeroed, which leaves
     momentum buffers of ``weight_decay * p`` (any optimizer: it is DCP's doing).
+    ``clip``: torch.nn.utils.clip_grad_norm_ to this norm before each step (its total norm is the
+    4th entry of each step's record).
     """
     model = make_model()
     opt = torch.optim.SGD(groups(model), foreach=False, **OPT_KW)
@@ -95,6 +97,7 @@ def reference(sched_name, steps=STEPS, dcp_init=False):
         opt.zero_grad()
         loss = loss_fn(model, x, y)
         loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip) if clip is not None else None
         opt.step()
         sched.step(plateau_metric(loss.item(), t)) if sched_name == "ReduceLROnPlateau" else sched.step()
         out.append(
@@ -102,6 +105,7 @@ def reference(sched_name, steps=STEPS, dcp_init=False):
                 [p.detach().clone() for p in model.parameters()],
                 [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()],
                 [g["lr"] for g in opt.param_groups],
+                norm,
             )
         )
     return out
@@ -116,7 +120,7 @@ def check(what, got, expected):
 
 
 def check_step(what, model, opt, ref_step, got_lrs=None):
-    ps, bufs, lrs = ref_step
+    ps, bufs, lrs, _ = ref_step
     for i, (p, rp, rb) in enumerate(zip(model.parameters(), ps, bufs)):
         check(f"{what} param {i}", p, rp)
         check(f"{what} momentum buffer {i}", opt.state[p]["momentum_buffer"], rb)
@@ -198,6 +202,24 @@ def case_fsdp2(rank, world, backend="torch"):
         check("FSDP2 buffer vs stock SGD under FSDP2", ours, full(theirs))
 
 
+CLIP = 0.05  # below every step's total grad norm here: each step is really clipped
+
+
+def case_fsdp2_clip(rank, world, backend="torch"):
+    """Fused clipping under FSDP2: the total norm must be the norm over the whole model (the ranks'
+    shards reduced across ranks), the update that of clip_grad_norm_ + SGD on the full batch."""
+    name = "StepLR"
+    ref = reference(name, clip=CLIP)
+    model = fsdp_model()
+    opt = fused_lr.FusedSGD(groups(model), backend=backend, max_grad_norm=CLIP, **OPT_KW)
+    sched = getattr(fused, name)(opt, **SCHEDULES[name])
+    for t in train_local(model, opt, sched, range(STEPS), rank, world):
+        lrs = sched.get_last_lr() if backend == "triton" else None
+        check_step(f"FSDP2 clipped, {backend} path, rank {rank} step {t}", model, opt, ref[t], lrs)
+        norm = opt.last_grad_norm
+        check(f"FSDP2 clipped, {backend} path, rank {rank} step {t}: total norm", norm, ref[t][3])
+
+
 def case_dcp_save_and_resume(rank, world, ckpt_dir):
     """torch.distributed.checkpoint under FSDP2: save the sharded model + optimizer state mid-schedule
     (and the scheduler's state_dict), resume in fresh objects on 2 ranks, finish; params, buffers
@@ -256,6 +278,11 @@ def worker(rank, world, port, ckpt_dir):
                 case_fsdp2(rank, world, backend="triton")
             if rank == 0:
                 print("fsdp2_triton: ok", flush=True)
+        case_fsdp2_clip(rank, world)
+        if TP.triton_available(torch.device("cpu")):
+            case_fsdp2_clip(rank, world, backend="triton")  # routed to the torch path (README)
+        if rank == 0:
+            print("fsdp2_clip: ok", flush=True)
         case_dcp_save_and_resume(rank, world, ckpt_dir)
         if rank == 0:
             print("dcp_2_to_2: ok", flush=True)

@@ -54,6 +54,13 @@ def test_fsdp2_on_the_triton_path(worker_output):
     _assert_case(worker_output, "fsdp2_triton")
 
 
+def test_fsdp2_fused_clipping_reduces_the_norm_across_ranks(worker_output):
+    """FusedSGD(max_grad_norm=...) under FSDP2: opt.last_grad_norm is the whole model's norm (the
+    shards' partial norms reduced across ranks) and params/buffers follow clip_grad_norm_ + stock
+    SGD on the full batch; backend="triton" takes the torch path for these steps."""
+    _assert_case(worker_output, "fsdp2_clip")
+
+
 def test_dcp_save_and_resume_on_two_ranks(worker_output):
     """torch.distributed.checkpoint mid-schedule (get/set_optimizer_state_dict) + the scheduler's
     state_dict; fresh objects resume and continue on stock's trajectory."""
