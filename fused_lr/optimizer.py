@@ -140,6 +140,7 @@ class _FastStep(NamedTuple):
     schedule: Any  # the DeviceSchedule the plan ran with (or None)
     hyper: tuple  # the SGDHyper of each group
     plan: Any  # the cached launch plan (addresses, chunks, buffers)
+    norm_dtype: torch.dtype  # dtype of the total grad norm (clipping)
 
 
 class FusedSGD(Optimizer):
@@ -536,9 +537,7 @@ class FusedSGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._sync_assigned_lrs()
-        # The steady state of the Triton path (no AMP, no clipping: those take the full step).
-        fast = self._fast is not None and grad_scale is None and found_inf is None and self.max_grad_norm is None
-        if not (fast and self._fast_step()):
+        if not (self._fast is not None and self._fast_step(grad_scale, found_inf)):
             work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
             # Clipping over DTensor shards needs the norm reduced across ranks, which the Triton
             # norm kernels do not do: such steps take the torch path (DTensor ops) whole.
@@ -783,6 +782,7 @@ class FusedSGD(Optimizer):
                 schedule=sched,
                 hyper=hyper,
                 plan=_tp.plan_for(self._plan_cache, params, bufs, gidx, hyper, slots),
+                norm_dtype=norm_dtype(params),
             )
 
     def _hyper(self, mom_rows) -> tuple:
@@ -794,9 +794,9 @@ class FusedSGD(Optimizer):
             for gi, g in enumerate(self.param_groups)
         )
 
-    def _fast_step(self) -> bool:
+    def _fast_step(self, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> bool:
         """The Triton path's steady state in O(1) Python work per tensor: the same parameters, all
-        with grads, buffers and hyper-parameters as at the last step. Checks, then launches the
+        with grads, buffers and hyper-parameters as at the last step (AMP and clipping included). Checks, then launches the
         cached plan; returns False (having changed nothing) when anything differs, and the full
         step runs instead (which also raises the precise error for a bad gradient)."""
         f = self._fast
@@ -825,8 +825,14 @@ class FusedSGD(Optimizer):
                 if g.is_sparse or g.dtype is not p.dtype or g.shape != p.shape or not g.is_contiguous():
                     return False
             _tp.set_plan_grads(plan, grads, params, grad_key)
-        if self._flags_maybe_set:
-            return False  # a first step is still pending somewhere: the full step clears the flags
+        clip = before_update = None
+        if self.max_grad_norm is not None:
+            if f.norm_dtype not in self._clip_out:
+                return False
+            norm_out, coef = self._clip_out[f.norm_dtype]
+            clip = _tp.ClipSpec(self._max_norm_tensor(), self.norm_type == math.inf, norm_out, coef, None)
+            if self.error_if_nonfinite:
+                before_update = lambda: self._check_finite_norm(norm_out, found_inf)  # noqa: E731
         if closed:
             desc, table, counter, advance = sched.desc, sched.table, sched.counter, sched.pending
         else:
@@ -840,8 +846,16 @@ class FusedSGD(Optimizer):
             ticket=self._ticket,
             n_groups=len(groups),
             first_flags=self._first_flags,
-            clear_first=False,
+            clear_first=bool(self._flags_maybe_set),
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            clip=clip,
+            before_update=before_update,
         )
+        if self._flags_maybe_set and found_inf is None:
+            self._flags_maybe_set.clear()  # the update happened for every parameter: flags cleared
+        if clip is not None:
+            self.last_grad_norm = clip.norm_out.clone().reshape(())
         if advance:
             if wrote:
                 sched.kernel_applied()

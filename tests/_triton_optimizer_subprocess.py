@@ -559,6 +559,8 @@ def run_amp(dtype, max_grad_norm=None, norm_type=2.0, ref=None):
                 check_close(bk, bt, tol, f"amp step {t} buffer {i}")
     # Under AMP the host cannot know which flags the kernel cleared: it keeps asking it to clear them.
     assert kern_opt._flags_maybe_set and int(kern_opt._first_flags.sum()) == 0
+    print(f"amp {dtype} clip={max_grad_norm}: {kern_opt._fast_steps} of {AMP_STEPS} steps took the steady-state path")
+    assert kern_opt._fast_steps > 0, "the steady-state path must serve GradScaler steps too"
     kern_opt.step(found_inf=torch.ones(1))  # a skipped step still applies the last deferred scheduler step
     assert int(scheds[2].step_counter.item()) == scheds[2].last_epoch == AMP_STEPS
     assert scheds[2].get_last_lr() == scheds[0].get_last_lr()
