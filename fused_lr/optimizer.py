@@ -443,7 +443,7 @@ class FusedSGD(Optimizer):
 
     def _defers_schedule(self, sched) -> bool:
         """Whether scheduler steps are left for the next update kernel to apply (Triton path)."""
-        return self._impl == "triton" and _tp.kinds_supported(sched.kinds)
+        return self._impl == "triton" and not torch.compiler.is_compiling() and _tp.kinds_supported(sched.kinds)
 
     # ------------------------------------------------------------------ step
 
@@ -537,11 +537,18 @@ class FusedSGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._sync_assigned_lrs()
-        if not (self._fast is not None and self._fast_step(grad_scale, found_inf)):
+        # Inside torch.compile the update is traced as torch ops (the torch path's foreach form,
+        # which the compiler fuses): the Triton launcher's host-side tables cannot be traced.
+        compiling = torch.compiler.is_compiling()
+        if compiling or not (self._fast is not None and self._fast_step(grad_scale, found_inf)):
             work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
             # Clipping over DTensor shards needs the norm reduced across ranks, which the Triton
             # norm kernels do not do: such steps take the torch path (DTensor ops) whole.
-            if self._impl == "triton" and not (self.max_grad_norm is not None and any(self._sharded)):
+            if (
+                self._impl == "triton"
+                and not compiling
+                and not (self.max_grad_norm is not None and any(self._sharded))
+            ):
                 self._step_triton(work, grad_scale, found_inf)
             else:
                 if self._impl == "triton" and self._schedule is not None and self._schedule.pending:

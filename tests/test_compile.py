@@ -169,3 +169,18 @@ def test_no_graph_breaks_inside_step():
     assert step_report.graph_break_count == 0, [b.reason for b in step_report.break_reasons]
     assert sched_report.graph_break_count == 0, [b.reason for b in sched_report.break_reasons]
     assert step_report.graph_count == 1
+
+
+def test_triton_backend_inside_a_compiled_step():
+    """FusedSGD(backend="triton") (CPU tensors, Triton's interpreter, in a child process): eager
+    steps use the kernel; inside torch.compile the update and the scheduler step are traced as torch
+    ops; the compiled step follows stock and does not recompile after its warm-up."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    script = Path(__file__).resolve().parent / "_compile_triton_subprocess.py"
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]

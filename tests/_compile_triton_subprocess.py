@@ -1,0 +1,81 @@
+"""FusedSGD(backend="triton") inside torch.compile, on CPU tensors under Triton's interpreter (set
+before triton is imported, hence a child process; run by tests/test_compile.py).
+
+Inside a compiled region the update is traced as torch ops (the torch path's foreach form) and the
+scheduler advances its counter with torch ops; eager steps before and after use the Triton kernel,
+with its deferred scheduler step. The compiled training step must follow stock torch.optim.SGD +
+the stock scheduler (eager) and must not recompile after its warm-up steps. Prints "ok".
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import torch.optim.lr_scheduler as stock  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import TRAJ_TOL, assert_close, assert_lrs_close  # noqa: E402
+
+import fused_lr  # noqa: E402
+import fused_lr.lr_scheduler as fused  # noqa: E402
+
+OPT_KW = dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
+STEPS, WARMUP, EAGER_FIRST = 12, 2, 2  # eager, compiled warm-up, compiled without recompiles, eager
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+
+
+def groups(m):
+    return [dict(params=m[0].parameters()), dict(params=m[2].parameters(), lr=0.05)]
+
+
+def batch(t):
+    g = torch.Generator().manual_seed(t)
+    return torch.randn(6, 4, generator=g), torch.randn(6, 2, generator=g)
+
+
+def run(make):
+    torch._dynamo.reset()
+    ma, mb = model(), model()
+    oa = torch.optim.SGD(groups(ma), foreach=False, **OPT_KW)
+    ob = fused_lr.FusedSGD(groups(mb), backend="triton", **OPT_KW)
+    assert ob.implementation == "triton"
+    sa, sb = make(stock, oa), make(fused, ob)
+
+    def step(x, y):
+        ob.zero_grad()
+        torch.nn.functional.mse_loss(mb(x), y).backward()
+        ob.step()
+        sb.step()
+
+    compiled = torch.compile(step, backend="aot_eager")
+    for t in range(STEPS + 1):
+        x, y = batch(t)
+        oa.zero_grad()
+        torch.nn.functional.mse_loss(ma(x), y).backward()
+        oa.step()
+        sa.step()
+        if t < EAGER_FIRST or t == STEPS:
+            # Eager (before the compiled steps and after them): the Triton kernel, with the
+            # scheduler step deferred into it.
+            step(x, y)
+        elif t < EAGER_FIRST + WARMUP:
+            compiled(x, y)
+        else:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                compiled(x, y)
+        for i, (p, q) in enumerate(zip(ma.parameters(), mb.parameters())):
+            assert_close(q, p, what=f"step {t} param {i}", **TRAJ_TOL[torch.float32])
+        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"step {t}")
+
+
+run(lambda m, o: m.StepLR(o, step_size=3, gamma=0.5))
+run(lambda m, o: m.CosineAnnealingLR(o, T_max=4, eta_min=1e-3))
+print("ok")
