@@ -209,3 +209,36 @@ def test_amp_and_clipping_no_host_sync_and_parity(backend):
             assert_close(ob.last_grad_norm, total, rtol=1e-5, atol=0.0, what=f"norm step {t}")
     for p, q in zip(ma.parameters(), mb.parameters()):
         assert_close(q, p, what="amp + clip", **CUDA_FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_train_step_follows_stock_without_recompiling(backend):
+    """torch.compile (inductor) of a whole training step with FusedSGD + CosineAnnealingLR on CUDA:
+    after two warm-up calls no recompile across schedule boundaries, results as stock eager."""
+    ma = _model()
+    mb = copy.deepcopy(ma)
+    oa = torch.optim.SGD(ma.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    ob = fused_lr.FusedSGD(mb.parameters(), lr=0.1, momentum=0.9, backend=backend)
+    sa, sb = stock.CosineAnnealingLR(oa, 5, 1e-3), fused.CosineAnnealingLR(ob, 5, 1e-3)
+    x = torch.randn(16, 33, device="cuda")
+    torch._dynamo.reset()
+
+    @torch.compile
+    def step():
+        ob.zero_grad()
+        mb(x).square().mean().backward()
+        ob.step()
+        sb.step()
+
+    for t in range(14):
+        oa.zero_grad()
+        ma(x).square().mean().backward()
+        oa.step()
+        sa.step()
+        if t < 2:
+            step()
+        else:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                step()
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        assert_close(q, p, what=f"compiled {backend}", **CUDA_FP32_TOL)
