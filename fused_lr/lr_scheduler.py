@@ -1740,6 +1740,22 @@ class _Composite(_FusedLRScheduler):
             raise ValueError(f"{name} needs schedulers at the same step; their last_epoch values are {sorted(epochs)}")
         return schedulers
 
+    def _init_from_parts(self, optimizer: FusedSGD) -> None:
+        # No initial step of its own (torch's ChainedScheduler has none): continue at the parts' step.
+        first = self._schedulers[0]
+        self.optimizer = optimizer
+        self.base_lrs = list(first.base_lrs)
+        self.last_epoch = first.last_epoch
+        self._step_count = first._step_count
+        self._get_lr_called_within_step = False
+        self._is_initial = False
+        self._build_schedule()
+        self._sched.set_step(max(self.last_epoch, 0))
+        optimizer._schedule = self._sched
+        self._sched.write_lr(optimizer._lr_buf)
+        self._write_momenta()
+        self._host_cache = None
+
     def _grow_tables(self, epoch: int) -> bool:
         grew = [sub._grow_tables(epoch) for sub in self._schedulers]
         return any(grew)
@@ -1871,22 +1887,6 @@ class ChainedScheduler(_Composite):
             return self._grow_horizon(epoch)
         return super()._grow_tables(epoch)
 
-    def _init_from_parts(self, optimizer: FusedSGD) -> None:
-        # No initial step of its own (torch's ChainedScheduler has none): continue at the parts' step.
-        first = self._schedulers[0]
-        self.optimizer = optimizer
-        self.base_lrs = list(first.base_lrs)
-        self.last_epoch = first.last_epoch
-        self._step_count = first._step_count
-        self._get_lr_called_within_step = False
-        self._is_initial = False
-        self._build_schedule()
-        self._sched.set_step(max(self.last_epoch, 0))
-        optimizer._schedule = self._sched
-        self._sched.write_lr(optimizer._lr_buf)
-        self._write_momenta()
-        self._host_cache = None
-
     def _describe(self):
         if self.mode == "table":
             table, rows = [], []
@@ -1957,7 +1957,7 @@ class PerGroupLR(_Composite):
                 before = [u._momenta_before[g] for u in unique if getattr(u, "cycle_momentum", False)]
                 if before:
                     optimizer.param_groups[g]["momentum"] = before[0]
-        ChainedScheduler._init_from_parts(self, optimizer)
+        self._init_from_parts(optimizer)
         self.base_lrs = [sub.base_lrs[g] for g, sub in enumerate(schedulers)]
 
     def _describe(self):
