@@ -677,8 +677,10 @@ class FusedSGD(Optimizer):
                     continue
                 if momentum and b is None:
                     # Zeros, not empty: if AMP skips this first step the buffer stays as allocated
-                    # until the next real step (which is the first step: the flag stays set).
-                    b = (torch.zeros_like if found_inf is not None else torch.empty_like)(
+                    # until the next real step (which is the first step: the flag stays set). A
+                    # cycled momentum that is 0 on this step leaves it unwritten too (the kernel
+                    # skips a zero momentum's buffer): zeros, never uninitialised memory.
+                    b = (torch.zeros_like if (found_inf is not None or gi in mom_rows) else torch.empty_like)(
                         p, memory_format=torch.contiguous_format
                     )
                     new_bufs.append((owner, b, gi, sharded))
