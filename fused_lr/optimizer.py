@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _compiled_op  # noqa: F401  (registers torch.ops.fused_lr.triton_sgd_update)
 from . import _triton_path as _tp
 from . import schedules as _schedules
 from ._torch_path import grad_norm_torch, norm_dtype, scaled_grads, sgd_torch
@@ -544,7 +545,9 @@ class FusedSGD(Optimizer):
             work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
             # Clipping over DTensor shards needs the norm reduced across ranks, which the Triton
             # norm kernels do not do: such steps take the torch path (DTensor ops) whole.
-            if (
+            if compiling and self._impl == "triton" and self._step_triton_compiled(work, grad_scale, found_inf):
+                pass  # the kernel, as an opaque op in the compiled graph
+            elif (
                 self._impl == "triton"
                 and not compiling
                 and not (self.max_grad_norm is not None and any(self._sharded))
@@ -793,6 +796,63 @@ class FusedSGD(Optimizer):
                 plan=_tp.plan_for(self._plan_cache, params, bufs, gidx, hyper, slots),
                 norm_dtype=norm_dtype(params),
             )
+
+    def _step_triton_compiled(self, work, grad_scale, found_inf) -> bool:
+        """Inside torch.compile: the Triton update as the custom op ``fused_lr::triton_sgd_update``
+        (fused_lr._compiled_op), which the compiler keeps as one opaque, ordered call. Covers plain
+        steps (no AMP, no clipping, no DTensors; contiguous real tensors of the kernel's dtypes);
+        returns False for anything else, and the traced torch-op update runs instead."""
+        if grad_scale is not None or found_inf is not None or self.max_grad_norm is not None or any(self._sharded):
+            return False
+        for _, gs, _ in work:
+            for g in gs:
+                if g.is_complex() or g.dtype not in _tp.KERNEL_DTYPES or not g.is_contiguous():
+                    return False
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.is_complex() or p.dtype not in _tp.KERNEL_DTYPES or not p.is_contiguous():
+                    return False
+        sched = self._schedule
+        closed = sched is not None and _tp.kinds_supported(sched.kinds)
+        mom_rows = sched.momentum_rows if closed else {}
+        if closed and sched.pending:
+            # A scheduler step deferred by an eager step before: no kernel in here applies it.
+            sched.apply_pending(self._lr_buf)
+        if self._ticket is None:
+            self._ticket = torch.zeros(1, dtype=torch.int32, device=self._device)
+            self._plan_cache = _tp.SGDPlanCache()
+        if self._first_flags is None:
+            self._first_flags = torch.zeros(len(self._slot_of), dtype=torch.int8, device=self._device)
+        params, grads, bufs, slots, gidx = [], [], [], [], []
+        for gi, (group, (ps, gs, bs)) in enumerate(zip(self.param_groups, work)):
+            momentum = group["momentum"] != 0 or gi in mom_rows
+            for j, (p, g) in enumerate(zip(ps, gs)):
+                b = bs[j] if (momentum and bs) else None
+                slot = self._slot_of[id(p)]
+                if momentum and b is None:
+                    b = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                    self.state[p]["momentum_buffer"] = b
+                    self._buf_cache.pop(gi, None)
+                    self._first_flags[slot] = 1  # buf = g on this first step (the kernel clears it)
+                params.append(p)
+                grads.append(g)
+                bufs.append(b)
+                slots.append(slot)
+                gidx.append(gi)
+        if not params:
+            return True
+        if closed:
+            desc, table, counter = sched.desc, sched.table, sched.counter
+        else:
+            ident = self._identity_schedule()
+            ident.desc[:, 2].copy_(self._lr_buf)
+            desc, table, counter = ident.desc, ident.table, ident.counter
+        hyper = [float(x) for h in self._hyper(mom_rows) for x in h]
+        torch.ops.fused_lr.triton_sgd_update(
+            params, grads, bufs, self._first_flags, self._ticket, desc, table, counter, hyper, gidx, slots, True
+        )
+        self._fast = None  # eager steps afterwards rebuild their plan (buffers may be new)
+        return True
 
     def _hyper(self, mom_rows) -> tuple:
         """Each group's hyper-parameters for the kernel (a cycled momentum: its schedule row)."""

@@ -1,9 +1,9 @@
 """FusedSGD(backend="triton") inside torch.compile, on CPU tensors under Triton's interpreter (set
 before triton is imported, hence a child process; run by tests/test_compile.py).
 
-Inside a compiled region the update is traced as torch ops (the torch path's foreach form) and the
-scheduler advances its counter with torch ops; eager steps before and after use the Triton kernel,
-with its deferred scheduler step. The compiled training step must follow stock torch.optim.SGD +
+Inside a compiled region the update is the Triton kernel called through the custom op
+``fused_lr::triton_sgd_update`` (opaque to the compiler) and the scheduler advances its counter
+with torch ops; eager steps before and after use the kernel with its deferred scheduler step. The compiled training step must follow stock torch.optim.SGD +
 the stock scheduler (eager) and must not recompile after its warm-up steps. Prints "ok".
 """
 
@@ -76,6 +76,11 @@ def run(make):
         assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"step {t}")
 
 
-run(lambda m, o: m.StepLR(o, step_size=3, gamma=0.5))
-run(lambda m, o: m.CosineAnnealingLR(o, T_max=4, eta_min=1e-3))
+from fused_lr import _compiled_op  # noqa: E402
+
+for make in (lambda m, o: m.StepLR(o, step_size=3, gamma=0.5), lambda m, o: m.CosineAnnealingLR(o, T_max=4, eta_min=1e-3)):
+    before = _compiled_op.calls
+    run(make)
+    # Every compiled step ran the Triton kernel through the custom op (none fell back to torch ops).
+    assert _compiled_op.calls - before == STEPS - EAGER_FIRST, (_compiled_op.calls - before, STEPS - EAGER_FIRST)
 print("ok")
