@@ -1078,6 +1078,34 @@ class MultiplicativeLR(LambdaLR):
         return rows, table, None
 
 
+def _check_parts(name: str, schedulers, optimizer: FusedSGD, *, reject: tuple, label: str = "scheduler at index {i}",
+                 same_step: bool = False) -> list:
+    """The parts of a composite scheduler (SequentialLR, ChainedScheduler, PerGroupLR): fused_lr
+    schedulers with a closed form (none of ``reject``), of ``optimizer``, at one step when
+    ``same_step``. Raises naming the part (``label`` with its index) before anything changes."""
+    schedulers = list(schedulers)
+    if not schedulers:
+        raise ValueError(f"{name} expects at least one scheduler, but got no scheduler.")
+    for i, sub in enumerate(schedulers):
+        where = label.format(i=i)
+        if isinstance(sub, (ReduceLROnPlateau, stock_lr_scheduler.ReduceLROnPlateau)):
+            raise ValueError(
+                f"{name} does not support `ReduceLROnPlateau` ({where}): its LR follows the metrics passed to "
+                "step(), not the step count, so it has no closed form"
+            )
+        if not isinstance(sub, _FusedLRScheduler) or isinstance(sub, reject):
+            raise TypeError(
+                f"{name} combines fused_lr schedulers with a closed form; {where} is a "
+                f"{type(sub).__module__}.{type(sub).__name__}"
+            )
+        if sub.optimizer is not optimizer:
+            raise ValueError(f"{name} expects all schedulers to belong to the same optimizer, but {where} has another")
+    epochs = {sub.last_epoch for sub in schedulers}
+    if same_step and len(epochs) != 1:
+        raise ValueError(f"{name} needs schedulers at the same step; their last_epoch values are {sorted(epochs)}")
+    return schedulers
+
+
 class SequentialLR(_FusedLRScheduler):
     """Runs fused_lr schedulers one after another, switching at the milestones, on the device.
 
@@ -1096,25 +1124,8 @@ class SequentialLR(_FusedLRScheduler):
 
     def __init__(self, optimizer: FusedSGD, schedulers, milestones, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "SequentialLR")
-        schedulers = list(schedulers)
-        if len(schedulers) < 1:
-            raise ValueError(f"{type(self).__name__} expects at least one scheduler, but got no scheduler.")
+        schedulers = _check_parts(type(self).__name__, schedulers, optimizer, reject=(SequentialLR, MultiplicativeLR))
         for i, sub in enumerate(schedulers):
-            if isinstance(sub, (ReduceLROnPlateau, stock_lr_scheduler.ReduceLROnPlateau)):
-                raise ValueError(
-                    f"{type(self).__name__} does not support `ReduceLROnPlateau`, as it does not "
-                    f"have a closed form (scheduler at index {i})"
-                )
-            if not isinstance(sub, _FusedLRScheduler) or isinstance(sub, (SequentialLR, MultiplicativeLR)):
-                raise TypeError(
-                    f"{type(self).__name__} combines fused_lr schedulers with a closed form; scheduler at index "
-                    f"{i} is a {type(sub).__module__}.{type(sub).__name__}"
-                )
-            if sub.optimizer is not optimizer:
-                raise ValueError(
-                    f"{type(self).__name__} expects all schedulers to belong to the same optimizer, but "
-                    f"got scheduler at index {i} with a different optimizer"
-                )
             if getattr(sub, "cycle_momentum", False):
                 raise ValueError(
                     f"{type(self).__name__}: scheduler at index {i} ({type(sub).__name__}) cycles momentum, which a "
@@ -1708,38 +1719,6 @@ class _Composite(_FusedLRScheduler):
 
     _schedulers: list
 
-    def _check_subs(self, schedulers, optimizer, name: str, allowed=None) -> list:
-        schedulers = list(schedulers)
-        if not schedulers:
-            raise ValueError(f"{name} expects at least one scheduler, but got no scheduler.")
-        for i, sub in enumerate(schedulers):
-            if isinstance(sub, (ReduceLROnPlateau, stock_lr_scheduler.ReduceLROnPlateau)):
-                raise ValueError(
-                    f"{name} does not support `ReduceLROnPlateau` scheduler as it requires additional kwargs "
-                    f"to be specified when calling `step`, but got one at index {i} in the given schedulers sequence."
-                )
-            if not isinstance(sub, _FusedLRScheduler) or isinstance(sub, _Composite):
-                raise TypeError(
-                    f"{name} combines fused_lr schedulers with a closed form; scheduler at index {i} is a "
-                    f"{type(sub).__module__}.{type(sub).__name__}"
-                )
-            if allowed is not None and not isinstance(sub, allowed):
-                raise ValueError(
-                    f"{name} runs on the device as a product of multiplicative schedulers "
-                    f"({', '.join(c.__name__ for c in allowed)}); scheduler at index {i} is a {type(sub).__name__}, "
-                    "whose chained (recursive) form has no closed form. Use SequentialLR or PerGroupLR, or "
-                    "torch.optim.lr_scheduler.ChainedScheduler with stock schedulers (host-written LRs)."
-                )
-            if sub.optimizer is not optimizer:
-                raise ValueError(
-                    f"{name} expects all schedulers to belong to the same optimizer, but got scheduler "
-                    f"{type(sub).__name__} at index {i} with a different optimizer"
-                )
-        epochs = {sub.last_epoch for sub in schedulers}
-        if len(epochs) != 1:
-            raise ValueError(f"{name} needs schedulers at the same step; their last_epoch values are {sorted(epochs)}")
-        return schedulers
-
     def _init_from_parts(self, optimizer: FusedSGD) -> None:
         # No initial step of its own (torch's ChainedScheduler has none): continue at the parts' step.
         first = self._schedulers[0]
@@ -1836,7 +1815,7 @@ class ChainedScheduler(_Composite):
                 raise TypeError(f"ChainedScheduler at index {i} should have `optimizer` as its attribute.")
         optimizer = optimizer or schedulers[0].optimizer
         _check_optimizer(optimizer, "ChainedScheduler")
-        self._schedulers = self._check_subs(schedulers, optimizer, "ChainedScheduler")
+        self._schedulers = _check_parts("ChainedScheduler", schedulers, optimizer, reject=(_Composite,), same_step=True)
         self.horizon = _int_arg("horizon", horizon, 1)
         self.mode = "product" if all(isinstance(s, self._multiplicative) for s in schedulers) else "table"
         if self.mode == "table":
@@ -1932,19 +1911,8 @@ class PerGroupLR(_Composite):
         n = len(optimizer.param_groups)
         if len(schedulers) != n:
             raise ValueError(f"PerGroupLR needs one scheduler per param group: {n} groups, got {len(schedulers)} schedulers")
-        for i, sub in enumerate(schedulers):
-            if isinstance(sub, (ReduceLROnPlateau, stock_lr_scheduler.ReduceLROnPlateau)):
-                raise ValueError(f"PerGroupLR does not support `ReduceLROnPlateau` (scheduler for group {i})")
-            if not isinstance(sub, _FusedLRScheduler) or isinstance(sub, PerGroupLR):
-                raise TypeError(
-                    f"PerGroupLR combines fused_lr schedulers; the scheduler for group {i} is a "
-                    f"{type(sub).__module__}.{type(sub).__name__}"
-                )
-            if sub.optimizer is not optimizer:
-                raise ValueError(f"PerGroupLR: the scheduler for group {i} belongs to a different optimizer")
-        epochs = {sub.last_epoch for sub in schedulers}
-        if len(epochs) != 1:
-            raise ValueError(f"PerGroupLR needs schedulers at the same step; their last_epoch values are {sorted(epochs)}")
+        _check_parts("PerGroupLR", schedulers, optimizer, reject=(PerGroupLR,), label="the scheduler for group {i}",
+                     same_step=True)
         self._group_schedulers = schedulers
         unique: list = []
         for sub in schedulers:
