@@ -1124,7 +1124,10 @@ class SequentialLR(_FusedLRScheduler):
 
     def __init__(self, optimizer: FusedSGD, schedulers, milestones, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "SequentialLR")
-        schedulers = _check_parts(type(self).__name__, schedulers, optimizer, reject=(SequentialLR, MultiplicativeLR))
+        # Composite parts (another sequence, a chain, per-group schedules) have piece rows of their
+        # own that a sequence's pieces cannot hold; MultiplicativeLR's product has no restart.
+        schedulers = _check_parts(type(self).__name__, schedulers, optimizer,
+                                  reject=(SequentialLR, MultiplicativeLR, _Composite))
         for i, sub in enumerate(schedulers):
             if getattr(sub, "cycle_momentum", False):
                 raise ValueError(

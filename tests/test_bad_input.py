@@ -269,6 +269,9 @@ def test_scheduler_load_state_dict_rejects_without_mutation(mutate, exc, match):
         (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.StepLR(_stepped_opt()[1], 3)], [3]), ValueError,
          "same optimizer"),
         (lambda o: fused.SequentialLR(o, [], []), ValueError, "at least one scheduler"),
+        # A composite part (its own piece rows) used to crash with an IndexError while building.
+        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ChainedScheduler([fused.ExponentialLR(o, 0.9)])], [3]),
+         TypeError, "scheduler at index 1 is a fused_lr.lr_scheduler.ChainedScheduler"),
     ],
 )
 def test_sequential_rejects(make, exc, match):
