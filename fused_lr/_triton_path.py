@@ -729,51 +729,32 @@ def kernel_specializations() -> list[dict[str, Any]]:
     cfg = _sgd_kernels.launch_config()
     options = {"num_warps": cfg["num_warps"], "enable_fp_fusion": cfg["enable_fp_fusion"]}
     specs = []
+
+    def add(kind, name, fn, base_signature, constexprs, options, dtype, aligned):
+        signature = dict(base_signature)
+        signature.update({k: "constexpr" for k in constexprs})
+        specs.append(dict(name=name, kind=kind, fn=fn, signature=signature, constexprs=constexprs,
+                          options=dict(options), dtype=dtype, aligned=aligned))
+
     for torch_dtype, tl_dtype in _torch_to_triton_dtype().items():
+        blocks = {"DTYPE": tl_dtype, "COMPUTE_DTYPE": _sgd_kernels.compute_dtype(tl_dtype)}
+        sizes = {"BLOCK_SIZE": cfg["BLOCK_SIZE"], "CHUNK_BLOCKS": cfg["CHUNK_BLOCKS"]}
         for aligned in (True, False):
             for scaled in (False, True):
-                constexprs = {
-                    "DTYPE": tl_dtype,
-                    "COMPUTE_DTYPE": _sgd_kernels.compute_dtype(tl_dtype),
-                    "ALIGNED": aligned,
-                    "SCALED": scaled,
-                    "BLOCK_SIZE": cfg["BLOCK_SIZE"],
-                    "CHUNK_BLOCKS": cfg["CHUNK_BLOCKS"],
-                }
-                signature = dict(_SGD_SIGNATURE)
-                signature.update({k: "constexpr" for k in constexprs})
-                specs.append(dict(
-                    name=f"sgd_kernel[{tl_dtype}, ALIGNED={aligned}, SCALED={scaled}]", kind="sgd",
-                    fn=_sgd_kernels.sgd_kernel, signature=signature, constexprs=constexprs,
-                    options=dict(options), dtype=torch_dtype, aligned=aligned,
-                ))
+                add("sgd", f"sgd_kernel[{tl_dtype}, ALIGNED={aligned}, SCALED={scaled}]", _sgd_kernels.sgd_kernel,
+                    _SGD_SIGNATURE, {**blocks, "ALIGNED": aligned, "SCALED": scaled, **sizes}, options,
+                    torch_dtype, aligned)
             for norm_inf in (False, True):
-                constexprs = {
-                    "DTYPE": tl_dtype,
-                    "COMPUTE_DTYPE": _sgd_kernels.compute_dtype(tl_dtype),
-                    "ALIGNED": aligned,
-                    "NORM_INF": norm_inf,
-                    "BLOCK_SIZE": cfg["BLOCK_SIZE"],
-                    "CHUNK_BLOCKS": cfg["CHUNK_BLOCKS"],
-                }
-                signature = dict(_PARTIALS_SIGNATURE)
-                signature.update({k: "constexpr" for k in constexprs})
-                specs.append(dict(
-                    name=f"grad_norm_partials_kernel[{tl_dtype}, ALIGNED={aligned}, NORM_INF={norm_inf}]",
-                    kind="norm_partials", fn=_norm_kernels.grad_norm_partials_kernel, signature=signature,
-                    constexprs=constexprs, options={"num_warps": cfg["num_warps"]}, dtype=torch_dtype,
-                    aligned=aligned,
-                ))
+                add("norm_partials", f"grad_norm_partials_kernel[{tl_dtype}, ALIGNED={aligned}, NORM_INF={norm_inf}]",
+                    _norm_kernels.grad_norm_partials_kernel, _PARTIALS_SIGNATURE,
+                    {**blocks, "ALIGNED": aligned, "NORM_INF": norm_inf, **sizes}, {"num_warps": cfg["num_warps"]},
+                    torch_dtype, aligned)
     for norm_dtype in (torch.float32, torch.float64):
+        tl_dtype = _torch_to_triton_dtype()[norm_dtype]
+        finalize_signature = dict(_FINALIZE_SIGNATURE, norm_out_ptr="*fp64" if norm_dtype == torch.float64 else "*fp32")
         for norm_inf in (False, True):
-            tl_dtype = _torch_to_triton_dtype()[norm_dtype]
-            constexprs = {"NORM_INF": norm_inf, "NORM_DTYPE": tl_dtype, "BLOCK": _norm_kernels.FINALIZE_BLOCK}
-            signature = dict(_FINALIZE_SIGNATURE)
-            signature["norm_out_ptr"] = "*fp64" if norm_dtype == torch.float64 else "*fp32"
-            signature.update({k: "constexpr" for k in constexprs})
-            specs.append(dict(
-                name=f"grad_norm_finalize_kernel[{tl_dtype}, NORM_INF={norm_inf}]", kind="norm_finalize",
-                fn=_norm_kernels.grad_norm_finalize_kernel, signature=signature, constexprs=constexprs,
-                options={"num_warps": cfg["num_warps"]}, dtype=norm_dtype, aligned=None,
-            ))
+            add("norm_finalize", f"grad_norm_finalize_kernel[{tl_dtype}, NORM_INF={norm_inf}]",
+                _norm_kernels.grad_norm_finalize_kernel, finalize_signature,
+                {"NORM_INF": norm_inf, "NORM_DTYPE": tl_dtype, "BLOCK": _norm_kernels.FINALIZE_BLOCK},
+                {"num_warps": cfg["num_warps"]}, norm_dtype, None)
     return specs

@@ -22,23 +22,12 @@ from conftest import TRAJ_TOL, assert_close, assert_lrs_close  # noqa: E402
 
 import fused_lr  # noqa: E402
 import fused_lr.lr_scheduler as fused  # noqa: E402
+from test_compile import OPT_KW  # noqa: E402  (the in-process compile tests' model and data)
+from test_compile import _batch as batch  # noqa: E402
+from test_compile import _groups as groups  # noqa: E402
+from test_compile import _model as model  # noqa: E402
 
-OPT_KW = dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
 STEPS, WARMUP, EAGER_FIRST = 12, 2, 2  # eager, compiled warm-up, compiled without recompiles, eager
-
-
-def model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
-
-
-def groups(m):
-    return [dict(params=m[0].parameters()), dict(params=m[2].parameters(), lr=0.05)]
-
-
-def batch(t):
-    g = torch.Generator().manual_seed(t)
-    return torch.randn(6, 4, generator=g), torch.randn(6, 2, generator=g)
 
 
 def run(make):

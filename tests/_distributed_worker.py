@@ -220,10 +220,9 @@ def case_fsdp2_clip(rank, world, backend="torch"):
         check(f"FSDP2 clipped, {backend} path, rank {rank} step {t}: total norm", norm, ref[t][3])
 
 
-def case_dcp_save_and_resume(rank, world, ckpt_dir):
-    """torch.distributed.checkpoint under FSDP2: save the sharded model + optimizer state mid-schedule
-    (and the scheduler's state_dict), resume in fresh objects on 2 ranks, finish; params, buffers
-    and LRs must match the uninterrupted stock run at every step after the resume."""
+def dcp_resume(model, ckpt_dir, name="StepLR"):
+    """Fresh FusedSGD + scheduler for ``model``, restored from the DCP checkpoint in ``ckpt_dir``
+    (model and optimizer through torch's state-dict helpers, the scheduler from sched.pt)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
@@ -231,6 +230,23 @@ def case_dcp_save_and_resume(rank, world, ckpt_dir):
         set_model_state_dict,
         set_optimizer_state_dict,
     )
+
+    opt = fused_lr.FusedSGD(groups(model), **OPT_KW)
+    sched = getattr(fused, name)(opt, **SCHEDULES[name])
+    sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    dcp.load(sd, checkpoint_id=ckpt_dir)
+    set_model_state_dict(model, sd["model"])
+    set_optimizer_state_dict(model, opt, sd["optim"])
+    sched.load_state_dict(torch.load(os.path.join(ckpt_dir, "sched.pt"), weights_only=True))
+    return opt, sched
+
+
+def case_dcp_save_and_resume(rank, world, ckpt_dir):
+    """torch.distributed.checkpoint under FSDP2: save the sharded model + optimizer state mid-schedule
+    (and the scheduler's state_dict), resume in fresh objects on 2 ranks, finish; params, buffers
+    and LRs must match the uninterrupted stock run at every step after the resume."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     name = "StepLR"
     ref = reference(name, dcp_init=True)
@@ -248,13 +264,7 @@ def case_dcp_save_and_resume(rank, world, ckpt_dir):
     dist.barrier()
 
     model = fsdp_model()  # fresh objects, as after a restart
-    opt = fused_lr.FusedSGD(groups(model), **OPT_KW)
-    sched = getattr(fused, name)(opt, **SCHEDULES[name])
-    sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-    dcp.load(sd, checkpoint_id=ckpt_dir)
-    set_model_state_dict(model, sd["model"])
-    set_optimizer_state_dict(model, opt, sd["optim"])
-    sched.load_state_dict(torch.load(os.path.join(ckpt_dir, "sched.pt"), weights_only=True))
+    opt, sched = dcp_resume(model, ckpt_dir, name)
     for t in train_local(model, opt, sched, range(SAVE_AT, STEPS), rank, world):
         check_step(f"DCP resumed on {world} ranks, rank {rank} step {t}", model, opt, ref[t])
 
@@ -296,24 +306,9 @@ def worker(rank, world, port, ckpt_dir):
 def case_dcp_load_into_one_process(ckpt_dir):
     """The 2-rank FSDP2 checkpoint loaded into an unsharded model in one process (no process group):
     DCP reshards the DTensor shards into full tensors; the run continues as stock's."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    name = "StepLR"
-    ref = reference(name, dcp_init=True)
+    ref = reference("StepLR", dcp_init=True)
     model = make_model()
-    opt = fused_lr.FusedSGD(groups(model), **OPT_KW)
-    sched = getattr(fused, name)(opt, **SCHEDULES[name])
-    sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-    dcp.load(sd, checkpoint_id=ckpt_dir)
-    set_model_state_dict(model, sd["model"])
-    set_optimizer_state_dict(model, opt, sd["optim"])
-    sched.load_state_dict(torch.load(os.path.join(ckpt_dir, "sched.pt"), weights_only=True))
+    opt, sched = dcp_resume(model, ckpt_dir)
     check_step("DCP loaded into 1 process, at the checkpoint", model, opt, ref[SAVE_AT - 1])
     for t in train_local(model, opt, sched, range(SAVE_AT, STEPS), 0, 1):
         check_step(f"DCP resumed on 1 process, step {t}", model, opt, ref[t])

@@ -124,6 +124,12 @@ SCHEDULERS = {
 }
 
 
+def _set(ps, gs):
+    """Fresh copies of ``gs`` as the grads of ``ps`` (None stays None)."""
+    for p, g in zip(ps, gs):
+        p.grad = None if g is None else g.clone()
+
+
 class _PinGroup1:
     """Stock reference: a stock scheduler driving group 0 only; group 1 keeps a fixed lr and momentum."""
 
@@ -191,8 +197,7 @@ def run_scheduler(name, dtype=torch.float32):
     for t in range(STEPS):
         gs = grads_for(t, ref)
         for ps in (a_ps, t_ps, k_ps):
-            for p, g in zip(ps, gs):
-                p.grad = None if g is None else g.clone()
+            _set(ps, gs)
         used = [g["lr"] for g in stock_opt.param_groups]
         used_history.append(used)
         stock_opt.step()
@@ -273,8 +278,7 @@ def case_plateau():
     for t, m in enumerate(metrics):
         gs = grads_for(t + 10, ps)
         for qs in (a_ps, k_ps):
-            for p, g in zip(qs, gs):
-                p.grad = None if g is None else g.clone()
+            _set(qs, gs)
         a.step()
         k.step()
         sa.step(m)
@@ -306,8 +310,7 @@ def case_resume():
             s_part.load_state_dict(ck["s"])
         gs = grads_for(t, ps)
         for qs in (full, part):
-            for p, g in zip(qs, gs):
-                p.grad = None if g is None else g.clone()
+            _set(qs, gs)
         o_full.step(), o_part.step(), s_full.step(), s_part.step()
     for p, q in zip(full, part):
         assert torch.equal(p, q), "resumed Triton-path trajectory differs"
@@ -324,8 +327,7 @@ def case_epoch_schedule():
         for it in range(3):
             gs = grads_for(epoch * 3 + it, ps)
             for qs in (a_ps, k_ps):
-                for p, g in zip(qs, gs):
-                    p.grad = None if g is None else g.clone()
+                _set(qs, gs)
             a.step()
             k.step()
         sa.step()
@@ -354,8 +356,7 @@ def case_edits():
             sk.set_total_steps(40)
         gs = grads_for(step, ps)
         for qs in (t_ps, k_ps):
-            for p, g in zip(qs, gs):
-                p.grad = None if g is None else g.clone()
+            _set(qs, gs)
         t.step()
         k.step()
         assert k.lr_tensor.tolist() == t.lr_tensor.tolist(), f"step {step}: {k.lr_tensor.tolist()} vs {t.lr_tensor.tolist()}"
@@ -481,11 +482,6 @@ def _amp_grads(t, ps, scale):
     if t in POISONED:
         out[2].view(-1)[5] = float("inf")
     return out
-
-
-def _set(ps, gs):
-    for p, g in zip(ps, gs):
-        p.grad = None if g is None else g.clone()
 
 
 def run_amp(dtype, max_grad_norm=None, norm_type=2.0, ref=None):
