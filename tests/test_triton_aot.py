@@ -62,6 +62,15 @@ def _global_accesses(lines: list[str]) -> tuple[list[str], list[str]]:
     return loads, stores
 
 
+def _hot_loop(loops: list[list[str]], which: int) -> list[str]:
+    """Among the innermost loops with global loads (``which=0``) or stores (``which=1``), the one
+    with the most of them (an outer label-to-branch range that encloses another loop is skipped)."""
+    busy = [body for body in loops if _global_accesses(body)[which]]
+    innermost = [b for b in busy if not any(o is not b and len(o) < len(b) and
+                                            set(map(id, o)) <= set(map(id, b)) for o in busy)]
+    return max(innermost, key=lambda b: len(_global_accesses(b)[which]), default=[])
+
+
 def _child(out_path: str) -> None:
     """Compile everything and write a JSON report: {name: {cc: {...}}}."""
     import triton
@@ -80,10 +89,7 @@ def _child(out_path: str) -> None:
             loops = _loops(ptx)
             if spec["kind"] != "sgd":
                 # The norm kernels: the partials kernel's hot loop is the innermost loop that loads.
-                loading = [body for body in loops if _global_accesses(body)[0]]
-                innermost = [b for b in loading if not any(o is not b and len(o) < len(b) and
-                                                           set(map(id, o)) <= set(map(id, b)) for o in loading)]
-                hot = max(innermost, key=lambda b: len(_global_accesses(b)[0]), default=[])
+                hot = _hot_loop(loops, 0)
                 loads, stores = _global_accesses(hot)
                 entry[str(cc)] = dict(
                     kind=spec["kind"], loads=loads, stores=stores, itemsize=spec["dtype"].itemsize,
@@ -95,10 +101,7 @@ def _child(out_path: str) -> None:
             # block layout can also make an outer label-to-branch range that encloses one), the
             # one with the most stores: the update stores param and buffer vectors, the
             # write-back loop over groups stores one float64 LR per iteration.
-            storing = [body for body in loops if _global_accesses(body)[1]]
-            innermost = [b for b in storing if not any(o is not b and len(o) < len(b) and
-                                                       set(map(id, o)) <= set(map(id, b)) for o in storing)]
-            hot = max(innermost, key=lambda b: len(_global_accesses(b)[1]), default=[])
+            hot = _hot_loop(loops, 1)
             loads, stores = _global_accesses(hot)
             entry[str(cc)] = dict(
                 kind="sgd",
