@@ -736,11 +736,10 @@ class DeviceSchedule:
         if not self.direct_fns:
             blk, k = self._host_values(step)
             return blk[2][k][: self.n_groups]
-        desc = self.desc_host
-        if self.direct_fns:
-            desc = desc.clone()
-            for g, fn in self.direct_fns.items():
-                desc[g, 2] = desc[g, 1] * float(fn(step))
+        # Device-mode lambdas: their rows' values at this step, on a copy of the mirror.
+        desc = self.desc_host.clone()
+        for g, fn in self.direct_fns.items():
+            desc[g, 2] = desc[g, 1] * float(fn(step))
         return lr_at(torch.tensor([step], dtype=torch.int64), desc, self.table_host, self.kinds, self.n_groups).tolist()
 
     def host_momenta(self, step: int) -> dict[int, float]:
