@@ -22,10 +22,12 @@ LambdaLR callables run on the device one of two ways (see :class:`LambdaLR`).
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 import types
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -82,6 +84,61 @@ def _real_arg(name: str, value: Any, *, positive: bool = False, nonnegative: boo
     return value
 
 
+def _lr_value(lr: Any) -> float:
+    """An LR as a float (a tensor LR is read on the host: torch's schedulers read it too)."""
+    return float(lr.detach().reshape(()).item()) if isinstance(lr, torch.Tensor) else float(lr)
+
+
+def _build_twin(sched: Any) -> LRScheduler:
+    """torch's scheduler of the same name and arguments on a stand-in optimizer whose groups start
+    at ``sched.base_lrs`` (so the twin's base_lrs are the same)."""
+    import inspect
+
+    cls = getattr(stock_lr_scheduler, type(sched).__name__)
+    groups = sched.optimizer.param_groups
+    stand_in = torch.optim.SGD(
+        [{"params": [torch.zeros(1)], "lr": base, "initial_lr": base, "momentum": g.get("momentum", 0.0)}
+         for base, g in zip(sched.base_lrs, groups)],
+        lr=1.0,
+    )
+    args, kwargs = sched._ctor_args
+    bound = inspect.signature(type(sched).__init__).bind(sched, *args, **kwargs)
+    bound.arguments.pop("self", None)
+    bound.arguments["optimizer"] = stand_in
+    bound.arguments.pop("horizon", None)
+    bound.arguments["last_epoch"] = -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(**bound.arguments)
+
+
+def _host_can_read(t: torch.Tensor) -> bool:
+    """Whether reading ``t`` on the host is free (a CPU tensor: no device to wait for)."""
+    return t.device.type == "cpu"
+
+
+class _AsyncRead:
+    """Device values copied to the host without waiting: on an accelerator, non-blocking copies
+    into pinned memory and an event; ``poll()`` returns the values once the event has completed
+    (``Event.query()`` never blocks), else None. On CPU the values are there at once."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        if tensors[0].device.type == "cpu":  # (a copy, so that later device ops do not change it)
+            self._host = [t.clone() for t in tensors]
+            self._event = None
+            return
+        self._host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        for h, t in zip(self._host, tensors):
+            h.copy_(t, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+
+    def poll(self) -> list | None:
+        if self._event is not None and not self._event.query():
+            return None
+        return [h.tolist() if h.dim() else h.item() for h in self._host]
+
+
 def _check_optimizer(optimizer: Any, scheduler: str) -> FusedSGD:
     if not isinstance(optimizer, FusedSGD):
         raise TypeError(
@@ -113,11 +170,10 @@ class _FusedLRScheduler(LRScheduler):
                         "scheduler with last_epoch >= 0"
                     )
         self._sched: S.DeviceSchedule | None = None
-        if last_epoch == -1:
-            # torch stores a clone of a tensor lr here; a float keeps state_dicts stock-shaped.
-            for group in optimizer.param_groups:
-                initial = group.get("initial_lr", group["lr"])
-                group["initial_lr"] = float(initial)
+        # Groups whose LR torch's recurrence would compute from an assigned value in a way no
+        # edit column expresses: {group: step at which the closed form takes over again}. Each
+        # step computes their LR on the host with torch's own scheduler (see _torch_step_lrs).
+        self._host_driven: dict[int, float] = {}
         super().__init__(optimizer, last_epoch)
 
     # -------------------------------------------------------------- schedule description
@@ -137,6 +193,17 @@ class _FusedLRScheduler(LRScheduler):
                        momentum_rows=more[0] if more else None)
         self._sched = sched
 
+    def _rebuild(self, keep_edits: bool = True) -> None:
+        """Rebuild the description (grown tables, loaded arguments) at ``last_epoch``, keeping the
+        edits of assigned LRs, and make it the optimizer's."""
+        old = self._sched
+        self._build_schedule()
+        self._sched.set_step(max(self.last_epoch, 0))
+        if keep_edits and old is not None:
+            for g, edit in old.edits().items():
+                self._sched.set_edit(g, *edit)
+        self.optimizer._attach(self, self._sched)
+
     def _grow_tables(self, epoch: int) -> bool:
         """Extend host-tabulated values ahead of ``epoch``; True when the description changed."""
         return False
@@ -150,6 +217,92 @@ class _FusedLRScheduler(LRScheduler):
         if self._sched is not None and self._sched.momentum_rows:
             for g, m in self._sched.host_momenta(max(self.last_epoch, 0)).items():
                 self.optimizer.param_groups[g]["momentum"] = m
+
+    # -------------------------------------------------------------- assigned LRs
+
+    # How an LR assigned to group g at step k carries on under torch's recurrence for this
+    # scheduler (_edit_policy): "mul" — torch multiplies the LR by per-step ratios of its closed
+    # form, so the assigned value scales the schedule (an edit column: b = assigned / schedule);
+    # "once" — torch recomputes the LR from base_lrs at every step, so the assignment lasts until
+    # the next step; "host" — anything else: torch's own scheduler computes each later LR on the
+    # host from the previous one. The second value is the step at which the closed form takes over
+    # again (inf: never).
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return "once", step + 1
+
+    # A value within this relative distance of the schedule's own LR is the schedule's LR: torch's
+    # chained recurrences reach the closed forms' values only to float64 rounding (~1e-15 relative
+    # per step, see tests/conftest.py LR_RTOL), so an LR loaded from a stock checkpoint is not an
+    # edit. 1e-12 is far below any deliberate change of an LR.
+    _SAME_LR_RTOL = 1e-12
+
+    def _lrs_assigned(self, changes: list) -> None:
+        """The user assigned ``group["lr"]`` (or loaded it): carry the values on as torch would,
+        from ``last_epoch``. Called by the optimizer before an update and by ``step()`` before
+        advancing; the values were checked there."""
+        k = max(self.last_epoch, 0)
+        current = self._sched.host_lrs(k)
+        for g, value in changes:
+            x = float(value.detach().reshape(()).item()) if isinstance(value, torch.Tensor) else float(value)
+            if abs(x - current[g]) <= self._SAME_LR_RTOL * abs(current[g]):
+                continue
+            self._assign(g, k, x)
+        if not self._sched.pending:  # (with a deferred step pending, the update kernel evaluates the edits)
+            self._sched.write_lr(self.optimizer._lr_buf)
+
+    def _assign(self, g: int, k: int, x: float) -> None:
+        kind, stop = self._edit_policy(g, k)
+        if kind == "mul":
+            v = self._sched.raw_host_lrs(k)[g]
+            if v != 0.0:
+                self._sched.set_edit(g, k, stop, 0.0, x / v)
+                self._host_driven.pop(g, None)
+                return
+            kind = "host"  # 0 times anything is 0: torch's ratios are followed on the host
+        self._sched.set_edit(g, k, k + 1, x, 0.0)
+        if kind == "host":
+            self._host_driven[g] = stop
+        else:
+            self._host_driven.pop(g, None)
+
+    def _drive_on_host(self, previous: list[float]) -> None:
+        """At a new ``last_epoch``: the LRs of host-driven groups, from torch's own recurrence."""
+        k = self.last_epoch
+        for g, stop in list(self._host_driven.items()):
+            if k >= stop:
+                del self._host_driven[g]
+        if not self._host_driven:
+            return
+        values = self._torch_step_lrs(previous, k)
+        for g in self._host_driven:
+            self._sched.set_edit(g, k, k + 1, values[g], 0.0)
+
+    def _torch_step_lrs(self, lrs: list[float], epoch: int) -> list[float]:
+        """The LRs torch's scheduler sets when it steps to ``epoch`` with the groups at ``lrs``."""
+        twin = self._twin()
+        if twin is None:  # a closed form (torch recomputes it from base_lrs): the schedule's own values
+            return self._sched.raw_host_lrs(epoch)
+        for group, lr in zip(twin.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        twin.last_epoch = epoch - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the stand-in optimizer never steps
+            twin.step()
+        return [float(group["lr"]) for group in twin.optimizer.param_groups]
+
+    # torch schedulers whose step multiplies the previous LR (a twin is needed to follow them).
+    _CHAINABLE = ("StepLR", "MultiStepLR", "ExponentialLR", "ConstantLR", "LinearLR", "PolynomialLR",
+                  "CosineAnnealingLR", "MultiplicativeLR")
+
+    def _twin(self):
+        """torch's own scheduler with this one's arguments on a stand-in optimizer (built once), or
+        None for schedulers whose torch twin recomputes from base_lrs at every step."""
+        if type(self).__name__ not in self._CHAINABLE:
+            return None
+        twin = self.__dict__.get("_twin_sched")
+        if twin is None:
+            twin = self._twin_sched = _build_twin(self)
+        return twin
 
     # -------------------------------------------------------------- stepping
 
@@ -179,43 +332,86 @@ class _FusedLRScheduler(LRScheduler):
         if epoch is not None:
             epoch = _int_arg("epoch", epoch, 0)
         self._check_step(self.last_epoch + 1 if epoch is None else epoch)
-        if self._sched is None:
+        opt = self.optimizer
+        initial = self._sched is None
+        # Everything is checked before anything changes (assigned LRs included). Inside
+        # torch.compile the groups' float LRs are not read: a guard on them would recompile at
+        # every new LR (an assignment made in a compiled region is taken at the next eager step).
+        changes = [] if initial or torch.compiler.is_compiling() else opt._lr_assignments()
+        if initial:
+            self.base_lrs = [_lr_value(b) for b in self.base_lrs]
             self._build_schedule()
-        self.optimizer._schedule = self._sched
+        else:
+            opt._attach(self, self._sched)
+            opt._apply_lr_assignments(changes)
         self._step_count += 1
+        sched = self._sched
         if epoch is None:
             self.last_epoch += 1
-            if self._step_count == 1:
-                self._sched.set_step(self.last_epoch)
-            elif self.optimizer._defers_schedule(self._sched):
+            if initial:
+                sched.set_step(self.last_epoch)
+                opt._attach(self, sched)
+            elif opt._defers_schedule(sched):
                 # Triton path: the next update kernel advances the counter and writes the LRs.
-                self._sched.defer_advance()
-                self._before_write()
-                self._write_momenta()
-                self._host_cache = None
-                return
+                sched.defer_advance()
             else:
-                self._sched.advance()
+                sched.advance()
         else:
-            warnings.warn(
-                "The epoch parameter in `scheduler.step()` was not necessary and is being "
-                "deprecated where possible. Please use `scheduler.step()` to step the scheduler.",
-                UserWarning,
-                stacklevel=2,
-            )
+            warnings.warn(stock_lr_scheduler.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
             self.last_epoch = epoch
-            self._sched.set_step(epoch)
-        self._before_write()
-        self._sched.write_lr(self.optimizer._lr_buf)
-        self._write_momenta()
-        self._host_cache = None
+            sched.set_step(epoch)
+            # torch's closed form at an explicit epoch: assigned LRs do not carry over.
+            self._clear_edits()
+        self._finish_step(initial)
 
-    def _before_write(self) -> None:
-        """Before the LR is written: extend host-tabulated values (LambdaLR, CyclicLR's scale_fn)."""
+    @torch.compiler.disable
+    def _finish_step(self, initial: bool) -> None:
+        """The host's part of a step: grown tables, host-driven groups, the device LRs and the float
+        ``group["lr"]`` values. Python floats computed on the host: inside a compiled region this
+        runs eagerly (one graph break, where stock's scheduler step is never traced at all)."""
+        opt = self.optimizer
+        previous = [_lr_value(g["lr"]) for g in opt.param_groups]
         if self._grow_tables(self.last_epoch):
-            self._build_schedule()
-            self._sched.set_step(max(self.last_epoch, 0))
-            self.optimizer._schedule = self._sched
+            self._rebuild()
+        sched = self._sched
+        if initial:
+            self._start_from(previous)
+        else:
+            self._drive_on_host(previous)
+        if not sched.pending:
+            sched.write_lr(opt._lr_buf)
+        self._publish()
+
+    def _clear_edits(self) -> None:
+        self._host_driven.clear()
+        for g in self._sched.edits():
+            self._sched.set_edit(g, 0.0, 0.0, 0.0, 1.0)
+
+    def _start_from(self, lrs: list[float]) -> None:
+        """The initial step: a group whose LR differs from its ``initial_lr`` (an LR assigned after
+        an earlier scheduler was built) is where torch's recurrence starts from."""
+        for g, (x, base) in enumerate(zip(lrs, self.base_lrs)):
+            if abs(x - base) <= self._SAME_LR_RTOL * abs(base):
+                continue
+            kind, stop = self._edit_policy(g, 0)
+            if kind == "once":
+                continue  # torch computes this scheduler's LRs from base_lrs alone
+            if kind == "mul" and base != 0.0:
+                self._sched.set_edit(g, 0, stop, 0.0, x / base)
+            else:
+                self._host_driven[g] = stop
+                self._sched.set_edit(g, 0, 1, self._torch_step_lrs(lrs, 0)[g], 0.0)
+
+    def _publish(self) -> None:
+        """``group["lr"]`` of every group from the host's closed form (no device read), as torch's
+        step sets it; ``get_last_lr()`` returns the same values."""
+        values = self._sched.host_lrs(max(self.last_epoch, 0))
+        self.optimizer._publish_lrs(values)
+        self._last_lr = [
+            g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else v
+            for g, v in zip(self.optimizer.param_groups, values)
+        ]
+        self._write_momenta()
 
     def preview(self, steps: int) -> S.DeviceSchedule:
         """A CPU copy of this schedule whose tabulated parts cover steps ``[0, steps)``, for
@@ -246,16 +442,9 @@ class _FusedLRScheduler(LRScheduler):
         return self.get_last_lr()
 
     def get_last_lr(self) -> list[float]:
-        """The LR of every group at ``last_epoch``, as floats, computed on the host (no sync)."""
-        cache = getattr(self, "_host_cache", None)
-        if cache is None or cache[0] != self.last_epoch:
-            cache = (self.last_epoch, self._sched.host_lrs(self.last_epoch))
-            self._host_cache = cache
-        return list(cache[1])
-
-    @property
-    def _last_lr(self) -> list[float]:  # torch's attribute name, read by some tooling
-        return self.get_last_lr()
+        """The LR of every group set by the last ``step()`` (floats computed on the host: no sync;
+        tensors, as torch returns them, for groups whose ``"lr"`` is a tensor)."""
+        return list(self._last_lr)
 
     @property
     def step_counter(self) -> torch.Tensor:
@@ -273,7 +462,7 @@ class _FusedLRScheduler(LRScheduler):
             _step_count=self._step_count,
             _is_initial=False,
             _get_lr_called_within_step=False,
-            _last_lr=self.get_last_lr(),
+            _last_lr=list(self._last_lr),
         )
         return sd
 
@@ -304,13 +493,17 @@ class _FusedLRScheduler(LRScheduler):
         self.base_lrs = base_lrs
         self.last_epoch = last_epoch
         self._step_count = step_count
-        self._build_schedule()
-        self._sched.set_step(max(last_epoch, 0))
-        self.optimizer._schedule = self._sched
-        self._before_write()
+        self._host_driven = {}
+        self._grow_tables(max(last_epoch, 0))
+        self._rebuild(keep_edits=False)
         self._sched.write_lr(self.optimizer._lr_buf)
+        # torch's load leaves group["lr"] as it is: the next step continues from it, so the
+        # optimizer hands it to this scheduler as an assigned LR (an edit only if it differs from
+        # the schedule's value beyond rounding).
+        self.optimizer._forget_seen_lrs()
+        last = state_dict.get("_last_lr")
+        self._last_lr = list(last) if isinstance(last, list) and len(last) == n else self._sched.host_lrs(max(last_epoch, 0))
         self._write_momenta()
-        self._host_cache = None
 
 
 class StepLR(_FusedLRScheduler):
@@ -322,6 +515,9 @@ class StepLR(_FusedLRScheduler):
 
     _arg_names = ("step_size", "gamma")
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
     def __init__(self, optimizer: FusedSGD, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "StepLR")
         args = self._validate_args({"step_size": step_size, "gamma": gamma})
@@ -347,6 +543,9 @@ class ExponentialLR(_FusedLRScheduler):
 
     _arg_names = ("gamma",)
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
     def __init__(self, optimizer: FusedSGD, gamma: float, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "ExponentialLR")
         self.gamma = self._validate_args({"gamma": gamma})["gamma"]
@@ -369,6 +568,9 @@ class MultiStepLR(_FusedLRScheduler):
 
     _arg_names = ("milestones", "gamma")
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
     def __init__(self, optimizer: FusedSGD, milestones, gamma: float = 0.1, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "MultiStepLR")
         args = self._validate_args({"milestones": milestones, "gamma": gamma})
@@ -409,6 +611,9 @@ class ConstantLR(_FusedLRScheduler):
 
     _arg_names = ("factor", "total_iters")
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
     def __init__(self, optimizer: FusedSGD, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "ConstantLR")
         args = self._validate_args({"factor": factor, "total_iters": total_iters})
@@ -438,6 +643,9 @@ class LinearLR(_FusedLRScheduler):
 
     _arg_names = ("start_factor", "end_factor", "total_iters")
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
     def __init__(
         self,
         optimizer: FusedSGD,
@@ -473,6 +681,9 @@ class PolynomialLR(_FusedLRScheduler):
 
     _arg_names = ("total_iters", "power")
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
     def __init__(self, optimizer: FusedSGD, total_iters: int = 5, power: float = 1.0, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "PolynomialLR")
         args = self._validate_args({"total_iters": total_iters, "power": power})
@@ -499,6 +710,11 @@ class CosineAnnealingLR(_FusedLRScheduler):
 
     _arg_names = ("T_max", "eta_min")
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        # torch's recurrence scales (lr - eta_min) by a ratio of cosines and resets additively after
+        # each trough: followed on the host with torch's own scheduler.
+        return "host", math.inf
     def __init__(self, optimizer: FusedSGD, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "CosineAnnealingLR")
         args = self._validate_args({"T_max": T_max, "eta_min": eta_min})
@@ -762,39 +978,66 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self._cooldown_counter = torch.zeros((), dtype=torch.int64, device=dev)
         self._metric = torch.zeros((), dtype=torch.float64, device=dev)
         self._min_lrs_t = torch.tensor(min_lrs, dtype=torch.float64, device=dev)
+        # The host's copy of (best, num_bad_epochs, cooldown_counter), valid while every decision
+        # was made from a metric the host could read; None after a decision on a device metric
+        # until its asynchronous copy (_pending) has arrived.
+        self._mirror: tuple[float, int, int] | None = (self.mode_worse, 0, 0)
+        self._pending: _AsyncRead | None = None
+        self._last_lr = [_lr_value(g["lr"]) for g in optimizer.param_groups]
+        optimizer._lr_watchers.append(weakref.ref(self))
 
     # torch's _reset() sets these attributes; here they are device tensors behind properties.
     def _reset(self) -> None:
         self._best.fill_(self.mode_worse)
         self._cooldown_counter.zero_()
         self._num_bad.zero_()
+        self._mirror = (self.mode_worse, 0, 0)
+        self._pending = None
+
+    def _state(self) -> tuple[float, int, int]:
+        """(best, num_bad_epochs, cooldown_counter): the host's copy when it is current, else read
+        from the device (a sync on an accelerator, only after a decision on a device metric)."""
+        self._refresh()
+        if self._mirror is None:
+            self._read_state()
+        return self._mirror
 
     @property
     def best(self) -> float:
-        """Best metric so far (reads the device)."""
-        return self._best.item()
+        """Best metric so far."""
+        return self._state()[0]
 
     @property
     def num_bad_epochs(self) -> int:
-        """Epochs without improvement (reads the device)."""
-        return int(self._num_bad.item())
+        """Epochs without improvement."""
+        return self._state()[1]
 
     @property
     def cooldown_counter(self) -> int:
-        """Remaining cooldown epochs (reads the device)."""
-        return int(self._cooldown_counter.item())
+        """Remaining cooldown epochs."""
+        return self._state()[2]
 
     @property
     def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
 
-    @property
-    def _last_lr(self) -> list[float]:
-        return self.get_last_lr()
-
     def get_last_lr(self) -> list[float]:
-        """Current LRs (reads the device: a sync on an accelerator)."""
-        return self.optimizer.lr_tensor.tolist()
+        """The LRs after the last ``step()`` (floats, no device read; see ``step`` for when they
+        may lag behind the device)."""
+        self._refresh()
+        return list(self._last_lr)
+
+    def _metric_value(self, metrics: tuple) -> float | None:
+        """The metric as a host float when reading it costs nothing (a Python number, or a CPU
+        tensor outside torch.compile), else None (a device tensor: never read back)."""
+        if self.monitor is not None or len(metrics) != 1:
+            return None
+        (value,) = metrics
+        if isinstance(value, torch.Tensor):
+            if not _host_can_read(value) or torch.compiler.is_compiling():
+                return None
+            return float(value.detach().reshape(()).to(torch.float64))
+        return float(value)
 
     def _metric_tensor(self, metrics: tuple) -> torch.Tensor:
         if self.monitor is not None:
@@ -811,10 +1054,19 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         return self._metric.fill_(float(value))
 
     def step(self, metrics: Any, *more: Any, epoch: int | None = None) -> None:  # type: ignore[override]
-        """One plateau decision from ``metrics`` (or ``monitor(metrics, *more)``), on the device."""
+        """One plateau decision from ``metrics`` (or ``monitor(metrics, *more)``).
+
+        The decision runs as device tensor ops (no sync, capturable). ``group["lr"]`` and
+        ``get_last_lr()`` follow it as floats: exactly, with no device read, when the metric is a
+        Python number or a CPU tensor (the host repeats torch's decision on its own copy of the
+        state); with a metric on an accelerator they are refreshed from an asynchronous copy once
+        it has arrived (checked at the next ``step()`` of the optimizer or of this scheduler), so
+        they may lag by a step and never sync. ``opt.lr_tensor`` is always current.
+        """
         if self.monitor is None and more:
             if len(more) == 1 and isinstance(more[0], numbers.Integral):
                 epoch = more[0]  # torch's deprecated positional step(metrics, epoch)
+                more = ()
             else:
                 raise TypeError(
                     f"ReduceLROnPlateau.step got {1 + len(more)} metrics without a monitor to combine them; "
@@ -826,9 +1078,85 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         else:
             epoch = _int_arg("epoch", epoch, 0)
             warnings.warn(stock_lr_scheduler.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
+        opt = self.optimizer
+        compiling = torch.compiler.is_compiling()
+        changes = [] if compiling else opt._lr_assignments()  # checked before anything changes
+        host_metric = self._metric_value((metrics, *more))
         self.last_epoch = epoch
-        self.optimizer._sync_assigned_lrs()
+        if changes:
+            opt._apply_lr_assignments(changes)
         self._decide(current)
+        self._after_decision(host_metric)
+
+    @torch.compiler.disable
+    def _after_decision(self, host_metric: float | None) -> None:
+        """The host's part of a step (eager even inside a compiled region: Python floats)."""
+        self._refresh()
+        if host_metric is not None and self._mirror is not None:
+            self._decide_on_host(host_metric)
+        elif _host_can_read(self._metric):
+            self._read_state()  # on CPU the device is the host: reading it is free
+        else:
+            self._mirror = None
+            self._pending = _AsyncRead([self.optimizer.lr_tensor, self._best, self._num_bad, self._cooldown_counter])
+
+    def _decide_on_host(self, current: float) -> None:
+        """torch's decision on the host's copy of the state (the same comparisons in float64)."""
+        best, num_bad, cooldown = self._mirror
+        if self._is_better_host(current, best):
+            best, num_bad = current, 0
+        else:
+            num_bad += 1
+        if cooldown > 0:
+            cooldown -= 1
+            num_bad = 0
+        values = [_lr_value(g["lr"]) for g in self.optimizer.param_groups]
+        if num_bad > self.patience:
+            for i, old in enumerate(values):
+                new = max(old * self.factor, self.min_lrs[i])
+                if old - new > self.eps:
+                    values[i] = new
+            cooldown, num_bad = self.cooldown, 0
+        self._mirror = (best, num_bad, cooldown)
+        self._set_lrs(values)
+
+    def _is_better_host(self, a: float, best: float) -> bool:
+        if self.mode == "min" and self.threshold_mode == "rel":
+            return a < best * (1.0 - self.threshold)
+        if self.mode == "min":
+            return a < best - self.threshold
+        if self.threshold_mode == "rel":
+            return a > best * (self.threshold + 1.0)
+        return a > best + self.threshold
+
+    def _set_lrs(self, values: list[float]) -> None:
+        opt = self.optimizer
+        seen = opt._lr_seen
+        # A group the user assigned meanwhile keeps the assigned value (it takes effect next step).
+        keep = [g["lr"] is not seen[i] for i, g in enumerate(opt.param_groups)]
+        opt._publish_lrs([_lr_value(g["lr"]) if k else v for g, k, v in zip(opt.param_groups, keep, values)])
+        for i, k in enumerate(keep):
+            if k:
+                seen[i] = None
+        self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in opt.param_groups]
+
+    def _read_state(self, values=None) -> None:
+        lrs, best, num_bad, cooldown = values if values is not None else (
+            self.optimizer.lr_tensor.tolist(), self._best.item(), int(self._num_bad.item()),
+            int(self._cooldown_counter.item()))
+        if isinstance(best, list):
+            best = best[0]
+        self._mirror = (float(best), int(num_bad), int(cooldown))
+        self._set_lrs([float(v) for v in lrs])
+
+    def _refresh(self) -> None:
+        """Take the asynchronous copy of a device decision once it has arrived (no waiting)."""
+        pending = self.__dict__.get("_pending")
+        if pending is not None:
+            values = pending.poll()
+            if values is not None:
+                self._pending = None
+                self._read_state(values)
 
     def _is_better_t(self, a: torch.Tensor) -> torch.Tensor:
         best = self._best[0]
@@ -896,6 +1224,11 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self._best.fill_(best)
         self._cooldown_counter.fill_(cooldown_counter)
         self._num_bad.fill_(num_bad)
+        self._mirror = (best, num_bad, cooldown_counter)
+        self._pending = None
+        last = state_dict.get("_last_lr")
+        if isinstance(last, list) and len(last) == len(self.optimizer.param_groups):
+            self._last_lr = [_lr_value(v) for v in last]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -922,7 +1255,7 @@ class _EditableMixin:
             sched.desc[:, col].fill_(float(value))
         sched.invalidate()
         self._sched.write_lr(self.optimizer._lr_buf)
-        self._host_cache = None
+        self._publish()
 
 
 class WarmupCosineLR(_EditableMixin, _FusedLRScheduler):
@@ -1061,6 +1394,9 @@ class MultiplicativeLR(LambdaLR):
     as for :class:`LambdaLR`'s table mode; the callable must be a pure function of the epoch.
     """
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return "mul", math.inf  # torch multiplies the previous LR by lr_lambda(epoch)
     @staticmethod
     def _choose_modes(fns) -> list[str]:
         return ["table"] * len(fns)
@@ -1148,12 +1484,29 @@ class SequentialLR(_FusedLRScheduler):
         self._schedulers = schedulers
         self._milestones = [int(m) for m in milestones]
         # torch resets the LRs to initial_lr before its first piece's initial step.
-        for group in optimizer.param_groups:
-            if "initial_lr" in group:
-                group["lr"] = float(group["initial_lr"])
-        optimizer._rebuild_lr_buf()
+        optimizer._publish_lrs([_lr_value(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups])
         super().__init__(optimizer, last_epoch)
 
+
+    def _active(self, step: int) -> tuple[Any, int, float]:
+        """The piece active at ``step``: (scheduler, its first step, the step it ends at)."""
+        starts = [0, *self._milestones]
+        ends = [*self._milestones, math.inf]
+        i = bisect.bisect_right(self._milestones, step)
+        return self._schedulers[i], starts[i], ends[i]
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        # The active piece's recurrence, until the next milestone restarts the next piece from its
+        # closed form (torch's scheduler.step(0)).
+        sub, start, end = self._active(step)
+        kind, stop = sub._edit_policy(group, step - start)
+        return kind, min(start + stop, end)
+
+    def _torch_step_lrs(self, lrs: list[float], epoch: int) -> list[float]:
+        sub, start, _ = self._active(epoch)
+        if epoch == start:
+            return self._sched.raw_host_lrs(epoch)
+        return sub._torch_step_lrs(lrs, epoch - start)
     def _describe(self):
         n = len(self.optimizer.param_groups)
         k = len(self._schedulers)
@@ -1224,9 +1577,7 @@ class SequentialLR(_FusedLRScheduler):
         except Exception:
             for sub, sd in zip(self._schedulers, backups):
                 sub.load_state_dict(sd)
-            self._build_schedule()
-            self._sched.set_step(max(self.last_epoch, 0))
-            self.optimizer._schedule = self._sched
+            self._rebuild(keep_edits=False)
             self._sched.write_lr(self.optimizer._lr_buf)
             raise
 
@@ -1334,9 +1685,7 @@ class CyclicLR(_MomentumCycler, _FusedLRScheduler):
         self.horizon = _int_arg("horizon", horizon, 1)
         # Everything is valid: now the side effects torch has.
         if last_epoch == -1:
-            for lr, group in zip(base_lrs, optimizer.param_groups):
-                group["lr"] = lr
-            optimizer._rebuild_lr_buf()
+            optimizer._publish_lrs(base_lrs)
         self.max_lrs = max_lrs
         self.total_size = up + down
         self.step_ratio = up / self.total_size
@@ -1355,12 +1704,9 @@ class CyclicLR(_MomentumCycler, _FusedLRScheduler):
             # torch's quirk: its initial step used the groups' pre-existing initial_lr; from here on
             # base_lr (torch assigns base_lrs after the initial step).
             self.base_lrs = base_lrs
-            self._build_schedule()
-            self._sched.set_step(max(self.last_epoch, 0))
-            self.optimizer._schedule = self._sched
+            self._rebuild(keep_edits=False)
             self._sched.write_lr(self.optimizer._lr_buf)
-            self._write_momenta()
-            self._host_cache = None
+            self._publish()
 
     # torch's formula, on the host, for a custom scale_fn (tabulated).
     def _host_value(self, t: int, base: float, peak: float) -> float:
@@ -1731,12 +2077,11 @@ class _Composite(_FusedLRScheduler):
         self._step_count = first._step_count
         self._get_lr_called_within_step = False
         self._is_initial = False
-        self._build_schedule()
-        self._sched.set_step(max(self.last_epoch, 0))
-        optimizer._schedule = self._sched
+        self._host_driven = {}
+        self._sched = None
+        self._rebuild()
         self._sched.write_lr(optimizer._lr_buf)
-        self._write_momenta()
-        self._host_cache = None
+        self._publish()
 
     def _grow_tables(self, epoch: int) -> bool:
         grew = [sub._grow_tables(epoch) for sub in self._schedulers]
@@ -1751,7 +2096,6 @@ class _Composite(_FusedLRScheduler):
         for sub in self._schedulers:  # keep the parts' bookkeeping (and state_dicts) in step
             sub.last_epoch = self.last_epoch
             sub._step_count = self._step_count
-            sub._host_cache = None
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -1841,6 +2185,14 @@ class ChainedScheduler(_Composite):
                     )
         self._init_from_parts(optimizer)
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return ("mul", math.inf) if self.mode == "product" else ("host", math.inf)
+
+    def _torch_step_lrs(self, lrs: list[float], epoch: int) -> list[float]:
+        for sub in self._schedulers:  # torch steps each part on the LR the previous one left
+            lrs = sub._torch_step_lrs(lrs, epoch)
+        return lrs
     def _simulate(self) -> list[list[float]]:
         """torch's chained LRs for steps [0, horizon): ``values[g][t]``, from torch's own schedulers."""
         groups = self.optimizer.param_groups
@@ -1931,6 +2283,12 @@ class PerGroupLR(_Composite):
         self._init_from_parts(optimizer)
         self.base_lrs = [sub.base_lrs[g] for g, sub in enumerate(schedulers)]
 
+
+    def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
+        return self._group_schedulers[group]._edit_policy(group, step)
+
+    def _torch_step_lrs(self, lrs: list[float], epoch: int) -> list[float]:
+        return [sub._torch_step_lrs(lrs, epoch)[g] for g, sub in enumerate(self._group_schedulers)]
     def _describe(self):
         comp = _Composer(len(self._group_schedulers))
         cache: dict[int, Any] = {}

@@ -48,6 +48,7 @@ def _like_param(local_buf: Tensor, p: Tensor) -> Tensor:
 
 
 _BACKENDS = ("auto", "torch", "triton")
+_UNSEEN = object()  # a group "lr" fused_lr has not seen yet (after a load): taken as assigned
 # Hyper-parameters a FusedSGD group carries, in torch.optim.SGD's order.
 _HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 # Keys torch.optim.SGD adds to its groups that mean nothing here (FusedSGD picks its primitive).
@@ -66,6 +67,15 @@ def _as_float(name: str, value: Any) -> float:
     if math.isnan(value):
         raise ValueError(f"Invalid {name}: {value}")
     return value
+
+
+def _lr_value(lr: Any, group: int) -> float:
+    """A group's LR as a float (a tensor LR is read: a sync on an accelerator)."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)} (param group {group})")
+        return float(lr.detach().reshape(()).item())
+    return float(lr)
 
 
 def _validate_clip(max_grad_norm: Any, norm_type: Any, error_if_nonfinite: Any) -> tuple[float | None, float, bool]:
@@ -240,11 +250,16 @@ class FusedSGD(Optimizer):
             ),
             "",
         )
+        if isinstance(lr, Tensor):
+            defaults["lr"] = lr  # torch's tensor-LR behaviour: the groups share this tensor
         self.backend = backend
         self._device: torch.device | None = None
         self._lr_buf: Tensor | None = None
-        self._lr_views: list[Tensor] = []
-        self._schedule = None  # the fused_lr scheduler's device schedule, when one is attached
+        self._lr_views: list[Tensor] = []  # 0-dim views of _lr_buf, one per group
+        self._lr_seen: list[Any] = []  # per group: the "lr" object fused_lr last set or read
+        self._lr_owner = None  # the fused_lr scheduler driving the LRs, when one is attached
+        self._lr_watchers: list = []  # weakrefs to ReduceLROnPlateau schedulers (asynchronous LR refresh)
+        self._schedule = None  # its device schedule
         self._identity = None  # Triton path without a closed-form schedule: rows that read lr_buf
         self._ticket = None  # Triton path: last-program-done ticket of the write-back
         self._plan_cache = None  # Triton path: address/chunk tables per parameter set
@@ -312,7 +327,10 @@ class FusedSGD(Optimizer):
         group = dict(param_group)
         group["params"] = params
         group.update(checked)
+        if isinstance(merged["lr"], Tensor):
+            group["lr"] = merged["lr"]  # torch keeps a tensor LR as the tensor it was given
         super().add_param_group(group)
+        self._groups = self.param_groups
         self._device = device
         self._rebuild_lr_buf()
         self._uniform.append(self._is_uniform(params))
@@ -348,44 +366,100 @@ class FusedSGD(Optimizer):
         return dtype in FUSED_DTYPES and (params[0].device.type, dtype) not in _FUSED_BROKEN
 
     def _rebuild_lr_buf(self) -> None:
-        """One float64 LR tensor on the device; each group's "lr" is a 0-dim view of its slot."""
-        values = [_as_float("lr", g["lr"]) for g in self.param_groups]
+        """The float64 device tensor of every group's LR, from the groups' ``"lr"`` as they are now.
+
+        ``group["lr"]`` stays what the user gave (a Python float, or a tensor as torch allows): the
+        buffer is fused_lr's device copy, which the kernels and the schedules read and write. A
+        tensor LR is read once here (a sync on an accelerator, at construction and loads only)."""
+        values = [_lr_value(g["lr"], i) for i, g in enumerate(self.param_groups)]
         device = self._device if self._device is not None else torch.device("cpu")
         self._lr_buf = torch.tensor(values, dtype=torch.float64, device=device)
         self._lr_views = [self._lr_buf[i] for i in range(len(values))]
-        for g, view in zip(self.param_groups, self._lr_views):
-            g["lr"] = view
+        self._lr_seen = [g["lr"] for g in self.param_groups]
 
-    def _sync_assigned_lrs(self) -> None:
-        """Copy LRs a user assigned to ``group["lr"]`` into the device buffer (no host read)."""
+    def _lr_assignments(self) -> list[tuple[int, float | Tensor]]:
+        """The groups whose ``"lr"`` was assigned since fused_lr last set or read it, with the new
+        value (a float, or a tensor LR), all checked before anything changes. Costs one identity
+        comparison per group when nothing changed; never reads the device."""
+        for ref in self._lr_watchers:
+            watcher = ref()
+            if watcher is not None:
+                watcher._refresh()  # an asynchronous copy of a device decision that has arrived
+        changes = []
+        seen = self._lr_seen
         for i, g in enumerate(self.param_groups):
             lr = g["lr"]
-            view = self._lr_views[i]
-            if lr is view:
+            old = seen[i]
+            if lr is old:
                 continue
             if isinstance(lr, Tensor):
                 if lr.numel() != 1:
                     raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)} (param group {i})")
-                value = lr.reshape(())
+                changes.append((i, lr))
+                continue
+            value = _as_float("lr", lr)
+            if value < 0.0 or math.isinf(value):
+                raise ValueError(f"Invalid learning rate: {value} (param group {i})")
+            if not isinstance(old, Tensor) and value == old:
+                seen[i] = lr  # the same value under another object: nothing to do
+                continue
+            changes.append((i, value))
+        return changes
+
+    def _apply_lr_assignments(self, changes: list[tuple[int, float | Tensor]]) -> None:
+        """Make assigned LRs take effect: through the attached fused_lr scheduler, which carries
+        them on as torch's recurrence would, or straight into the device buffer (no scheduler, a
+        stock one, ReduceLROnPlateau). A float is written without a host read; a tensor on the
+        device is copied on the device."""
+        if not changes:
+            return
+        owner = self._lr_owner
+        if owner is not None:
+            owner._lrs_assigned(changes)
+        else:
+            for i, value in changes:
+                if isinstance(value, Tensor):
+                    self._lr_views[i].copy_(value.detach().reshape(()))
+                else:
+                    self._lr_views[i].fill_(value)
+        for i, _ in changes:
+            self._lr_seen[i] = self.param_groups[i]["lr"]
+
+    def _follow_tensor_lrs(self) -> None:
+        """Tensor LRs a user may change in place (``group["lr"].mul_(0.5)``): copied into the
+        device buffer before every update that no fused_lr scheduler drives (device to device)."""
+        if self._lr_owner is None:
+            for i, g in enumerate(self.param_groups):
+                lr = g["lr"]
+                if isinstance(lr, Tensor):
+                    self._lr_views[i].copy_(lr.detach().reshape(()))
+
+    def _publish_lrs(self, values: list[float]) -> None:
+        """Set every group's ``"lr"`` to the scheduler's value, as torch's schedulers do: a float
+        replaces a float, a tensor LR is filled in place (``fill_`` of a Python number: no sync)."""
+        for i, (g, v) in enumerate(zip(self.param_groups, values)):
+            lr = g["lr"]
+            if isinstance(lr, Tensor):
+                lr.fill_(v)
             else:
-                value = _as_float("lr", lr)
-                if value < 0.0 or math.isinf(value):
-                    raise ValueError(f"Invalid learning rate: {value} (param group {i})")
-            # The view that was replaced keeps the LR it held, in its own memory, as a float or a
-            # tensor taken from torch.optim.SGD's group would: code that swaps the LR out and later
-            # puts the old object back (torch.distributed.checkpoint's _init_optim_state zeroes the
-            # LRs around a step) gets the old LR back instead of the one assigned in between.
-            view.set_(view.clone())
-            view = self._lr_views[i] = self._lr_buf[i]
-            if isinstance(value, Tensor):
-                view.copy_(value)
-            else:
-                view.fill_(value)
-            g["lr"] = view
+                g["lr"] = v
+            self._lr_seen[i] = g["lr"]
+
+    def _forget_seen_lrs(self) -> None:
+        """Take every group's current ``"lr"`` as assigned at the next step (after a load)."""
+        self._lr_seen = [_UNSEEN] * len(self.param_groups)
+
+    def _attach(self, owner, schedule) -> None:
+        """``owner`` (a fused_lr scheduler) now drives the LRs through ``schedule`` (a DeviceSchedule)."""
+        self._lr_owner = owner
+        self._schedule = schedule
 
     @property
     def lr_tensor(self) -> Tensor:
-        """The float64 device tensor holding every group's current learning rate."""
+        """The float64 device tensor holding every group's learning rate as the device sees it:
+        written by the schedule on the device (by the update kernel on the Triton path), so it is
+        the truth where the host cannot know (CUDA-graph replays, a plateau decision on a device
+        metric). Reading it is a sync on an accelerator."""
         return self._lr_buf
 
     # ------------------------------------------------------------------ device-side LR log
@@ -468,9 +542,17 @@ class FusedSGD(Optimizer):
         self._buf_cache[gi] = (key, bufs)
         return bufs
 
-    def _collect(self, group: dict[str, Any], gi: int):
+    def _collect_all(self) -> list:
+        """(params with grads, their grads, their momentum buffers) of every group. Every grad is
+        read before the state dict is looked at: inside torch.compile a parameter first reached
+        as a key of ``self.state`` would have its grad guarded by identity, and a new grad object
+        each step (``zero_grad(set_to_none=True)``) would then invalidate the compiled step."""
+        groups = self._groups
+        all_grads = [[p.grad for p in g["params"]] for g in groups]
+        return [self._collect(g, gi, grads) for gi, (g, grads) in enumerate(zip(groups, all_grads))]
+
+    def _collect(self, group: dict[str, Any], gi: int, grads: list):
         ps = group["params"]
-        grads = [p.grad for p in ps]
         use_momentum = group["momentum"] != 0
         all_bufs = self._group_buffers(group, gi) if use_momentum else None
         if all(g is not None for g in grads):
@@ -537,12 +619,17 @@ class FusedSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._sync_assigned_lrs()
+        if not torch.compiler.is_compiling():
+            # (Inside torch.compile the float LRs are not read: a guard on them would recompile at
+            # every new LR. Assignments made there are taken at the next eager step.)
+            changes = self._lr_assignments()  # checked before anything changes
+            self._apply_lr_assignments(changes)
+            self._follow_tensor_lrs()
         # Inside torch.compile the update is traced as torch ops (the torch path's foreach form,
         # which the compiler fuses): the Triton launcher's host-side tables cannot be traced.
         compiling = torch.compiler.is_compiling()
         if compiling or not (self._fast is not None and self._fast_step(grad_scale, found_inf)):
-            work = [self._collect(group, gi) for gi, group in enumerate(self.param_groups)]
+            work = self._collect_all()
             # Clipping over DTensor shards needs the norm reduced across ranks, which the Triton
             # norm kernels do not do: such steps take the torch path (DTensor ops) whole.
             if compiling and self._impl == "triton" and self._step_triton_compiled(work, grad_scale, found_inf):
@@ -594,7 +681,7 @@ class FusedSGD(Optimizer):
         if found_inf is None:
             return False, None
         new_bufs = any(
-            b is None for group, (ps, _, bs) in zip(self.param_groups, work) if group["momentum"] != 0 for b in bs
+            b is None for group, (ps, _, bs) in zip(self._groups, work) if group["momentum"] != 0 for b in bs
         )
         if self._device.type != "cuda" or new_bufs:
             return float(found_inf) != 0, None
@@ -621,7 +708,7 @@ class FusedSGD(Optimizer):
         skip, device_found_inf = self._skip_on_host(work, found_inf)
         if skip:
             return
-        for gi, (group, (params, grads, bufs)) in enumerate(zip(self.param_groups, work)):
+        for gi, (group, (params, grads, bufs)) in enumerate(zip(self._groups, work)):
             if not params:
                 continue
             owners, sharded = params, self._sharded[gi]
@@ -661,7 +748,7 @@ class FusedSGD(Optimizer):
         params, grads, bufs, slots, gidx = [], [], [], [], []
         new_bufs = []  # (param, buffer, group): stored in the state only once the launch is under way
         leftovers = []  # tensors the kernel does not take (non-contiguous, exotic dtypes): torch path
-        for gi, (group, (ps, gs, bs)) in enumerate(zip(self.param_groups, work)):
+        for gi, (group, (ps, gs, bs)) in enumerate(zip(self._groups, work)):
             # A cycled momentum lives in the schedule: the group always has buffers.
             momentum = group["momentum"] != 0 or gi in mom_rows
             rest = ([], [], [])
@@ -779,7 +866,7 @@ class FusedSGD(Optimizer):
             self._step_torch(leftovers, grad_scale, found_inf, clip_coef=coef_t, norm_done=clip is not None)
         # Every parameter took the kernel, as real tensors: the next steps can skip the collection.
         self._fast = None
-        all_in = len(params) == sum(len(g["params"]) for g in self.param_groups)
+        all_in = len(params) == sum(len(g["params"]) for g in self._groups)
         if (
             params
             and all_in
@@ -788,7 +875,7 @@ class FusedSGD(Optimizer):
             and not any(p.is_complex() for p in params)
         ):
             self._fast = _FastStep(
-                groups=tuple((id(g["params"]), len(g["params"])) for g in self.param_groups),
+                groups=tuple((id(g["params"]), len(g["params"])) for g in self._groups),
                 params=params,
                 param_key=tuple(map(Tensor.data_ptr, params)),
                 schedule=sched,
@@ -808,7 +895,7 @@ class FusedSGD(Optimizer):
             for g in gs:
                 if g.is_complex() or g.dtype not in _tp.KERNEL_DTYPES or not g.is_contiguous():
                     return False
-        for group in self.param_groups:
+        for group in self._groups:
             for p in group["params"]:
                 if p.is_complex() or p.dtype not in _tp.KERNEL_DTYPES or not p.is_contiguous():
                     return False
@@ -824,7 +911,7 @@ class FusedSGD(Optimizer):
         if self._first_flags is None:
             self._first_flags = torch.zeros(len(self._slot_of), dtype=torch.int8, device=self._device)
         params, grads, bufs, slots, gidx = [], [], [], [], []
-        for gi, (group, (ps, gs, bs)) in enumerate(zip(self.param_groups, work)):
+        for gi, (group, (ps, gs, bs)) in enumerate(zip(self._groups, work)):
             momentum = group["momentum"] != 0 or gi in mom_rows
             for j, (p, g) in enumerate(zip(ps, gs)):
                 b = bs[j] if (momentum and bs) else None
@@ -860,7 +947,7 @@ class FusedSGD(Optimizer):
             _tp.SGDHyper(g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"])
             if gi not in mom_rows
             else _tp.SGDHyper(1.0, g["dampening"], g["weight_decay"], g["nesterov"], g["maximize"], mom_rows[gi])
-            for gi, g in enumerate(self.param_groups)
+            for gi, g in enumerate(self._groups)
         )
 
     def _fast_step(self, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> bool:
@@ -869,7 +956,7 @@ class FusedSGD(Optimizer):
         cached plan; returns False (having changed nothing) when anything differs, and the full
         step runs instead (which also raises the precise error for a bad gradient)."""
         f = self._fast
-        groups = self.param_groups
+        groups = self._groups
         if len(groups) != len(f.groups) or any(
             id(g["params"]) != ident or len(g["params"]) != n for g, (ident, n) in zip(groups, f.groups)
         ):
@@ -935,17 +1022,16 @@ class FusedSGD(Optimizer):
 
     def _identity_schedule(self):
         ident = self._identity
-        if ident is None or ident.desc.shape[0] != len(self.param_groups):
+        if ident is None or ident.desc.shape[0] != len(self._groups):
             ident = _schedules.DeviceSchedule(self._device)
-            ident.set_rows([_schedules.direct_row(0.0, 0.0) for _ in self.param_groups])
+            ident.set_rows([_schedules.direct_row(0.0, 0.0) for _ in self._groups])
             self._identity = ident
         return ident
 
     # ------------------------------------------------------------------ state_dict
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim.SGD's format: float ``lr`` (read from the device, on request)."""
-        self._sync_assigned_lrs()  # an LR assigned since the last step is the group's LR, as in torch
+        """torch.optim.SGD's format; ``lr`` is each group's ``"lr"`` as it is (no device read)."""
         sd = super().state_dict()
         if self._first_flags is not None:
             # A buffer whose first step AMP skipped holds no history yet: report it as torch.optim.SGD
@@ -954,11 +1040,6 @@ class FusedSGD(Optimizer):
             for idx, st in sd["state"].items():
                 if idx < len(flags) and flags[idx] and st.get("momentum_buffer") is not None:
                     sd["state"][idx] = {**st, "momentum_buffer": None}
-        lrs = self._lr_buf.tolist()
-        for i, g in enumerate(sd["param_groups"]):
-            g["lr"] = lrs[i]
-            if isinstance(g.get("initial_lr"), Tensor):
-                g["initial_lr"] = g["initial_lr"].item()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -982,8 +1063,8 @@ class FusedSGD(Optimizer):
             g = {k: v for k, v in saved.items() if k not in _STOCK_ONLY_KEYS}
             merged = {k: g.get(k, self.defaults[k]) for k in _HYPER}
             g.update(_validate_hyper(merged, f" (loaded param group {gi})"))
-            if isinstance(g.get("initial_lr"), Tensor):
-                g["initial_lr"] = g["initial_lr"].item()
+            if isinstance(merged["lr"], Tensor):
+                g["lr"] = merged["lr"]
             converted_groups.append(g)
             id_to_param.update(zip(saved["params"], ours["params"]))
         for key, st in state_dict["state"].items():
@@ -1005,6 +1086,10 @@ class FusedSGD(Optimizer):
         self._buf_cache.clear()
         self._fast = None  # new momentum buffers: the next step collects everything again
         self._rebuild_lr_buf()
+        if self._lr_owner is not None:
+            # The loaded LRs are what torch's schedulers would continue from: the attached scheduler
+            # takes them as assigned LRs at its next step (after its own load_state_dict).
+            self._forget_seen_lrs()
         if self._first_flags is not None:
             self._first_flags.zero_()  # loaded buffers carry history; missing ones get a flag when allocated
         self._flags_maybe_set = set()
@@ -1016,6 +1101,9 @@ class FusedSGD(Optimizer):
                 g.pop(k, None)
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("_schedule", None)
+        self.__dict__.setdefault("_lr_owner", None)
+        self._groups = self.param_groups
+        self.__dict__.setdefault("_lr_watchers", [])
         self.__dict__.setdefault("_lr_log", None)
         self.__dict__.setdefault("_fast_steps", 0)
         self._fast = None

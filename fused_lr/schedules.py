@@ -19,6 +19,13 @@ groups, in order; a composite schedule (``KIND_SEQUENTIAL``) appends its pieces 
                        step ``t - start`` (0 for a group's own row)
     col 8  end         a piece row: the step its piece ends at (exclusive; inf for the last piece)
     col 9  owner       a piece row: the group it belongs to; -1 for a group's own row
+    col 10..13 edit    from, to, a, b: on a group's row, for global steps ``from <= t < to`` the
+                       group's LR is ``a + b * (lr - a)`` (``a`` when ``b == 0``) instead of ``lr``:
+                       how an LR assigned to ``param_groups[i]["lr"]`` carries on as torch's
+                       recurrences carry it (a multiplicative schedule: ``a = 0``, ``b`` the ratio
+                       of the assigned LR to the schedule's, ``to = inf``; a closed form torch
+                       recomputes at every step: ``b = 0``, ``a`` the assigned LR, ``to = from + 1``).
+                       Empty (``from = to = 0``) on every other row.
 
 Kinds (``t`` is the scheduler's ``last_epoch``, an integer >= 0)::
 
@@ -158,11 +165,13 @@ __all__ = [
     "lambda_runs_on_device",
 ]
 
-DESC_WIDTH = 10
+DESC_WIDTH = 14
 # Steps the host evaluates at once from the CPU mirror (DeviceSchedule._host_values).
 HOST_BLOCK = 64
 _INT64_MAX = 2**63 - 1
 COL_START, COL_END, COL_OWNER = 7, 8, 9
+COL_EDIT_FROM, COL_EDIT_TO, COL_EDIT_A, COL_EDIT_B = 10, 11, 12, 13
+EDIT_COLS = slice(COL_EDIT_FROM, COL_EDIT_B + 1)
 
 KIND_CONSTANT = 0
 KIND_STEP = 1
@@ -215,7 +224,7 @@ def _row(kind: int, base_lr: float, *params: float) -> list[float]:
     row = [float(kind), float(base_lr), *map(float, params)]
     if len(row) > COL_START:
         raise AssertionError(f"schedule row has too many parameters: {row}")
-    return row + [0.0] * (COL_START - len(row)) + [0.0, 0.0, -1.0]
+    return row + [0.0] * (COL_START - len(row)) + [0.0, 0.0, -1.0] + [0.0, 0.0, 0.0, 1.0]
 
 
 def constant_row(base_lr: float) -> list[float]:
@@ -324,6 +333,7 @@ def lr_at(
     table: Tensor | None = None,
     kinds: Iterable[int] | None = None,
     n_groups: int | None = None,
+    edits: bool = True,
 ) -> Tensor:
     """Learning rate of every group at step ``step``, in torch ops, without a host read.
 
@@ -334,6 +344,8 @@ def lr_at(
         kinds: the kind codes present in ``desc``, known on the host; only those formulas are
             evaluated. ``None`` evaluates every kind (every kind but ``KIND_TABLE`` without a table).
         n_groups: how many leading rows are parameter groups (the rest are pieces); ``None``: all.
+        edits: apply the rows' edit columns (``False`` when the host knows none is active, or to
+            get the schedule's own value under an edit).
 
     Returns:
         float64 tensor ``[n_groups]``.
@@ -346,10 +358,11 @@ def lr_at(
     t_int = step.reshape(()) if step.numel() == 1 else step.reshape(-1, 1)
     if t_int.dtype != torch.int64:
         t_int = t_int.to(torch.int64)
-    kind, base, p0, p1, p2, p3, p4, start, end, owner = desc.unbind(1)  # one op for the column views
-    if KIND_SEQUENTIAL in kinds:
-        # Each row at its local step (pieces start later); inactive pieces clamp at 0, unused.
-        t_global = t_int
+    kind, base, p0, p1, p2, p3, p4, start, end, owner, e_from, e_to, e_a, e_b = desc.unbind(1)
+    t_global = t_int
+    if kinds & {KIND_SEQUENTIAL, KIND_PRODUCT}:
+        # Each row at its local step (pieces start later, a factor of a product may run behind or
+        # ahead of the counter); inactive pieces clamp at 0, unused.
         t_int = (t_int - start.to(torch.int64)).clamp_min(0)
     t = t_int.to(torch.float64)
     out = base if step.numel() == 1 else base.expand(step.numel(), base.shape[0])
@@ -489,6 +502,10 @@ def lr_at(
             -1, owner_idx.expand(src.shape), src, "prod"
         )
         out = torch.where(kind == KIND_PRODUCT, base * prod, out)
+    if edits:
+        tg = t_global.to(torch.float64)
+        edited = torch.where(e_b == 0, e_a, e_a + e_b * (out - e_a))
+        out = torch.where((tg >= e_from) & (tg < e_to), edited, out)
     return out if n_groups is None else out[..., :n_groups]
 
 
@@ -498,13 +515,14 @@ def lr_table(
     table: Tensor | None = None,
     kinds: Iterable[int] | None = None,
     n_groups: int | None = None,
+    edits: bool = True,
 ) -> Tensor:
     """``lr_at`` at many steps in one evaluation: float64 ``[len(steps), n_groups]``, element for
     element the same arithmetic as ``lr_at`` at each step (the host uses it to answer a block of
     future steps at once)."""
     steps = steps.reshape(-1)
     rows = desc.shape[0] if n_groups is None else n_groups
-    return lr_at(steps, desc, table, kinds, n_groups).reshape(steps.numel(), rows)
+    return lr_at(steps, desc, table, kinds, n_groups, edits).reshape(steps.numel(), rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,6 +619,16 @@ def tabulate(fns: Sequence[Callable[[int], float]], start: int, stop: int) -> li
 # ---------------------------------------------------------------------------------------------
 
 
+def _copy_to_device(dst: Tensor, src: Tensor) -> None:
+    """``dst.copy_(src)`` from host memory without blocking the host on an accelerator: the values
+    go through a pinned staging tensor (the caching host allocator keeps it alive until the copy
+    has run), so the host never waits for the device's queue."""
+    if dst.device.type == "cpu":
+        dst.copy_(src)
+    else:
+        dst.copy_(src.pin_memory(), non_blocking=True)
+
+
 class DeviceSchedule:
     """Description rows, multiplier table and int64 step counter of one optimizer, on its device.
 
@@ -623,6 +651,7 @@ class DeviceSchedule:
         self.kinds: frozenset[int] = frozenset()
         self.direct_fns: dict[int, Callable] = {}
         self.momentum_rows: dict[int, int] = {}
+        self.edited = False  # some group row has a non-empty edit (see set_edit)
         # Scheduler steps taken on the host but not yet applied to ``counter``: on the Triton path
         # the next update kernel applies them (one launch for opt.step() + sched.step()).
         self.pending = 0
@@ -659,18 +688,52 @@ class DeviceSchedule:
         for g, r in self.momentum_rows.items():
             if not (0 <= g < self.n_groups and self.n_groups <= r < desc_host.shape[0]):
                 raise AssertionError(f"momentum row {r} of group {g} outside the description")
+        self.edited = bool((desc_host[: self.n_groups, COL_EDIT_TO] > desc_host[: self.n_groups, COL_EDIT_FROM]).any())
 
     def invalidate(self) -> None:
         """Forget host values computed ahead: call after editing ``desc`` in place."""
         self._block = None
 
+    def set_edit(self, group: int, start: float, stop: float, a: float, b: float) -> None:
+        """Group ``group``'s LR is ``a + b * (lr - a)`` (``a`` when ``b == 0``) for steps in
+        ``[start, stop)`` (the edit columns; see the module docstring). One small host-to-device
+        copy, asynchronous on an accelerator; nothing is read back."""
+        row = self.desc_host[group]
+        row[EDIT_COLS] = torch.tensor([float(start), float(stop), float(a), float(b)], dtype=torch.float64)
+        _copy_to_device(self.desc[group, EDIT_COLS], row[EDIT_COLS])
+        self._block = None
+        self.edited = bool(
+            (self.desc_host[: self.n_groups, COL_EDIT_TO] > self.desc_host[: self.n_groups, COL_EDIT_FROM]).any()
+        )
+
+    def edits(self) -> dict[int, tuple[float, float, float, float]]:
+        """The groups' non-empty edits: ``{group: (from, to, a, b)}`` (to carry them into a rebuilt
+        description)."""
+        out = {}
+        for g in range(self.n_groups):
+            frm, to, a, b = self.desc_host[g, EDIT_COLS].tolist()
+            if to > frm:
+                out[g] = (frm, to, a, b)
+        return out
+
+    def raw_host_lrs(self, step: int) -> list[float]:
+        """The schedule's own LRs at ``step`` (CPU mirror), ignoring the edit columns."""
+        desc = self.desc_host
+        if self.direct_fns:
+            desc = desc.clone()
+            for g, fn in self.direct_fns.items():
+                desc[g, 2] = desc[g, 1] * float(fn(step))
+        return lr_at(torch.tensor([step], dtype=torch.int64), desc, self.table_host, self.kinds, self.n_groups,
+                     edits=False).tolist()
+
     def _host_values(self, step: int) -> tuple[tuple[int, Tensor, list], int]:
         """Every row's value at ``step`` from the CPU mirror, computed ``HOST_BLOCK`` steps at a
         time with ``lr_table`` (one evaluation answers the next steps too)."""
         blk = self._block
-        if blk is None or not blk[0] <= step < blk[0] + blk[1].shape[0]:
+        if blk is None or not blk[0] <= step < blk[0] + len(blk[2]):  # (no tensor op on a hit)
             count = max(1, min(HOST_BLOCK, _INT64_MAX - step))
-            vals = lr_table(torch.arange(step, step + count, dtype=torch.int64), self.desc_host, self.table_host, self.kinds)
+            vals = lr_table(torch.arange(step, step + count, dtype=torch.int64), self.desc_host, self.table_host,
+                            self.kinds, edits=self.edited)
             blk = self._block = (step, vals, vals.tolist())
         return blk, step - blk[0]
 
@@ -729,7 +792,7 @@ class DeviceSchedule:
             return
         for g, fn in self.direct_fns.items():
             self.desc[g, 2].copy_(self.desc[g, 1] * eval_lambda_on_device(fn, self.counter))
-        lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds, self.n_groups))
+        lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds, self.n_groups, self.edited))
 
     def host_lrs(self, step: int) -> list[float]:
         """The same ``lr_at`` evaluated on the CPU mirror at a host-known step."""
@@ -740,7 +803,8 @@ class DeviceSchedule:
         desc = self.desc_host.clone()
         for g, fn in self.direct_fns.items():
             desc[g, 2] = desc[g, 1] * float(fn(step))
-        return lr_at(torch.tensor([step], dtype=torch.int64), desc, self.table_host, self.kinds, self.n_groups).tolist()
+        return lr_at(torch.tensor([step], dtype=torch.int64), desc, self.table_host, self.kinds, self.n_groups,
+                     self.edited).tolist()
 
     def host_momenta(self, step: int) -> dict[int, float]:
         """Momentum of every group with a momentum schedule at a host-known step (CPU mirror)."""

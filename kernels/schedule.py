@@ -6,8 +6,10 @@ far as the code needs them. The update kernel calls ``lr_at`` once per program, 
 float64 scalar math: its cost is negligible next to the memory traffic of the update.
 
 Row layout (``desc[r]``, float64, ``DESC_WIDTH`` columns):
-``kind, base_lr, p0, p1, p2, p3, p4, start, end, owner``. A row is evaluated at the local step
-``t - start`` (``start`` is 0 for a group's own row). ``KIND_SEQUENTIAL`` (p0 = number of pieces,
+``kind, base_lr, p0, p1, p2, p3, p4, start, end, owner, edit_from, edit_to, edit_a, edit_b``. A
+row is evaluated at the local step ``t - start`` (``start`` is 0 for a group's own row); a
+group's value is then replaced by ``edit_a + edit_b * (lr - edit_a)`` (``edit_a`` when
+``edit_b == 0``) for ``edit_from <= t < edit_to``. ``KIND_SEQUENTIAL`` (p0 = number of pieces,
 p1 = first piece row) first moves to its active piece: the last of its piece rows whose ``start``
 is ``<= t`` (the pieces' starts ascend).
 
@@ -102,8 +104,12 @@ __all__ = [
 
 # Duplicated from fused_lr.schedules so that kernel files never import the host package;
 # tests/test_triton_interpreter.py checks that both sets of values agree.
-DESC_WIDTH = tl.constexpr(10)
+DESC_WIDTH = tl.constexpr(14)
 COL_START = tl.constexpr(7)
+COL_EDIT_FROM = tl.constexpr(10)
+COL_EDIT_TO = tl.constexpr(11)
+COL_EDIT_A = tl.constexpr(12)
+COL_EDIT_B = tl.constexpr(13)
 KIND_CONSTANT = tl.constexpr(0)
 KIND_STEP = tl.constexpr(1)
 KIND_EXPONENTIAL = tl.constexpr(2)
@@ -221,6 +227,13 @@ def lr_at(step, desc_ptr, table_ptr, table_numel, group):
     lr = scale
     for k in range(0, count):
         lr = lr * _row_lr(desc_ptr + (first + k) * DESC_WIDTH, t_int, table_ptr, table_numel)
+    # An LR assigned to the group on the host, carried on as torch's recurrence carries it: the
+    # row's edit columns (empty on every row but an edited group's).
+    t_global = t_int.to(tl.float64)
+    if (t_global >= tl.load(row + COL_EDIT_FROM)) & (t_global < tl.load(row + COL_EDIT_TO)):
+        a = tl.load(row + COL_EDIT_A)
+        b = tl.load(row + COL_EDIT_B)
+        lr = tl.where(b == 0.0, a, a + b * (lr - a))
     return lr
 
 

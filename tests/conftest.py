@@ -63,3 +63,21 @@ def assert_lrs_close(actual: list[float], expected: list[float], what: str) -> N
         assert abs(a - e) <= LR_ATOL + LR_RTOL * abs(e), (
             f"{what}, group {g}: fused {a!r} vs stock {e!r} (rel {abs(a - e) / max(abs(e), 1e-300):.2e})"
         )
+
+
+class ForbidReadsOf(torch.overrides.TorchFunctionMode):
+    """Raise on any host read (``item``, ``tolist``, ``float()``...) of the given tensors' memory:
+    the device state a step must never read back (a sync on an accelerator). Host-side copies
+    (the CPU mirror of a schedule, pinned buffers of an asynchronous copy) may be read."""
+
+    _READS = {"__bool__", "__float__", "__int__", "__index__", "__complex__", "item", "tolist", "numpy", "__array__"}
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        super().__init__()
+        self._storages = {t.untyped_storage().data_ptr() for t in tensors}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self._READS and args and isinstance(args[0], torch.Tensor):
+            if args[0].untyped_storage().data_ptr() in self._storages:
+                raise AssertionError(f"host read of device state through Tensor.{func.__name__}")
+        return func(*args, **(kwargs or {}))

@@ -375,9 +375,10 @@ def test_per_group_resume():
     for _ in range(7):
         b.step()
         s.step()
-    sd = s.state_dict()
+    sd, opt_sd = s.state_dict(), b.state_dict()
     _, b2 = _optimizers()
     s2 = build(b2)
+    b2.load_state_dict(copy.deepcopy(opt_sd))  # torch's resume: the optimizer's LRs, then the scheduler
     s2.load_state_dict(copy.deepcopy(sd))
     for t in range(20):
         assert s2.get_last_lr() == s.get_last_lr(), t

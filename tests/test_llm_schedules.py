@@ -17,6 +17,8 @@ import fused_lr.lr_scheduler as fused
 from fused_lr import schedules as S
 from fused_lr.schedules import _ForbidHostReads
 
+from conftest import ForbidReadsOf
+
 BASES = (1.0, 0.3)
 
 
@@ -136,7 +138,7 @@ def test_wsd_start_cooldown_now_edits_device_data_only(monkeypatch):
     desc_before = sched._sched.desc
     _run(sched, opt, 20)  # in the stable phase now
     assert sched.get_last_lr() == list(BASES)
-    with _ForbidHostReads():
+    with ForbidReadsOf(sched._sched.desc, sched._sched.counter, sched._sched.table, opt.lr_tensor):
         sched.start_cooldown()
     assert sched._sched.desc is desc_before, "an edit must not reallocate the description (graphs hold its address)"
     lrs = [lr[0] for lr in _run(sched, opt, 12)]

@@ -355,6 +355,9 @@ def test_sequential_state_dict_resume_and_stock_interchange():
     b3 = _optimizers()[1]
     s_from_stock = _build_quietly(build, fused, b2)
     s_from_fused = _build_quietly(build, fused, b3)
+    # torch's resume recipe: the optimizer's state (its LRs), then the scheduler's.
+    b2.load_state_dict(a.state_dict())
+    b3.load_state_dict(b.state_dict())
     s_from_stock.load_state_dict(sa.state_dict())
     s_from_fused.load_state_dict(sb.state_dict())
     for t in range(25):

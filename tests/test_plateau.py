@@ -11,7 +11,9 @@ from hypothesis import given, settings, strategies as st
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-from fused_lr.schedules import _ForbidHostReads
+from fused_lr.schedules import _ForbidHostReads  # noqa: F401
+
+from conftest import ForbidReadsOf
 
 BASE = (0.1, 0.02)
 
@@ -79,18 +81,29 @@ def test_float32_metric_tensor_is_compared_as_float():
         _assert_same_state(sa, sb, f"metric {m}")
 
 
-def test_device_metric_never_reads_the_host():
+def _device_state(s, *more):
+    return ForbidReadsOf(s.optimizer.lr_tensor, s._best, s._num_bad, s._cooldown_counter, s._metric, *more)
+
+
+def test_device_metric_never_reads_the_host(monkeypatch):
+    """The accelerator path, on CPU tensors: a tensor metric is never read back, nor is the device
+    state; the float LRs follow from an asynchronous copy (on CPU it has arrived at once)."""
+    monkeypatch.setattr(fused_lr.lr_scheduler, "_host_can_read", lambda t: False)
     _, b = _pair()
     s = fused.ReduceLROnPlateau(b, patience=0, factor=0.5)
     metric = torch.tensor(1.0)
-    with _ForbidHostReads():
+    with _device_state(s, metric):
         for _ in range(4):
             s.step(metric)  # no improvement after the first: reduces at every later step
-    assert b.lr_tensor.tolist() == pytest.approx([lr * 0.5**3 for lr in BASE], rel=1e-15)
+    expected = [lr * 0.5**3 for lr in BASE]
+    assert b.lr_tensor.tolist() == pytest.approx(expected, rel=1e-15)
+    assert s.get_last_lr() == pytest.approx(expected, rel=1e-15)  # the arrived copy
+    assert [g["lr"] for g in b.param_groups] == pytest.approx(expected, rel=1e-15)
 
 
-def test_custom_combined_metric_runs_on_the_device():
+def test_custom_combined_metric_runs_on_the_device(monkeypatch):
     """The tutorial example: ReduceLROnPlateau(..., monitor=custom_metric); step(val_loss, val_acc)."""
+    monkeypatch.setattr(fused_lr.lr_scheduler, "_host_can_read", lambda t: False)
 
     def custom_metric(val_loss, val_acc):
         return val_loss * (1 - val_acc)
@@ -103,7 +116,7 @@ def test_custom_combined_metric_runs_on_the_device():
         val_loss = torch.rand((), generator=g, dtype=torch.float64) + 0.5
         val_acc = torch.rand((), generator=g, dtype=torch.float64) * 0.1 + 0.8
         sa.step(float(custom_metric(val_loss, val_acc)))
-        with _ForbidHostReads():
+        with _device_state(sb, val_loss, val_acc):
             sb.step(val_loss, val_acc)
         _assert_same_state(sa, sb, f"epoch {epoch}")
     assert sb.get_last_lr()[0] < BASE[0]  # the sequence did plateau and reduce
