@@ -285,9 +285,13 @@ class _FusedLRScheduler(LRScheduler):
         for group, lr in zip(twin.optimizer.param_groups, lrs):
             group["lr"] = lr
         twin.last_epoch = epoch - 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the stand-in optimizer never steps
-            twin.step()
+        twin._is_initial = epoch == 0  # torch's initial step (its get_lr keeps the current LR there)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the stand-in optimizer never steps
+                twin.step()
+        finally:
+            twin._is_initial = False
         return [float(group["lr"]) for group in twin.optimizer.param_groups]
 
     # torch schedulers whose step multiplies the previous LR (a twin is needed to follow them).
@@ -712,9 +716,13 @@ class CosineAnnealingLR(_FusedLRScheduler):
 
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
-        # torch's recurrence scales (lr - eta_min) by a ratio of cosines and resets additively after
-        # each trough: followed on the host with torch's own scheduler.
-        return "host", math.inf
+        # torch's recurrence scales (lr - eta_min) by a ratio of cosines, followed on the host with
+        # torch's own scheduler, until the step after a trough, where torch adds the closed form's
+        # increment to eta_min: the closed form again from there (steps s with s-1-T_max = 0 mod 2 T_max).
+        # (An LR assigned at a trough itself is carried by that next step's addition: one more period.)
+        period = 2 * self.T_max
+        to_trough = (self.T_max - step) % period
+        return "host", step + 1 + (to_trough if to_trough else period)
     def __init__(self, optimizer: FusedSGD, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "CosineAnnealingLR")
         args = self._validate_args({"T_max": T_max, "eta_min": eta_min})
