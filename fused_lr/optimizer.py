@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from . import _compiled_op  # noqa: F401  (registers torch.ops.fused_lr.triton_sgd_update)
 from . import _triton_path as _tp
 from . import schedules as _schedules
-from ._layout import flat_ok, is_dense, same_strides
+from ._layout import flat_ok, is_dense, overlaps_itself, same_strides
 from ._torch_path import grad_norm_torch, norm_dtype, scaled_grads, sgd_torch
 
 __all__ = ["FusedSGD"]
@@ -483,6 +483,13 @@ class FusedSGD(Optimizer):
             grads = [grads[i] for i in keep]
             bufs = [all_bufs[i] for i in keep] if use_momentum else []
         for p, g in zip(params, grads):
+            if not p.is_contiguous() and overlaps_itself(_local(p)):
+                # torch's in-place update raises this mid-step; checked here, before any update.
+                raise RuntimeError(
+                    f"unsupported operation: more than one element of the written-to tensor refers to a single "
+                    f"memory location: a parameter of param group {gi} (shape {tuple(p.shape)}, strides "
+                    f"{tuple(_local(p).stride())}) shares memory between its elements; give it its own storage (clone it)"
+                )
             # torch checks device, dtype and shape when a grad is assigned; the dtype can differ
             # only through the grad_dtype opt-in.
             if g.is_sparse or g.dtype is not p.dtype:

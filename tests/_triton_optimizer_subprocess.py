@@ -704,6 +704,19 @@ def case_layouts():
         close(ob.state[b_p]["momentum_buffer"], oa.state[a_p]["momentum_buffer"], f"buffer, step {t}")
     assert ob._fast_steps == 4, ob._fast_steps
 
+    # A parameter whose elements share memory (stride 0): refused before the kernel updates the other.
+    ps = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(1).expand(3))]
+    for p in ps:
+        p.grad = torch.ones(3)
+    opt = triton([dict(params=ps[:1]), dict(params=ps[1:])], lr=0.1, momentum=0.9)
+    try:
+        opt.step()
+    except RuntimeError as e:
+        assert "more than one element of the written-to tensor" in str(e), e
+    else:
+        raise AssertionError("a parameter whose elements share memory was updated")
+    assert torch.equal(ps[0].detach(), torch.ones(3)) and not opt.state, "something changed before the error"
+
 
 CASES["layouts"] = case_layouts
 

@@ -106,6 +106,29 @@ def test_fused_call_stages_any_layout_through_dense_stand_ins(grad_layout, dtype
                 close(buf, oa.state[p]["momentum_buffer"], f"step {t}: buffer of {name}")
 
 
+def test_overlapping_parameter_is_refused_before_anything_changes():
+    """A parameter whose elements share memory (stride 0): stock's in-place update raises; FusedSGD
+    raises the same error before updating any parameter."""
+    def params():
+        return [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(1).expand(3))]
+
+    stock_ps = params()
+    for p in stock_ps:
+        p.grad = torch.ones(3)
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        torch.optim.SGD(stock_ps, lr=0.1, foreach=False).step()
+    ps = params()
+    for p in ps:
+        p.grad = torch.ones(3)
+    # The shared-memory parameter in the second group: the first must not be updated before the error.
+    # (The Triton path: the "layouts" interpreter case.)
+    opt = fused_lr.FusedSGD([dict(params=ps[:1]), dict(params=ps[1:])], lr=0.1, momentum=0.9, backend="torch")
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        opt.step()
+    assert torch.equal(ps[0].detach(), torch.ones(3)), "the other parameter was updated before the error"
+    assert not opt.state, "a momentum buffer was created before the error"
+
+
 def test_compiled_step_follows_stock_for_every_layout():
     """Inside torch.compile the torch path traces torch's foreach algorithm, whose ops follow strides:
     every layout matches stock and writes only its parameter (aot_eager: AOTAutograd and
