@@ -83,10 +83,10 @@ def make_grad(layout: str, p: torch.Tensor, values: torch.Tensor):
     if layout == "view":
         shape = (*values.shape, 3)
         view = lambda s: s[..., 1]  # noqa: E731
-        storage = sentinel(shape, values.dtype)
+        storage = sentinel(shape, values.dtype).to(values.device)
         g = view(storage)
         g.copy_(values)
-        return g, storage, _own_elements(shape, view)
+        return g, storage, _own_elements(shape, view).to(values.device)
     raise ValueError(layout)
 
 
@@ -94,18 +94,19 @@ class World:
     """One parameter per layout of ``names``, each a view into its own sentinel-filled storage;
     two Worlds built with the same arguments hold the same values in the same layouts."""
 
-    def __init__(self, dtype, names=tuple(PARAM_LAYOUTS), seed=0):
+    def __init__(self, dtype, names=tuple(PARAM_LAYOUTS), seed=0, device="cpu"):
         gen = torch.Generator().manual_seed(seed)
         self.names = list(names)
         self.dtype = dtype
+        self.device = torch.device(device)
         self.storages, self.masks, self.params = [], [], []
         for name in self.names:
             shape, view = PARAM_LAYOUTS[name]
-            storage = sentinel(shape, dtype)
+            storage = sentinel(shape, dtype).to(self.device)
             p = view(storage)
             p.copy_(torch.randn(p.shape, generator=gen).to(dtype))
             self.storages.append(storage)
-            self.masks.append(_own_elements(shape, view))
+            self.masks.append(_own_elements(shape, view).to(self.device))
             self.params.append(torch.nn.Parameter(p))  # shares the storage: same strides and offset
         self.outside = [bits(s[~m]).clone() for s, m in zip(self.storages, self.masks)]
         self.grads = []  # (grad, copy of its bits, storage, mask, bits outside) of the current step
@@ -138,7 +139,7 @@ class World:
 
 def grad_values(t: int, world: World):
     gen = torch.Generator().manual_seed(100 + t)
-    out = [torch.randn(p.shape, generator=gen).to(world.dtype) for p in world.params]
+    out = [torch.randn(p.shape, generator=gen).to(world.device, world.dtype) for p in world.params]
     for name, step in (NONE_GRAD,):
         if name in world.names and t == step:
             out[world.names.index(name)] = None
@@ -162,11 +163,11 @@ def groups(world: World):
     return [dict(params=world.params[:half]), dict(params=world.params[half:], lr=0.05)]
 
 
-def run(make_fused, dtype, grad_layout, config, close, names=tuple(PARAM_LAYOUTS), steps=STEPS):
+def run(make_fused, dtype, grad_layout, config, close, names=tuple(PARAM_LAYOUTS), steps=STEPS, device="cpu"):
     """Stock torch.optim.SGD(foreach=False) and ``make_fused(param_groups, **config)`` side by side over
     the same layouts; ``close(actual, expected, what)`` compares values. Returns (stock world,
     stock optimizer, fused world, fused optimizer)."""
-    a, b = World(dtype, names), World(dtype, names)
+    a, b = World(dtype, names, device=device), World(dtype, names, device=device)
     oa = torch.optim.SGD(groups(a), lr=0.1, foreach=False, **config)
     ob = make_fused(groups(b), lr=0.1, **config)
     for t in range(steps):
