@@ -17,6 +17,21 @@ after one step, against torch's own for-loop; tests/test_sgd_parity.py shows it)
 torch's for-loop algorithm instead (torch.optim.SGD's CPU default), op for op, with the LR read on
 the host (free on CPU).
 
+Layouts: the fused kernel walks each tensor as ``numel`` elements from its data pointer, which is
+right only when parameter, gradient and buffer are dense with the same strides
+(``fused_lr._layout.flat_ok``: channels_last and transposed tensors are). On CPU the kernel does it
+for any layout: a sliced column's update lands on its neighbours (tests/test_layouts.py shows it).
+So on CPU every other layout (non-dense views, gradients with other strides, expanded gradients)
+takes the for-loop, which follows strides. On CUDA the kernel refuses such tensors, and the
+for-loop would read the LR on the host (a sync): there they are updated through dense stand-ins
+(``_flat_stand_ins``): copies in the parameter's layout, updated by the kernel, copied back.
+
+Momentum buffers are created in the parameter's layout (``empty_like(param)``, as torch's fused SGD
+makes them), dense even for a non-dense parameter. torch's for-loop clones the gradient instead;
+autograd gives a dense parameter's gradient the parameter's strides, so the two agree in training,
+and the values are the same copy either way. Only the parameter's layout keeps a parameter whose
+gradient once had other strides (assigned by hand) on the flat path afterwards.
+
 Momentum buffers follow torch: a parameter's first step with momentum sets ``buf = grad`` (after
 maximize and weight decay). ``torch._fused_sgd_`` takes one ``is_first_step`` flag per call, so
 tensors that already have a buffer and tensors stepping for the first time (a parameter that was
@@ -34,6 +49,8 @@ from __future__ import annotations
 
 from torch import Tensor
 import torch
+
+from ._layout import flat_ok, is_dense, same_strides
 
 __all__ = ["sgd_torch", "FUSED_DTYPES", "scaled_grads", "grad_norm_torch", "norm_dtype"]
 
@@ -120,7 +137,8 @@ def _loop_sgd(
         if momentum != 0:
             b = bufs[i]
             if b is None:
-                b = torch.clone(g).detach()
+                # torch clones g; the same values in the parameter's layout (see the module docstring).
+                b = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g).detach()
             else:
                 b.mul_(momentum).add_(g, alpha=1 - dampening)
             out_bufs.append(b)
@@ -179,16 +197,21 @@ def _fused_call(
     is_first_step: bool,
     found_inf: Tensor | None = None,
 ) -> None:
+    """``torch._fused_sgd_`` over tensors of any dtypes and layouts (see ``_flat_stand_ins``)."""
     if not params:
         return
+    copy_back: list[tuple[Tensor, Tensor]] = []
     # Group by dtype: the fused kernel takes one dtype per call.
     by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
     for i, p in enumerate(params):
+        g, b = grads[i], (bufs[i] if bufs else None)
+        if not flat_ok(p, g, b):
+            p, g, b = _flat_stand_ins(p, g, b, copy_back)
         entry = by_dtype.setdefault(p.dtype, ([], [], []))
         entry[0].append(p)
-        entry[1].append(grads[i])
+        entry[1].append(g)
         if bufs:
-            entry[2].append(bufs[i])
+            entry[2].append(b)
     for ps, gs, bs in by_dtype.values():
         torch._fused_sgd_(
             ps,
@@ -203,6 +226,31 @@ def _fused_call(
             is_first_step=is_first_step,
             found_inf=found_inf,
         )
+    for original, stand_in in copy_back:
+        original.copy_(stand_in)
+
+
+def _flat_stand_ins(p: Tensor, g: Tensor, b: Tensor | None, copy_back: list) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Parameter, gradient and buffer with one dense layout, for a kernel that walks them flat:
+    each that is not already in that layout is copied into a new tensor in it (``p``'s own layout
+    when it is dense, else a dense one). The stand-ins of ``p`` and ``b`` are appended to
+    ``copy_back`` as (original, stand-in) pairs, to be copied back after the update (a step the
+    kernel skips on ``found_inf`` copies back the unchanged values). Exact: copies do not round."""
+    if not is_dense(p):
+        stand_in = torch.empty_like(p, memory_format=torch.preserve_format).copy_(p)
+        copy_back.append((p, stand_in))
+        p = stand_in
+    if not same_strides(p, g):
+        g = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
+    if b is not None and not same_strides(p, b):
+        stand_in = torch.empty_like(p, memory_format=torch.preserve_format).copy_(b)
+        copy_back.append((b, stand_in))
+        b = stand_in
+    return p, g, b
+
+
+def _contiguous(tensors) -> bool:
+    return all(map(Tensor.is_contiguous, tensors))
 
 
 def sgd_torch(
@@ -252,7 +300,17 @@ def sgd_torch(
             params, grads, momentum_buffers if momentum != 0 else [], lr=lr.reshape(()), weight_decay=weight_decay,
             momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize,
         )
-    if uniform and lr.device.type == "cpu" and (momentum == 0 or all(b is not None for b in momentum_buffers)):
+    on_cpu = lr.device.type == "cpu"
+    bufs = momentum_buffers if momentum != 0 else []
+    if (
+        uniform
+        and on_cpu
+        and all(b is not None for b in bufs)
+        # (Contiguous tensors of one shape share their strides: the kernel may walk them flat.)
+        and _contiguous(params)
+        and _contiguous(grads)
+        and _contiguous(bufs)
+    ):
         torch._fused_sgd_(
             params,
             grads,
@@ -266,12 +324,15 @@ def sgd_torch(
             is_first_step=False,
         )
         return momentum_buffers if momentum != 0 else []
-    broken = [(p.device.type, p.dtype) in _FUSED_BROKEN for p in params]
-    if any(broken):
-        # Split: the dtypes the fused kernel gets wrong take the for-loop algorithm (CPU only, so
-        # reading the LR on the host costs no sync).
-        idx_bad = [i for i, b in enumerate(broken) if b]
-        idx_ok = [i for i, b in enumerate(broken) if not b]
+    # Split: on CPU (where reading the LR on the host costs no sync) the dtypes the fused kernel
+    # gets wrong and the layouts it cannot walk flat take the for-loop algorithm.
+    loop = [
+        on_cpu and ((p.device.type, p.dtype) in _FUSED_BROKEN or not flat_ok(p, g, bufs[i] if bufs else None))
+        for i, (p, g) in enumerate(zip(params, grads))
+    ]
+    if any(loop):
+        idx_bad = [i for i, b in enumerate(loop) if b]
+        idx_ok = [i for i, b in enumerate(loop) if not b]
         kw = dict(weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize)
         bad_bufs = _loop_sgd(
             [params[i] for i in idx_bad],

@@ -7,16 +7,16 @@ storage dtype and reads nothing back from the device.
 
 Tables and what is rebuilt when (all of it host-side work plus one small host-to-device copy):
 
-* A *plan* per (param addresses, param sizes, buffer addresses, group indices, hyper-parameters,
-  launch configuration): per dtype, the int64 address tables of params and buffers, the sizes, the
-  group index of each tensor, the chunk table (program id -> tensor, first element) and the
-  float64 hyper-parameter table. Built the first time a fingerprint is seen; the last
+* A *plan* per (param addresses, sizes and strides, buffer addresses, group indices,
+  hyper-parameters, launch configuration): per dtype, the int64 address tables of params and
+  buffers, the sizes, the group index of each tensor, the chunk table (program id -> tensor, first
+  element) and the float64 hyper-parameter table. Built the first time a fingerprint is seen; the last
   ``SGDPlanCache.max_plans`` plans are kept, so alternating parameter sets (a layer frozen every
   other step) do not rebuild.
-* The gradient address table of a plan: rebuilt when the tuple of grad ``data_ptr()`` changes
-  (``zero_grad(set_to_none=True)`` frees grads; the caching allocator usually hands the same
-  blocks back, and CUDA-graph replays always do). On CUDA the new table is uploaded
-  asynchronously from pinned memory: no host sync (but not inside a graph capture).
+* The gradient address table of a plan: rebuilt when the tuple of grad ``data_ptr()`` or the
+  grads' layouts change (``zero_grad(set_to_none=True)`` frees grads; the caching allocator
+  usually hands the same blocks back, and CUDA-graph replays always do). On CUDA the new table is
+  uploaded asynchronously from pinned memory: no host sync (but not inside a graph capture).
 * The first-step flags of a plan (host-flag mode, ``first_step`` given as host bools): rebuilt
   when the tuple of flags changes (the step after a parameter's first one, typically). In
   device-flag mode (``first_flags`` given, what FusedSGD uses) the flags live in the caller's
@@ -26,12 +26,19 @@ Tables and what is rebuilt when (all of it host-side work plus one small host-to
   into the plan's float64 partials buffer, then one finalize program (``kernels/grad_norm.py``);
   the update launches then read the coefficient from device memory.
 
-A steady-state call therefore does O(n) C-level work (``data_ptr()``/``numel()`` of each tensor to
-form the fingerprints: three ``tuple(map(...))`` calls), a few dict/tuple comparisons and one
-kernel launch per dtype; no per-tensor Python loop and no allocation.
+A steady-state call therefore does O(n) C-level work (``data_ptr()``/``numel()``/``stride()`` of
+each tensor to form the fingerprints, ``is_contiguous()`` of each grad: ``map`` calls), a few
+dict/tuple comparisons and one kernel launch per dtype; no per-tensor Python loop and no allocation.
 
-Not detected by the fingerprints (document, don't do): a parameter resized in place to the same
-element count at the same address, or a non-contiguous grad appearing at a cached address.
+Layouts: the kernel walks every tensor as ``numel`` elements from its address, so each parameter
+must be dense (contiguous in some dim order: channels_last and transposed tensors are) and its grad
+and buffer must share its strides (``fused_lr._layout``). The plan checks it when it is built and
+when its grad table is set; a grad with other strides that comes back at a cached address (the
+caching allocator reuses blocks) is caught by ``plan_has_grads``, which compares the grads' layouts
+as well as their addresses.
+
+Not detected by the fingerprints (document, don't do): a parameter whose shape or strides are
+changed in place (``as_strided_``, ``t_``, a resize to the same element count) at the same address.
 
 On CPU tensors the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1`` set before
 ``triton`` is first imported); on CUDA tensors they run compiled, and the interpreter must be off
@@ -47,6 +54,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+from ._layout import is_dense, same_strides
 
 try:
     import triton
@@ -76,6 +85,7 @@ __all__ = [
     "kernel_specializations",
     "override_launch_config",
     "plan_for",
+    "plan_has_grads",
     "set_plan_grads",
     "launch_plan",
 ]
@@ -217,8 +227,8 @@ class _Launch:
 
 
 class _Plan:
-    __slots__ = ("device", "launches", "hyper_table", "grad_key", "first_key", "spare_ticket", "partials",
-                 "one32", "zero32", "one64", "zero64")
+    __slots__ = ("device", "launches", "hyper_table", "grad_key", "grad_strides", "contiguous", "first_key",
+                 "spare_ticket", "partials", "one32", "zero32", "one64", "zero64")
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -236,6 +246,8 @@ class _Plan:
         self.launches: list[_Launch] = []
         self.hyper_table: Tensor | None = None
         self.grad_key: tuple[int, ...] | None = None
+        self.grad_strides: tuple | None = None  # the grads' strides when grad_key was set
+        self.contiguous = False  # every param is contiguous (then so must every grad be)
         self.first_key: tuple[bool, ...] | None = None
 
 
@@ -274,8 +286,11 @@ def _build_plan(
                 f"param {i}: dtype {p.dtype} is not supported by the Triton path "
                 f"(float16, bfloat16, float32, float64; pass complex params as torch.view_as_real)"
             )
-        if not p.is_contiguous():
-            raise ValueError(f"param {i} is not contiguous; the Triton path addresses tensors as flat arrays")
+        if not is_dense(p):
+            raise ValueError(
+                f"param {i} (shape {tuple(p.shape)}, strides {p.stride()}) is not dense; the Triton path "
+                "addresses tensors as flat arrays"
+            )
         g = group_index[i]
         if not 0 <= g < len(hyper):
             raise ValueError(f"param {i}: group index {g} outside [0, {len(hyper)})")
@@ -283,10 +298,11 @@ def _build_plan(
         if hyper[g].momentum != 0:
             if b is None:
                 raise ValueError(f"param {i}: its group has momentum {hyper[g].momentum} but no momentum buffer was given")
-            if b.device != device or b.dtype != p.dtype or b.numel() != p.numel() or not b.is_contiguous():
+            if b.device != device or b.dtype != p.dtype or b.shape != p.shape or not same_strides(b, p):
                 raise ValueError(
-                    f"param {i}: momentum buffer must be a contiguous {p.dtype} tensor of {p.numel()} elements "
-                    f"on {device}, got {b.dtype} {tuple(b.shape)} on {b.device}"
+                    f"param {i}: momentum buffer must be a {p.dtype} tensor of shape {tuple(p.shape)} with the "
+                    f"param's strides {p.stride()} on {device}, got {b.dtype} {tuple(b.shape)} strides "
+                    f"{b.stride()} on {b.device}"
                 )
         if p.numel() > 0:
             by_dtype.setdefault(p.dtype, []).append(i)
@@ -294,6 +310,7 @@ def _build_plan(
     if flag_slots is not None and any(not isinstance(k, int) or k < 0 for k in flag_slots):
         raise ValueError("flag_slots must be non-negative ints (indices into first_flags)")
     plan = _Plan(device)
+    plan.contiguous = all(p.is_contiguous() for p in params)
     chunk = cfg["BLOCK_SIZE"] * cfg["CHUNK_BLOCKS"]
     for dtype, positions in by_dtype.items():
         launch = _Launch(dtype, positions)
@@ -341,16 +358,28 @@ def _set_grads(plan: _Plan, grads: Sequence[Tensor], params: Sequence[Tensor], g
         addrs = []
         for i in launch.positions:
             g, p = grads[i], params[i]
-            if g.device != plan.device or g.dtype != p.dtype or g.numel() != p.numel() or not g.is_contiguous():
+            if g.device != plan.device or g.dtype != p.dtype or g.shape != p.shape or not same_strides(g, p):
                 raise ValueError(
-                    f"grad {i} must be a contiguous {p.dtype} tensor of {p.numel()} elements on {plan.device}, "
-                    f"got {g.dtype} {tuple(g.shape)} on {g.device}"
-                    + ("" if g.is_contiguous() else " (not contiguous)")
+                    f"grad {i} must be a {p.dtype} tensor of shape {tuple(p.shape)} with the param's strides "
+                    f"{p.stride()} on {plan.device}, got {g.dtype} {tuple(g.shape)} strides {g.stride()} on {g.device}"
                 )
             addrs.append(g.data_ptr())
         launch.grad_addrs = _upload(addrs, torch.int64, plan.device)
         launch.grads_aligned = all(_aligned(a) for a in addrs)
     plan.grad_key = grad_key
+    plan.grad_strides = tuple(map(Tensor.stride, grads))
+
+
+def plan_has_grads(plan: _Plan, grads: Sequence[Tensor], grad_key: tuple[int, ...]) -> bool:
+    """Whether ``plan``'s grad table already holds these grads: the same addresses (``grad_key``)
+    and the same layouts (a grad with other strides can come back at a recycled address). For a
+    plan of contiguous params the check is ``is_contiguous`` (grads have their params' shapes, so
+    that is the same layout); otherwise the strides themselves."""
+    if grad_key != plan.grad_key:
+        return False
+    if plan.contiguous:
+        return all(map(Tensor.is_contiguous, grads))
+    return tuple(map(Tensor.stride, grads)) == plan.grad_strides
 
 
 def _set_first_step(plan: _Plan, first_key: tuple[bool, ...]) -> None:
@@ -383,6 +412,7 @@ class SGDPlanCache:
         key = (
             tuple(map(Tensor.data_ptr, params)),
             tuple(map(Tensor.numel, params)),
+            tuple(map(Tensor.stride, params)),  # the plan's grad check depends on the params' layouts
             tuple(0 if b is None else b.data_ptr() for b in momentum_buffers),
             group_index,
             hyper,
@@ -430,14 +460,15 @@ def triton_sgd_step(
     """One torch.optim.SGD step on every tensor of ``params``, in place, LR from the device schedule.
 
     Args:
-        params: the parameters to update (only those with a grad this step), contiguous, float16 /
-            bfloat16 / float32 / float64, all on one device. Updated in place.
-        grads: ``grads[i]`` is ``params[i]``'s gradient: same dtype, numel and device, contiguous.
+        params: the parameters to update (only those with a grad this step), dense (contiguous in
+            some dim order, see ``fused_lr._layout``), float16 / bfloat16 / float32 / float64, all on
+            one device. Updated in place.
+        grads: ``grads[i]`` is ``params[i]``'s gradient: same dtype, shape, device and strides.
             Never written.
         momentum_buffers: ``momentum_buffers[i]`` is ``params[i]``'s buffer. Required (allocated by
-            the caller, e.g. ``torch.empty_like(p)``; its contents are ignored on the first step)
-            when the tensor's group has momentum != 0, ignored (may be ``None``) otherwise. Updated
-            in place.
+            the caller with the param's strides, e.g. ``torch.empty_like(p)``; its contents are
+            ignored on the first step) when the tensor's group has momentum != 0, ignored (may be
+            ``None``) otherwise. Updated in place.
         first_step: host-flag mode: host bools, ``first_step[i]`` true when ``params[i]`` has no
             momentum history yet: the kernel sets ``buf = g`` (torch's clone of the grad, no
             dampening) instead of ``momentum * buf + (1 - dampening) * g``. The caller clears it
@@ -543,7 +574,7 @@ def triton_sgd_step(
         if t is not None and t.device != plan.device:
             raise ValueError(f"{what} is on {t.device}, params on {plan.device}")
     grad_key = tuple(map(Tensor.data_ptr, grads))
-    if grad_key != plan.grad_key:
+    if not plan_has_grads(plan, grads, grad_key):
         _set_grads(plan, grads, params, grad_key)
     if not device_flags:
         first_key = tuple(map(bool, first_step))
@@ -564,9 +595,8 @@ def plan_for(cache: SGDPlanCache, params, momentum_buffers, group_index, hyper, 
 
 
 def set_plan_grads(plan: _Plan, grads: Sequence[Tensor], params: Sequence[Tensor], grad_key: tuple[int, ...]) -> None:
-    """Point ``plan`` at these grads (checked: device, dtype, numel, contiguity) if they moved."""
-    if grad_key != plan.grad_key:
-        _set_grads(plan, grads, params, grad_key)
+    """Point ``plan`` at these grads (checked: device, dtype, shape, the params' strides)."""
+    _set_grads(plan, grads, params, grad_key)
 
 
 def launch_plan(

@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 from . import _compiled_op  # noqa: F401  (registers torch.ops.fused_lr.triton_sgd_update)
 from . import _triton_path as _tp
 from . import schedules as _schedules
+from ._layout import flat_ok, is_dense, overlaps_itself, same_strides
 from ._torch_path import grad_norm_torch, norm_dtype, scaled_grads, sgd_torch
 
 __all__ = ["FusedSGD"]
@@ -564,6 +565,13 @@ class FusedSGD(Optimizer):
             grads = [grads[i] for i in keep]
             bufs = [all_bufs[i] for i in keep] if use_momentum else []
         for p, g in zip(params, grads):
+            if not p.is_contiguous() and overlaps_itself(_local(p)):
+                # torch's in-place update raises this mid-step; checked here, before any update.
+                raise RuntimeError(
+                    f"unsupported operation: more than one element of the written-to tensor refers to a single "
+                    f"memory location: a parameter of param group {gi} (shape {tuple(p.shape)}, strides "
+                    f"{tuple(_local(p).stride())}) shares memory between its elements; give it its own storage (clone it)"
+                )
             # torch checks device, dtype and shape when a grad is assigned; the dtype can differ
             # only through the grad_dtype opt-in.
             if g.is_sparse or g.dtype is not p.dtype:
@@ -747,7 +755,7 @@ class FusedSGD(Optimizer):
         norm_inf = self.norm_type == math.inf
         params, grads, bufs, slots, gidx = [], [], [], [], []
         new_bufs = []  # (param, buffer, group): stored in the state only once the launch is under way
-        leftovers = []  # tensors the kernel does not take (non-contiguous, exotic dtypes): torch path
+        leftovers = []  # tensors the kernel does not take (layouts it cannot walk flat, exotic dtypes): torch path
         for gi, (group, (ps, gs, bs)) in enumerate(zip(self._groups, work)):
             # A cycled momentum lives in the schedule: the group always has buffers.
             momentum = group["momentum"] != 0 or gi in mom_rows
@@ -758,20 +766,24 @@ class FusedSGD(Optimizer):
                 p = owner
                 if sharded:  # DTensors: the kernel updates this rank's shards (see _step_torch)
                     p, g, b = _local(p), _local(g), _local(b)
-                if not (p.is_contiguous() and g.is_contiguous() and (b is None or b.is_contiguous())) or not (
+                if not flat_ok(p, g, b) or not (
                     p.dtype in _tp.KERNEL_DTYPES or (p.is_complex() and p.real.dtype in _tp.KERNEL_DTYPES)
                 ) or (clipping and norm_inf and p.is_complex()):
-                    # (The inf-norm of a complex gradient is max |z|, not the real view's max
-                    # component: the torch path computes it.)
+                    # The kernel walks parameter, gradient and buffer as flat arrays: a non-dense
+                    # parameter, or a gradient or buffer with other strides (a gradient assigned by
+                    # hand; autograd gives a dense parameter's gradient its strides), takes the
+                    # torch path, which follows strides. (The inf-norm of a complex gradient is
+                    # max |z|, not the real view's max component: the torch path computes it.)
                     rest[0].append(owner), rest[1].append(gs[j]), rest[2].append(bs[j] if (momentum and bs) else None)
                     continue
                 if momentum and b is None:
                     # Zeros, not empty: if AMP skips this first step the buffer stays as allocated
                     # until the next real step (which is the first step: the flag stays set). A
                     # cycled momentum that is 0 on this step leaves it unwritten too (the kernel
-                    # skips a zero momentum's buffer): zeros, never uninitialised memory.
+                    # skips a zero momentum's buffer): zeros, never uninitialised memory. In the
+                    # parameter's layout (dense here), so that the kernel walks all three flat.
                     b = (torch.zeros_like if (found_inf is not None or gi in mom_rows) else torch.empty_like)(
-                        p, memory_format=torch.contiguous_format
+                        p, memory_format=torch.preserve_format
                     )
                     new_bufs.append((owner, b, gi, sharded))
                 real = torch.view_as_real if p.is_complex() else (lambda t: t)
@@ -887,17 +899,18 @@ class FusedSGD(Optimizer):
     def _step_triton_compiled(self, work, grad_scale, found_inf) -> bool:
         """Inside torch.compile: the Triton update as the custom op ``fused_lr::triton_sgd_update``
         (fused_lr._compiled_op), which the compiler keeps as one opaque, ordered call. Covers plain
-        steps (no AMP, no clipping, no DTensors; contiguous real tensors of the kernel's dtypes);
-        returns False for anything else, and the traced torch-op update runs instead."""
+        steps (no AMP, no clipping, no DTensors; real tensors of the kernel's dtypes, each parameter
+        dense with its gradient and buffer in its layout); returns False for anything else, and the
+        traced torch-op update runs instead."""
         if grad_scale is not None or found_inf is not None or self.max_grad_norm is not None or any(self._sharded):
             return False
-        for _, gs, _ in work:
-            for g in gs:
-                if g.is_complex() or g.dtype not in _tp.KERNEL_DTYPES or not g.is_contiguous():
-                    return False
         for group in self._groups:
             for p in group["params"]:
-                if p.is_complex() or p.dtype not in _tp.KERNEL_DTYPES or not p.is_contiguous():
+                if p.is_complex() or p.dtype not in _tp.KERNEL_DTYPES or not is_dense(p):
+                    return False
+        for ps, gs, bs in work:
+            for j, (p, g) in enumerate(zip(ps, gs)):
+                if not flat_ok(p, g, bs[j] if bs else None):
                     return False
         sched = self._schedule
         closed = sched is not None and _tp.kinds_supported(sched.kinds)
@@ -917,7 +930,7 @@ class FusedSGD(Optimizer):
                 b = bs[j] if (momentum and bs) else None
                 slot = self._slot_of[id(p)]
                 if momentum and b is None:
-                    b = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                    b = torch.zeros_like(p, memory_format=torch.preserve_format)  # the parameter's layout
                     self.state[p]["momentum_buffer"] = b
                     self._buf_cache.pop(gi, None)
                     self._first_flags[slot] = 1  # buf = g on this first step (the kernel clears it)
@@ -976,9 +989,9 @@ class FusedSGD(Optimizer):
         except (TypeError, RuntimeError):
             return False
         plan = f.plan
-        if grad_key != plan.grad_key:
+        if not _tp.plan_has_grads(plan, grads, grad_key):
             for p, g in zip(params, grads):
-                if g.is_sparse or g.dtype is not p.dtype or g.shape != p.shape or not g.is_contiguous():
+                if g.is_sparse or g.dtype is not p.dtype or g.shape != p.shape or not same_strides(g, p):
                     return False
             _tp.set_plan_grads(plan, grads, params, grad_key)
         clip = before_update = None

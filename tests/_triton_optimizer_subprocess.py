@@ -649,6 +649,78 @@ def case_clip_plain():
 CASES.update({"amp": case_amp, "amp_bf16": case_amp_bf16, "amp_mixed": case_amp_mixed, "amp_fp16": case_amp_fp16, "clip": case_clip, "clip_plain": case_clip_plain})
 
 
+
+# --- Layouts ---------------------------------------------------------------------------------------
+
+def case_layouts():
+    """Every parameter and gradient layout of tests/_layout_cases.py on the Triton path vs stock
+    torch.optim.SGD(foreach=False), with the canary check around every parameter and gradient:
+    dense layouts (channels_last, transposed, a size-1 dim's odd stride, 0-dim) run in the kernel
+    with their gradients and buffers walked flat, the rest (non-dense parameters, gradients or
+    buffers with other strides) take the torch path. Gradients rotate through the layouts, so a
+    parameter moves between the kernel and the torch path from step to step. Dense parameters with
+    autograd-like gradients stay on the steady-state fast path, which notices a gradient with other
+    strides at a cached address."""
+    import _layout_cases as L
+    from conftest import TRAJ_TOL
+
+    def close_for(dtype):
+        # fp32 / fp64: the kernel rounds like torch's fused kernel (see FP32 above; fp64 the same
+        # argument with its eps: conftest's TRAJ_TOL). bf16: BF16 above, against stock's bf16 for-loop
+        # (what the torch path runs on CPU).
+        tol = BF16 if dtype == torch.bfloat16 else TRAJ_TOL[dtype]
+        return lambda actual, expected, what: check_close(actual, expected, tol, what)
+
+    def triton(groups, **kw):
+        opt = fused_lr.FusedSGD(groups, backend="triton", **kw)
+        assert opt.implementation == "triton"
+        return opt
+
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for config in L.CONFIGS.values():
+            L.run(triton, dtype, "rotate", config, close_for(dtype))
+    for dtype in (torch.float32, torch.bfloat16):
+        with CountLaunches() as launches:
+            _, _, b, ob = L.run(triton, dtype, "like_param", L.CONFIGS["nesterov"], close_for(dtype), names=L.DENSE)
+        assert launches.n == L.STEPS, f"{launches.n} launches in {L.STEPS} steps: a dense layout left the kernel"
+        assert ob._fast_steps == L.STEPS - 1, f"{ob._fast_steps} fast steps: dense layouts fell off the fast path"
+        for name, p in zip(b.names, b.params):
+            buf = ob.state[p]["momentum_buffer"]
+            assert buf.stride() == p.stride(), f"{name}: buffer strides {buf.stride()} vs param {p.stride()}"
+
+    # A gradient with other strides at the address the cached plan holds: the fast path must see it.
+    close = close_for(torch.float32)
+    a_p, b_p = (torch.nn.Parameter(torch.randn(3, 3, generator=torch.Generator().manual_seed(7))) for _ in range(2))
+    oa = torch.optim.SGD([a_p], lr=0.1, momentum=0.9, foreach=False)
+    ob = triton([b_p], lr=0.1, momentum=0.9)
+    store = torch.randn(3, 3, generator=torch.Generator().manual_seed(8))
+    # Steps 1, 2, 5 and 6 take the fast path; steps 3 and 4 must notice the transposed gradient (same
+    # address) and take the torch path (the cached plan stays valid for step 5).
+    for t, grad in enumerate((store, store, store, store.t(), store.t(), store, store)):
+        a_p.grad, b_p.grad = grad.clone(memory_format=torch.preserve_format), grad
+        oa.step()
+        ob.step()
+        close(b_p, a_p, f"grad strides {grad.stride()} at one address, step {t}")
+        close(ob.state[b_p]["momentum_buffer"], oa.state[a_p]["momentum_buffer"], f"buffer, step {t}")
+    assert ob._fast_steps == 4, ob._fast_steps
+
+    # A parameter whose elements share memory (stride 0): refused before the kernel updates the other.
+    ps = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(1).expand(3))]
+    for p in ps:
+        p.grad = torch.ones(3)
+    opt = triton([dict(params=ps[:1]), dict(params=ps[1:])], lr=0.1, momentum=0.9)
+    try:
+        opt.step()
+    except RuntimeError as e:
+        assert "more than one element of the written-to tensor" in str(e), e
+    else:
+        raise AssertionError("a parameter whose elements share memory was updated")
+    assert torch.equal(ps[0].detach(), torch.ones(3)) and not opt.state, "something changed before the error"
+
+
+CASES["layouts"] = case_layouts
+
+
 if __name__ == "__main__":
     assert TP._interpreting(), "the kernels are not interpreted"
     with TP.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=4):

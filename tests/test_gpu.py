@@ -242,3 +242,45 @@ def test_compiled_train_step_follows_stock_without_recompiling(backend):
                 step()
     for p, q in zip(ma.parameters(), mb.parameters()):
         assert_close(q, p, what=f"compiled {backend}", **CUDA_FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("config", ["nesterov", "damped_max"])
+def test_every_layout_on_cuda(backend, config):
+    """tests/_layout_cases.py on CUDA: every parameter and gradient layout vs stock's for-loop, nothing
+    outside a parameter written (the torch path updates what its fused kernel refuses through dense
+    stand-ins; the Triton path walks dense layouts flat and hands the rest to the torch path)."""
+    import _layout_cases as L
+
+    def make(groups, **kw):
+        return fused_lr.FusedSGD(groups, backend=backend, **kw)
+
+    def close(actual, expected, what):
+        assert_close(actual, expected, what=what, **CUDA_FP32_TOL)
+
+    L.run(make, torch.float32, "rotate", L.CONFIGS[config], close, device="cuda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_dense_parameters_cost_no_host_sync(backend):
+    """Sliced and strided parameters (autograd-like gradients) in steady state: no host sync (the
+    torch path's for-loop would read the LR on the host; the dense stand-ins do not)."""
+    import _layout_cases as L
+
+    world = L.World(torch.float32, device="cuda")
+    opt = fused_lr.FusedSGD(L.groups(world), lr=0.1, momentum=0.9, backend=backend)
+    sched = fused.CosineAnnealingLR(opt, T_max=10)
+    for t in range(L.STEPS):
+        world.set_grads([torch.randn(p.shape, device="cuda") for p in world.params], ["like_param"] * len(world.params))
+        if t < 2:
+            opt.step()
+            sched.step()
+            torch.cuda.synchronize()
+            continue
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+            sched.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    world.check_untouched("steady state")

@@ -64,6 +64,13 @@ def test_fused_clipping_on_the_triton_path(run_cases):
     run_cases("clip", "clip_plain")
 
 
+def test_every_layout_on_the_triton_path(run_cases):
+    """Slices, as_strided views, transposed, channels_last, 0-dim parameters; gradients contiguous,
+    permuted, expanded, views: vs stock SGD's for-loop (fp32, fp64, bf16) with nothing outside a
+    parameter written; dense layouts stay in the kernel and on the fast path (tests/_layout_cases.py)."""
+    run_cases("layouts")
+
+
 def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
     import torch
 
