@@ -646,6 +646,28 @@ def case_clip_plain():
     assert sk._sched.pending == 1
 
 
+def case_api():
+    """tests/_optimizer_api_cases.py on the Triton backend (tests/test_optimizer_api.py runs them
+    on the torch backend)."""
+    import _optimizer_api_cases as api
+
+    for check in api.CHECKS.values():
+        check("triton")
+
+
+def case_optim_db():
+    """tests/_optim_db_cases.py on the Triton backend: every SGD input of torch's optimizer test
+    data (3 steps, tiny parameters; the scheduler inputs run on the torch backend only, they drive
+    the same LR buffer the kernel reads) and every error input."""
+    import _optim_db_cases as db
+
+    runs = db.run_optim_inputs("triton", steps=3)
+    assert runs == len(db.optim_inputs()) == 27, runs
+    assert db.check_error_inputs("triton") == 7
+
+
+CASES["api"] = case_api
+CASES["optim_db"] = case_optim_db
 CASES.update({"amp": case_amp, "amp_bf16": case_amp_bf16, "amp_mixed": case_amp_mixed, "amp_fp16": case_amp_fp16, "clip": case_clip, "clip_plain": case_clip_plain})
 
 

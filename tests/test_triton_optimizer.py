@@ -64,6 +64,14 @@ def test_fused_clipping_on_the_triton_path(run_cases):
     run_cases("clip", "clip_plain")
 
 
+def test_optimizer_api_and_torch_optim_db_on_the_triton_path(run_cases):
+    """tests/_optimizer_api_cases.py (named parameters, groups edited directly, state keys and
+    hooks, deepcopy/pickle, sparse gradients, meta parameters, differentiable, foreach/fused) and
+    torch's SGD test data (tests/_optim_db_cases.py) on backend="triton", beside stock; one child
+    process for both (importing torch's test data costs ~10 s)."""
+    run_cases("api", "optim_db")
+
+
 def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
     import torch
 
