@@ -9,30 +9,27 @@ run through FusedSGD beside stock torch.optim.SGD, for either backend.
   compared after every step; for ``differentiable`` inputs the parameters are non-leaf clones of
   leaves (torch's ``_diff_fn`` pattern) and the gradients of the result with respect to those
   leaves and to the gradients are compared too.
-* ``error_inputs``: every SGD error input (``optim_error_inputs_func_sgd``) on both optimizers.
+* ``check_error_inputs``: every SGD error input (``optim_error_inputs_func_sgd``) on both optimizers.
 
 Used by tests/test_optim_db.py (torch backend) and tests/_triton_optimizer_subprocess.py (Triton
-backend under the interpreter). Not collected by pytest (no ``test_`` prefix).
+backend under the interpreter). Not collected by pytest (no ``test_`` prefix). Importing torch's
+test data costs ~10 s (it imports torch's whole OpInfo database): ``torch_data()`` does it once in
+the pytest process, and the child process gets the (picklable) inputs from it.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torch.testing._internal.common_optimizers import (
-    OptimizerErrorEnum,
-    _get_optim_inputs_including_global_cliquey_kwargs,
-    optim_db,
-)
 
 import fused_lr
 
 from conftest import TRAJ_TOL, assert_close
 
-SGD_INFO = next(info for info in optim_db if info.optim_cls is torch.optim.SGD)
 DTYPE = torch.float32
 SHAPES = ((4, 3), (4,), ())  # a weight, a bias, a 0-dim parameter
 # The group's LR after the steps (stock schedulers on both optimizers): both evaluate the same
@@ -46,8 +43,28 @@ LR_RTOL = 1e-12
 TENSOR_LR_RTOL = {torch.float32: 4e-7, torch.float64: LR_RTOL}
 
 
-def optim_inputs():
-    return _get_optim_inputs_including_global_cliquey_kwargs("cpu", DTYPE, SGD_INFO)
+def torch_data(with_schedulers=True):
+    """SGD's entries of torch's optimizer test data for device "cpu": ``inputs`` [(desc, kwargs)],
+    ``errors`` [(desc, params, kwargs, raised at step?, error type, regex)], and (unless
+    ``with_schedulers`` is False: they are lambdas, which do not pickle) ``schedulers``."""
+    from torch.testing._internal.common_optimizers import (
+        OptimizerErrorEnum,
+        _get_optim_inputs_including_global_cliquey_kwargs,
+        optim_db,
+    )
+
+    info = next(i for i in optim_db if i.optim_cls is torch.optim.SGD)
+    data = {
+        "inputs": [(i.desc, i.kwargs) for i in _get_optim_inputs_including_global_cliquey_kwargs("cpu", DTYPE, info)],
+        "errors": [
+            (e.optimizer_error_input.desc, e.optimizer_error_input.params, e.optimizer_error_input.kwargs,
+             e.error_on == OptimizerErrorEnum.STEP_ERROR, e.error_type, e.error_regex)
+            for e in info.optim_error_inputs_func(device="cpu", dtype=DTYPE)
+        ],
+    }
+    if with_schedulers:
+        data["schedulers"] = list(info.scheduler_inputs)
+    return data
 
 
 def _leaves():
@@ -97,23 +114,22 @@ def _run(cls, kwargs, backend, sched_fns, steps, leaves):
     return history, autograd, [float(g["lr"]) for g in opt.param_groups]
 
 
-def run_optim_inputs(backend, steps=3, with_schedulers=False):
-    """Every input (under every scheduler input when asked): FusedSGD against stock. Returns how
-    many (input, scheduler) runs were compared."""
+def run_optim_inputs(backend, data, steps=3):
+    """Every input of ``data`` (alone, and under every scheduler input it holds): FusedSGD against
+    stock. Returns how many (input, scheduler) runs were compared."""
     tol = TRAJ_TOL[DTYPE]
     leaves = _leaves()
     runs = 0
     sched_sets = [("no scheduler", [])]
-    if with_schedulers:
-        sched_sets += [(f"scheduler input {k}", fns) for k, fns in enumerate(SGD_INFO.scheduler_inputs)]
+    sched_sets += [(f"scheduler input {k}", fns) for k, fns in enumerate(data.get("schedulers", []))]
     with warnings.catch_warnings():
         # differentiable inputs: both optimizers read .grad of the non-leaf parameters.
         warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf")
-        for optim_input in optim_inputs():
+        for desc, kwargs in data["inputs"]:
             for sched_desc, fns in sched_sets:
-                what = f"{optim_input.desc} {optim_input.kwargs} ({sched_desc})"
-                a_hist, a_grad, a_lrs = _run(torch.optim.SGD, optim_input.kwargs, backend, fns, steps, leaves)
-                b_hist, b_grad, b_lrs = _run(fused_lr.FusedSGD, optim_input.kwargs, backend, fns, steps, leaves)
+                what = f"{desc} {kwargs} ({sched_desc})"
+                a_hist, a_grad, a_lrs = _run(torch.optim.SGD, kwargs, backend, fns, steps, leaves)
+                b_hist, b_grad, b_lrs = _run(fused_lr.FusedSGD, kwargs, backend, fns, steps, leaves)
                 for t, ((ap, ab), (bp, bb)) in enumerate(zip(a_hist, b_hist)):
                     for i in range(len(SHAPES)):
                         assert_close(bp[i], ap[i], **tol, what=f"{what} step {t} param {i}")
@@ -121,8 +137,8 @@ def run_optim_inputs(backend, steps=3, with_schedulers=False):
                         if ab[i] is not None:
                             assert_close(bb[i], ab[i], **tol, what=f"{what} step {t} param {i} momentum buffer")
                 lr_rtol = LR_RTOL
-                if isinstance(optim_input.kwargs.get("lr"), torch.Tensor):
-                    lr_rtol = TENSOR_LR_RTOL[optim_input.kwargs["lr"].dtype]
+                if isinstance(kwargs.get("lr"), torch.Tensor):
+                    lr_rtol = TENSOR_LR_RTOL[kwargs["lr"].dtype]
                 assert abs(b_lrs[0] - a_lrs[0]) <= lr_rtol * abs(a_lrs[0]), f"{what}: lr {b_lrs} vs {a_lrs}"
                 if a_grad is not None:
                     for i, (x, y) in enumerate(zip(a_grad, b_grad)):
@@ -133,38 +149,24 @@ def run_optim_inputs(backend, steps=3, with_schedulers=False):
     return runs
 
 
-def _outcome(cls, error_input, backend):
-    """(exception or warning type, message) of building (and, for STEP_ERROR, stepping) ``cls``."""
-    optim_input = error_input.optimizer_error_input
-    params, kwargs = copy.deepcopy(optim_input.params), copy.deepcopy(optim_input.kwargs)
+def _outcome(cls, error, backend):
+    """(exception or warning type, message) of building (and, for a step error, stepping) ``cls``."""
+    _, params, kwargs, on_step, error_type, _ = error
+    params, kwargs = copy.deepcopy(params), copy.deepcopy(kwargs)
     if cls is fused_lr.FusedSGD:
         kwargs["backend"] = backend
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             opt = cls(params, **kwargs)
-            if error_input.error_on == OptimizerErrorEnum.STEP_ERROR:
+            if on_step:
                 opt.step()
         except Exception as e:  # noqa: BLE001 - the type is what is compared
             return type(e), str(e)
     for w in caught:
-        if issubclass(w.category, error_input.error_type):
+        if issubclass(w.category, error_type):
             return w.category, str(w.message)
     return None, None
-
-
-def error_inputs(backend):
-    """For each SGD error input: (desc, expected type, regex, stock outcome, FusedSGD outcome)."""
-    out = []
-    for error_input in SGD_INFO.optim_error_inputs_func(device="cpu", dtype=DTYPE):
-        out.append((
-            error_input.optimizer_error_input.desc,
-            error_input.error_type,
-            error_input.error_regex,
-            _outcome(torch.optim.SGD, error_input, backend),
-            _outcome(fused_lr.FusedSGD, error_input, backend),
-        ))
-    return out
 
 
 # Error inputs whose FusedSGD message differs from stock's (the type is the same, and torch's
@@ -175,16 +177,18 @@ MESSAGE_DIFFERS = {
 }
 
 
-def check_error_inputs(backend):
-    import re
-
-    rows = error_inputs(backend)
+def check_error_inputs(backend, data):
+    """Every error input: the same exception (or warning) type from both, torch's regex matching
+    FusedSGD's message (torch's own test_errors criterion), and the messages that differ from
+    stock's exactly MESSAGE_DIFFERS. Returns how many inputs ran."""
     differ = set()
-    for desc, etype, regex, (st, sm), (ft, fm) in rows:
+    for error in data["errors"]:
+        desc, _, _, _, etype, regex = error
+        (st, sm), (ft, fm) = _outcome(torch.optim.SGD, error, backend), _outcome(fused_lr.FusedSGD, error, backend)
         assert st is etype, f"{desc}: stock gave {st} ({sm!r}), torch's data expects {etype}"
         assert ft is st, f"{desc}: FusedSGD gave {ft} ({fm!r}), stock {st} ({sm!r})"
         assert re.search(regex, fm), f"{desc}: FusedSGD's message {fm!r} does not match torch's regex {regex!r}"
         if fm != sm:
             differ.add(desc)
     assert differ == MESSAGE_DIFFERS, f"messages that differ from stock's: {differ}"
-    return len(rows)
+    return len(data["errors"])

@@ -23,7 +23,7 @@ if __name__ == "__main__":
 import copy
 import math
 import io
-import math
+import pickle
 
 import torch
 import torch.optim.lr_scheduler as stock
@@ -658,12 +658,18 @@ def case_api():
 def case_optim_db():
     """tests/_optim_db_cases.py on the Triton backend: every SGD input of torch's optimizer test
     data (3 steps, tiny parameters; the scheduler inputs run on the torch backend only, they drive
-    the same LR buffer the kernel reads) and every error input."""
+    the same LR buffer the kernel reads) and every error input. The data comes pickled from the
+    parent (FUSED_LR_OPTIM_DB: a file path), else it is imported here (~10 s)."""
     import _optim_db_cases as db
 
-    runs = db.run_optim_inputs("triton", steps=3)
-    assert runs == len(db.optim_inputs()) == 27, runs
-    assert db.check_error_inputs("triton") == 7
+    path = os.environ.get("FUSED_LR_OPTIM_DB")
+    if path:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+    else:
+        data = db.torch_data(with_schedulers=False)
+    assert db.run_optim_inputs("triton", data, steps=3) == len(data["inputs"]) == 27
+    assert db.check_error_inputs("triton", data) == 7
 
 
 CASES["api"] = case_api
