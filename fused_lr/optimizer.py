@@ -53,7 +53,9 @@ def _like_param(local_buf: Tensor, p: Tensor) -> Tensor:
 _BACKENDS = ("auto", "torch", "triton")
 # Hyper-parameters a FusedSGD group carries, in torch.optim.SGD's order.
 _HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-# Keys torch.optim.SGD adds to its groups that mean nothing here (FusedSGD picks its primitive).
+# Keys torch.optim.SGD adds to its groups that FusedSGD does not keep per group: it picks its own
+# primitive (foreach, fused), and differentiable is optimizer-wide (defaults["differentiable"], which
+# is also what torch.optim.SGD.step reads).
 _STOCK_ONLY_KEYS = ("foreach", "fused", "differentiable")
 
 

@@ -529,6 +529,18 @@ def _check_differentiable(backend):
             assert (x is None) == (y is None), f"differentiable {kwargs}: grad {i} {x} vs {y}"
             if x is not None:
                 assert_close(y, x, **tol, what=f"differentiable {kwargs} d/d input {i}")
+    # copy.deepcopy keeps the tensor LR the step differentiates through (the copy's own tensor).
+    # (A leaf that does not require grad: non-leaf tensors do not deepcopy, in torch either.)
+    opt = fused_lr.FusedSGD([leaves[0].detach().clone()], lr=lr, momentum=0.9, differentiable=True, backend=backend)
+    twin = copy.deepcopy(opt)
+    for o in (opt, twin):
+        (q,) = o.param_groups[0]["params"]
+        q.grad = leaves[1].detach().clone()
+        o.step()
+    (q,), (r,) = opt.param_groups[0]["params"], twin.param_groups[0]["params"]
+    d_opt = torch.autograd.grad(q.sum(), lr)[0]
+    d_twin = torch.autograd.grad(r.sum(), twin.defaults["lr"])[0]
+    assert twin.defaults["lr"] is not lr and torch.equal(d_twin, d_opt) and float(d_opt) != 0
     # The schedule sets the LR of a differentiable step too (a float LR: the device truth).
     p = leaves[0].clone()
     opt = fused_lr.FusedSGD([p], lr=0.5, differentiable=True, backend=backend)
