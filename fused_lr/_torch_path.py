@@ -52,7 +52,7 @@ import torch
 
 from ._layout import flat_ok, is_dense, same_strides
 
-__all__ = ["sgd_torch", "FUSED_DTYPES", "scaled_grads", "grad_norm_torch", "norm_dtype"]
+__all__ = ["sgd_torch", "sparse_sgd", "FUSED_DTYPES", "scaled_grads", "grad_norm_torch", "norm_dtype"]
 
 # Dtypes the stock fused kernel handles (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16)).
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -116,7 +116,7 @@ def _loop_sgd(
     grads: list[Tensor],
     bufs: list[Tensor | None],
     *,
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     momentum: float,
     dampening: float,
@@ -127,7 +127,13 @@ def _loop_sgd(
 
     Op for op matters in half precision: torch's foreach kernels round differently from the
     for-loop on some shapes (a 0-dim float16 buffer came out 1 ulp apart), and the for-loop is
-    what torch.optim.SGD runs on CPU.
+    what torch.optim.SGD runs on CPU. It serves sparse gradients too (``sparse_sgd``): every op
+    here takes them as torch's for-loop does.
+
+    ``lr``: a float (torch's ``p.add_(g, alpha=-lr)``), or a 0-dim tensor on the params' device,
+    applied as ``p.add_(g * -lr)`` without reading it on the host (``alpha`` would: a sync on an
+    accelerator). The tensor form rounds ``g * lr`` to the grad's dtype before the add, so it may
+    differ from the ``alpha`` form by about an ulp per step (FusedSGD uses it off CPU only).
     """
     out_bufs: list[Tensor] = []
     for i, (p, g) in enumerate(zip(params, grads)):
@@ -138,13 +144,22 @@ def _loop_sgd(
             b = bufs[i]
             if b is None:
                 # torch clones g; the same values in the parameter's layout (see the module docstring).
-                b = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g).detach()
+                b = (torch.clone(g) if g.is_sparse else  # a sparse buffer, as torch's
+                     torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)).detach()
             else:
                 b.mul_(momentum).add_(g, alpha=1 - dampening)
             out_bufs.append(b)
             g = g.add(b, alpha=momentum) if nesterov else b
-        p.add_(g, alpha=-lr)
+        if isinstance(lr, Tensor):
+            p.add_(g * -lr)
+        else:
+            p.add_(g, alpha=-lr)
     return out_bufs
+
+
+# Sparse gradients (nn.Embedding(sparse=True)) take torch's for-loop: torch's fused and foreach
+# kernels do not accept sparse tensors, and torch.optim.SGD runs its for-loop for them.
+sparse_sgd = _loop_sgd
 
 
 def _foreach_sgd(

@@ -9,20 +9,23 @@ host round trip, reading it (``float(group["lr"])``) syncs only when the user as
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import sys
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.sgd import sgd as _functional_sgd  # torch's functional SGD (the differentiable step)
 
 from . import _compiled_op  # noqa: F401  (registers torch.ops.fused_lr.triton_sgd_update)
 from . import _triton_path as _tp
 from . import schedules as _schedules
 from ._layout import flat_ok, is_dense, overlaps_itself, same_strides
-from ._torch_path import grad_norm_torch, norm_dtype, scaled_grads, sgd_torch
+from ._torch_path import grad_norm_torch, norm_dtype, scaled_grads, sgd_torch, sparse_sgd
 
 __all__ = ["FusedSGD"]
 
@@ -52,7 +55,9 @@ _BACKENDS = ("auto", "torch", "triton")
 _UNSEEN = object()  # a group "lr" fused_lr has not seen yet (after a load): taken as assigned
 # Hyper-parameters a FusedSGD group carries, in torch.optim.SGD's order.
 _HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-# Keys torch.optim.SGD adds to its groups that mean nothing here (FusedSGD picks its primitive).
+# Keys torch.optim.SGD adds to its groups that FusedSGD does not keep per group: it picks its own
+# primitive (foreach, fused), and differentiable is optimizer-wide (defaults["differentiable"], which
+# is also what torch.optim.SGD.step reads).
 _STOCK_ONLY_KEYS = ("foreach", "fused", "differentiable")
 
 
@@ -77,6 +82,27 @@ def _lr_value(lr: Any, group: int) -> float:
             raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)} (param group {group})")
         return float(lr.detach().reshape(()).item())
     return float(lr)
+
+
+def _split_named(params: Any) -> tuple[list, list | None]:
+    """A group's "params" as torch.optim.Optimizer.add_param_group reads them: a tensor, or an
+    ordered collection of tensors or of (name, tensor) pairs (``model.named_parameters()``).
+    Returns (tensors, names or None); the caller's objects are not modified. Errors are torch's."""
+    if isinstance(params, Tensor):
+        params = [params]
+    elif isinstance(params, set):
+        raise TypeError(
+            "optimizer parameters need to be organized in ordered collections, but "
+            "the ordering of tensors in sets will change between runs. Please use a list instead."
+        )
+    else:
+        params = list(params)
+    names = [p[0] for p in params if isinstance(p, tuple)]
+    if not names:
+        return params, None
+    if len(names) != len(params):
+        raise ValueError("all optimizer params should be with/without names. Some param names are missing")
+    return [p[1] for p in params], names
 
 
 def _validate_clip(max_grad_norm: Any, norm_type: Any, error_if_nonfinite: Any) -> tuple[float | None, float, bool]:
@@ -104,6 +130,11 @@ def _validate_clip(max_grad_norm: Any, norm_type: Any, error_if_nonfinite: Any) 
     if not isinstance(error_if_nonfinite, bool):
         raise TypeError(f"error_if_nonfinite must be a bool, got {error_if_nonfinite!r}")
     return max_grad_norm, p, error_if_nonfinite
+
+
+def _grad_hypers(group: dict[str, Any]) -> dict[str, Tensor]:
+    """The group's lr / weight_decay given as tensors that require grad (differentiable=True)."""
+    return {k: group[k] for k in ("lr", "weight_decay") if isinstance(group.get(k), Tensor) and group[k].requires_grad}
 
 
 def _validate_hyper(group: dict[str, Any], where: str) -> dict[str, Any]:
@@ -178,8 +209,9 @@ class FusedSGD(Optimizer):
             ``dampening``, ``weight_decay``, ``nesterov``, ``maximize``).
         lr, momentum, dampening, weight_decay, nesterov, maximize: as in torch.optim.SGD.
         foreach, fused: accepted for drop-in compatibility and ignored: FusedSGD always uses its
-            own fused path.
-        differentiable: must be False (FusedSGD's step is not differentiable).
+            own fused path (``foreach=True, fused=True`` raise torch's error).
+        differentiable: as torch.optim.SGD: the step runs torch's for-loop algorithm with autograd
+            recording, on either backend (see ``_step_differentiable``).
         backend: ``"auto"`` (the Triton kernel for CUDA tensors when it is available, else the
             pure-PyTorch path), ``"torch"`` (the pure-PyTorch path), or ``"triton"`` (forced).
         max_grad_norm: clip the gradients as ``torch.nn.utils.clip_grad_norm_(all params,
@@ -206,8 +238,12 @@ class FusedSGD(Optimizer):
     float64 when a gradient is float64), a new tensor each step: the total norm of the unscaled
     gradients, read it when you choose to.
 
-    All parameters must live on one device (the schedule's); parameters on the meta device and
-    sparse gradients are refused with an error, before anything is modified.
+    All parameters must live on one device (the schedule's). Parameters may be given as
+    ``model.named_parameters()`` (``param_names``, as torch). Parameters on the meta device: the LR
+    buffer and the backend are placed at the first step on a real device (``_place_on_device``).
+    Sparse gradients take torch's for-loop algorithm (``_step_sparse``). Groups appended to or
+    edited in ``param_groups`` directly are checked and adopted at the next ``step()`` or
+    ``state_dict()`` (``_refresh_groups``).
 
     ``param_groups[i]["lr"]`` is a 0-dim float64 tensor on that device, kept current by the
     schedule. Read it with ``float(...)`` (a sync on an accelerator, when you ask), update it in
@@ -238,20 +274,33 @@ class FusedSGD(Optimizer):
         self.max_grad_norm, self.norm_type, self.error_if_nonfinite = _validate_clip(
             max_grad_norm, norm_type, error_if_nonfinite
         )
-        if differentiable:
-            raise ValueError("FusedSGD does not support differentiable=True")
-        defaults = _validate_hyper(
-            dict(
-                lr=lr,
-                momentum=momentum,
-                dampening=dampening,
-                weight_decay=weight_decay,
-                nesterov=nesterov,
-                maximize=maximize,
-            ),
-            "",
+        if not isinstance(differentiable, bool):
+            raise TypeError(f"differentiable must be a bool, got {differentiable!r}")
+        if differentiable and self.max_grad_norm is not None:
+            raise ValueError(
+                "max_grad_norm (fused clipping) is not supported with differentiable=True: clip with "
+                "torch.nn.utils.clip_grad_norm_ before step()"
+            )
+        given = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
         )
-        if isinstance(lr, Tensor):
+        defaults = _validate_hyper(given, "")
+        # torch.optim.Optimizer reads defaults["differentiable"] (the leaf check of add_param_group,
+        # __setstate__); FusedSGD keeps it optimizer-wide, as torch.optim.SGD.step does.
+        defaults["differentiable"] = differentiable
+        if differentiable:
+            # A tensor lr / weight_decay that requires grad is what the step differentiates through:
+            # kept as given (torch.optim.SGD keeps it in its defaults and groups).
+            defaults.update({k: v for k, v in _grad_hypers(given).items()})
+            # GradScaler then unscales the gradients itself and calls step() (as for stock
+            # SGD(differentiable=True)): the differentiable step runs torch's for-loop algorithm.
+            self._step_supports_amp_scaling = False
+        if isinstance(lr, Tensor) and "lr" not in _grad_hypers(given):
             defaults["lr"] = lr  # torch's tensor-LR behaviour: the groups share this tensor
         self.backend = backend
         self._device: torch.device | None = None
@@ -282,42 +331,70 @@ class FusedSGD(Optimizer):
         self._max_norm_t: Tensor | None = None  # float64 [1] max_grad_norm on the device
         self._clip_out: dict[torch.dtype, tuple[Tensor, Tensor]] = {}  # norm dtype -> (norm_out, clip_coef)
         self.last_grad_norm: Tensor | None = None
+        self._sparse_bufs = False  # a momentum buffer may be sparse (made by sparse gradients, or loaded)
+        # differentiable=True: id(group) -> (group, the lr tensor given, which requires grad)
+        self._grad_lrs: dict[int, tuple] = {}
+        self._groups_sig: tuple = ()  # _groups_key() when the per-group data was last built
         super().__init__(params, defaults)
+        # torch.optim.SGD's checks, in its order (after the parameters'), with its types and messages.
+        if fused:
+            if differentiable:
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if foreach:
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self._impl = self._resolve_backend()
 
     # ------------------------------------------------------------------ groups and LR buffer
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, checking its hyper-parameters and parameters before anything changes."""
-        self._fast = None
+        """torch.optim.Optimizer.add_param_group: a tensor, a list of tensors or of (name, tensor)
+        pairs (``param_names`` in the group, torch's errors for a mix), with the group's
+        hyper-parameters and parameters checked before anything changes. The group added is a
+        copy of ``param_group`` (torch appends the dict itself)."""
+        self._refresh_groups()  # groups changed in param_groups directly since the last call
         if not isinstance(param_group, dict):
-            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        params = param_group["params"]
-        if isinstance(params, Tensor):
-            params = [params]
-        elif isinstance(params, set):
-            raise TypeError(
-                "optimizer parameters need to be organized in ordered collections, but the "
-                "ordering of tensors in sets will change between runs. Please use a list instead."
-            )
-        else:
-            params = list(params)
+            raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
+        params, names = _split_named(param_group["params"])
         merged = {k: param_group.get(k, self.defaults.get(k)) for k in _HYPER}
         where = f" (param group {len(self.param_groups)})"
         checked = _validate_hyper(merged, where)
-        device = self._device
+        grad_hypers = _grad_hypers(merged) if self.defaults.get("differentiable") else {}
+        if "weight_decay" in grad_hypers:
+            checked["weight_decay"] = grad_hypers["weight_decay"]  # what the step differentiates through
+        device = self._check_params(params, where, self._params_device())
+        group = dict(param_group)
+        group["params"] = params
+        if names is not None:
+            group["param_names"] = names
+        group.update(checked)
+        if isinstance(merged["lr"], Tensor) and "lr" not in grad_hypers:
+            group["lr"] = merged["lr"]  # torch keeps a tensor LR as the tensor it was given
+        super().add_param_group(group)  # torch's remaining checks (leaf, duplicates, names across groups)
+        for k in _STOCK_ONLY_KEYS:
+            group.pop(k, None)  # (differentiable is optimizer-wide: defaults["differentiable"])
+        if "lr" in grad_hypers:
+            self._grad_lrs[id(group)] = (group, grad_hypers["lr"])
+        if device is not None and device.type != "meta":
+            self._device = device  # meta parameters: placed at the first step, see _place_on_device
+        self._rebuild_group_data()
+
+    def _params_device(self) -> torch.device | None:
+        """The device of the parameters already held (the meta device included), or None."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                return p.device
+        return None
+
+    @staticmethod
+    def _check_params(params, where: str, device: torch.device | None) -> torch.device | None:
+        """Check tensors a group would hold; returns the one device they share with ``device``."""
         for p in params:
             if not isinstance(p, Tensor):
-                raise TypeError(f"optimizer can only optimize Tensors, got {type(p).__name__}")
-            if p.device.type == "meta":
-                raise ValueError(
-                    f"FusedSGD cannot optimize parameters on the meta device{where}: "
-                    "materialize the model (e.g. module.to_empty(device=...)) first"
-                )
+                raise TypeError("optimizer can only optimize Tensors, but one of the params is " + torch.typename(p) + where)
             if not (p.is_floating_point() or p.is_complex()):
                 raise TypeError(f"FusedSGD optimizes floating-point or complex tensors, got {p.dtype}{where}")
-            if p.is_sparse:
-                raise ValueError(f"FusedSGD does not support sparse parameters{where}")
+            if p.layout is not torch.strided:
+                raise ValueError(f"FusedSGD does not support sparse parameters ({p.layout}){where}")
             if device is None:
                 device = p.device
             elif p.device != device:
@@ -325,21 +402,95 @@ class FusedSGD(Optimizer):
                     "FusedSGD keeps its learning rates and schedule on one device; "
                     f"got parameters on {device} and {p.device}{where}"
                 )
-        group = dict(param_group)
-        group["params"] = params
-        group.update(checked)
-        if isinstance(merged["lr"], Tensor):
-            group["lr"] = merged["lr"]  # torch keeps a tensor LR as the tensor it was given
-        super().add_param_group(group)
-        self._groups = self.param_groups
-        self._device = device
+        return device
+
+    def _rebuild_group_data(self) -> None:
+        """Rebuild everything FusedSGD keeps per group from ``param_groups`` as it is now."""
+        groups = self.param_groups
+        # The step path reads the groups through this alias of the same list: inside torch.compile,
+        # reading an Optimizer's `param_groups` attribute makes dynamo realize and guard every
+        # value of every group (torch/_dynamo/variables/optimizer.py, _set_capturable), the float
+        # LRs included, which would recompile at each new LR.
+        self._groups = groups
+        self._fast = None
         self._rebuild_lr_buf()
-        self._uniform.append(self._is_uniform(params))
-        self._sharded.append(self._has_dtensor(params))
+        self._uniform = [self._is_uniform(g["params"]) for g in groups]
+        self._sharded = [self._has_dtensor(g["params"]) for g in groups]
         self._buf_cache.clear()
         self._rebuild_slots()
+        kept = self._grad_lrs
+        self._grad_lrs = {id(g): kept[id(g)] for g in groups if id(g) in kept and kept[id(g)][0] is g}
         if getattr(self, "_lr_log", None) is not None:
-            self.start_lr_log(self._lr_log.shape[0])
+            self.start_lr_log(self._lr_log.shape[0])  # (clears it, as documented)
+        self._groups_sig = self._groups_key()
+
+    def _groups_key(self) -> tuple | None:
+        """What identifies the group list (each group's dict, its params list and length), or None
+        when a group is malformed: compared at each step() / state_dict() to notice groups that
+        were appended to, removed from or edited in ``param_groups`` directly."""
+        try:
+            return tuple((id(g), id(g["params"]), len(g["params"])) for g in self.param_groups)
+        except (TypeError, KeyError):
+            return None
+
+    def _refresh_groups(self, stepping: bool = False) -> None:
+        """Adopt groups changed in ``param_groups`` directly (torch's own tests append groups, extend
+        the list, or edit a group's "params"; torch.optim.SGD steps them as they are).
+
+        One tuple of ids per call when nothing changed. Otherwise every group is checked before
+        anything changes: a group lacking a hyper-parameter raises torch.optim.SGD's KeyError
+        (stock raises it mid-step, after updating the groups before it; FusedSGD before any
+        update), bad values and parameters FusedSGD's errors. Then the per-group data is rebuilt
+        (LR buffer, caches, first-step flag slots, which follow their parameters). ``stepping``:
+        a parameter in two groups is refused too (state_dict() packs such lists, as torch does).
+        """
+        key = self._groups_key()
+        if key is not None and key == self._groups_sig:
+            return
+        groups = self.param_groups
+        device, seen, duplicate = None, set(), False
+        for gi, g in enumerate(groups):
+            where = f" (param group {gi}, changed in param_groups directly)"
+            if not isinstance(g, dict):
+                raise TypeError(f"param_groups[{gi}] must be a dict, but got {type(g)}")
+            missing = [k for k in ("params", "weight_decay", "momentum", "lr", "dampening", "nesterov", "maximize")
+                       if k not in g]
+            if missing:
+                raise KeyError(
+                    f"{missing[0]!r}: param group {gi} was put in param_groups directly without it (torch.optim.SGD "
+                    "raises this KeyError in step() too); add_param_group() fills in the defaults"
+                )
+            if not isinstance(g["params"], list):
+                raise TypeError(f"param_groups[{gi}]['params'] must be a list of tensors, got {type(g['params'])}")
+            _validate_hyper(g, where)
+            device = self._check_params(g["params"], where, device)
+            for p in g["params"]:
+                duplicate = duplicate or p in seen
+                seen.add(p)
+        if duplicate and stepping:
+            raise ValueError("some parameters appear in more than one parameter group (param_groups changed directly)")
+        if device is not None and device.type != "meta" and self._device is not None and device != self._device:
+            raise ValueError(
+                f"FusedSGD keeps its learning rates on {self._device}; the parameters now in param_groups are on {device}"
+            )
+        sched = self._schedule
+        if sched is not None and sched.n_groups != len(groups):
+            raise ValueError(
+                f"param_groups now holds {len(groups)} groups, the attached fused_lr scheduler drives "
+                f"{sched.n_groups}: create the scheduler after the groups are in place"
+            )
+        # Checked: normalize the hyper-parameters of every group as add_param_group does (floats;
+        # the LR goes to the LR buffer below; tensors a differentiable step needs stay).
+        differentiable = self.defaults.get("differentiable", False)
+        for gi, g in enumerate(groups):
+            checked = _validate_hyper(g, "")
+            keep = _grad_hypers(g) if differentiable else {}
+            if "lr" in keep and id(g) not in self._grad_lrs:
+                self._grad_lrs[id(g)] = (g, keep["lr"])
+            g.update({k: v for k, v in checked.items() if k != "lr" and k not in keep})
+        self._rebuild_group_data()
+        if duplicate:
+            self._groups_sig = None  # checked again (and refused) by the next step()
 
     @staticmethod
     def _has_dtensor(params) -> bool:
@@ -348,12 +499,29 @@ class FusedSGD(Optimizer):
 
     def _rebuild_slots(self) -> None:
         """Each parameter's first-step flag slot: its index in param_groups order (the index
-        state_dict gives it); existing flags keep their values."""
-        self._slot_of = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        state_dict gives it). Existing flags follow their parameters."""
+        old = self.__dict__.get("_slot_of") or {}
+        flat = [p for g in self.param_groups for p in g["params"]]
+        new = {id(p): i for i, p in enumerate(flat)}
+        self._slot_of = new
         flags = self.__dict__.get("_first_flags")
-        if flags is not None and flags.numel() < len(self._slot_of):
-            extra = torch.zeros(len(self._slot_of) - flags.numel(), dtype=torch.int8, device=flags.device)
-            self._first_flags = torch.cat([flags, extra])
+        if flags is None:
+            return
+        if all(new.get(pid) == i for pid, i in old.items()):
+            # Parameters only added after the existing ones (add_param_group): flags stay in place.
+            if flags.numel() < len(flat):
+                extra = torch.zeros(len(flat) - flags.numel(), dtype=torch.int8, device=flags.device)
+                self._first_flags = torch.cat([flags, extra])
+            return
+        # Groups edited in param_groups directly: each kept parameter takes its flag to its new slot.
+        pairs = [(i, old[pid]) for pid, i in new.items() if pid in old and old[pid] < flags.numel()]
+        moved = torch.zeros(len(flat), dtype=torch.int8, device=flags.device)
+        if pairs:
+            dst, src = (torch.tensor(ix, dtype=torch.int64, device=flags.device) for ix in zip(*pairs))
+            moved[dst] = flags[src]
+        self._first_flags = moved
+        maybe = self.__dict__.get("_flags_maybe_set", set())
+        self._flags_maybe_set = {new[pid] for pid, i in old.items() if i in maybe and pid in new}
 
     @staticmethod
     def _is_uniform(params) -> bool:
@@ -503,8 +671,8 @@ class FusedSGD(Optimizer):
 
     def _resolve_backend(self) -> str:
         device = self._device
-        if self.backend == "torch":
-            return "torch"
+        if self.backend == "torch" or device is None:
+            return "torch"  # (device None: meta parameters; chosen again once placed, _place_on_device)
         if self.backend == "triton":
             if not _tp.triton_available(device):
                 _tp._check_device(device)  # raises the specific reason
@@ -516,6 +684,45 @@ class FusedSGD(Optimizer):
     def implementation(self) -> str:
         """The update path in use: ``"triton"`` or ``"torch"``."""
         return self._impl
+
+    def _place_on_device(self) -> bool:
+        """An optimizer built on meta-device parameters, as torch allows: at the first step where
+        they live on a real device, put the LR buffer (and an LR log) there and choose the backend
+        for it; momentum buffers are created there by the step itself. Returns False (placing
+        nothing) while they are still on the meta device without gradients: torch.optim.SGD's step
+        has nothing to do then either.
+
+        The parameters must be the same tensor objects: ``module.to_empty(device=...)`` keeps them
+        under ``torch.__future__.set_swap_module_params_on_conversion(True)``; by default it
+        replaces meta parameters by new ones, which neither this optimizer nor torch's then sees.
+        """
+        device = self._params_device()
+        if device is None or device.type == "meta":
+            if any(p.grad is not None for g in self.param_groups for p in g["params"]):
+                raise RuntimeError(
+                    "FusedSGD.step(): the parameters are on the meta device; materialize them first "
+                    "(e.g. module.to_empty(device=...) with torch.__future__.set_swap_module_params_on_conversion(True), "
+                    "which keeps the parameter objects this optimizer holds)"
+                )
+            return False
+        if self._schedule is not None and self._schedule.device != device:
+            raise RuntimeError(
+                f"a fused_lr scheduler was attached while the parameters were on the meta device (its "
+                f"schedule lives on {self._schedule.device}, the parameters now on {device}): create "
+                "the scheduler after materializing the parameters"
+            )
+        previous = self._device
+        self._device = device
+        try:
+            impl = self._resolve_backend()
+        except Exception:
+            self._device = previous
+            raise
+        self._impl = impl
+        self._rebuild_lr_buf()
+        if self._lr_log is not None:
+            self.start_lr_log(self._lr_log.shape[0])  # nothing recorded yet: no step ran
+        return True
 
     def _defers_schedule(self, sched) -> bool:
         """Whether scheduler steps are left for the next update kernel to apply (Triton path)."""
@@ -553,6 +760,9 @@ class FusedSGD(Optimizer):
         return [self._collect(g, gi, grads) for gi, (g, grads) in enumerate(zip(groups, all_grads))]
 
     def _collect(self, group: dict[str, Any], gi: int, grads: list):
+        """The group's parameters with a gradient, their grads and momentum buffers, as
+        (params, grads, bufs, sparse): ``sparse`` is None, or the same three lists for the
+        parameters whose gradient (or momentum buffer) is sparse, which the dense lists leave out."""
         ps = group["params"]
         use_momentum = group["momentum"] != 0
         all_bufs = self._group_buffers(group, gi) if use_momentum else None
@@ -564,6 +774,7 @@ class FusedSGD(Optimizer):
             params = [ps[i] for i in keep]
             grads = [grads[i] for i in keep]
             bufs = [all_bufs[i] for i in keep] if use_momentum else []
+        any_sparse = False
         for p, g in zip(params, grads):
             if not p.is_contiguous() and overlaps_itself(_local(p)):
                 # torch's in-place update raises this mid-step; checked here, before any update.
@@ -575,15 +786,145 @@ class FusedSGD(Optimizer):
             # torch checks device, dtype and shape when a grad is assigned; the dtype can differ
             # only through the grad_dtype opt-in.
             if g.is_sparse or g.dtype is not p.dtype:
-                if g.is_sparse:
-                    raise RuntimeError(
-                        f"FusedSGD does not support sparse gradients (param group {gi}, shape {tuple(p.shape)})"
-                    )
+                if g.is_sparse and g.dtype is p.dtype:
+                    any_sparse = True
+                    continue
                 raise RuntimeError(
                     f"gradient does not match its parameter in param group {gi}: grad "
-                    f"{tuple(g.shape)} {g.dtype} on {g.device}, param {tuple(p.shape)} {p.dtype} on {p.device}"
+                    f"{tuple(g.shape)} {g.dtype} {g.layout} on {g.device}, param {tuple(p.shape)} {p.dtype} on {p.device}"
                 )
-        return params, grads, bufs
+        check_bufs = self._sparse_bufs and bufs
+        if not (any_sparse or check_bufs):
+            return params, grads, bufs, None
+        sparse_at = {i for i, g in enumerate(grads) if g.is_sparse}
+        if check_bufs:
+            # A sparse momentum buffer (made by sparse gradients) meets a dense gradient: that
+            # parameter goes with the sparse ones (_check_sparse raises torch's error for it).
+            sparse_at |= {i for i, b in enumerate(bufs) if b is not None and b.is_sparse}
+        if not sparse_at:
+            return params, grads, bufs, None
+        sparse_at = sorted(sparse_at)
+        rest = sorted(set(range(len(params))) - set(sparse_at))
+        pick = lambda xs, ix: [xs[i] for i in ix] if xs else []  # noqa: E731
+        sparse = (pick(params, sparse_at), pick(grads, sparse_at), pick(bufs, sparse_at))
+        return pick(params, rest), pick(grads, rest), pick(bufs, rest), sparse
+
+    def _check_sparse(self, sparse) -> None:
+        """Refuse, before any update, what torch.optim.SGD's for-loop cannot do with sparse
+        gradients (it fails part-way through its step; the error types are torch's)."""
+        if self.max_grad_norm is not None:
+            raise RuntimeError(
+                "fused clipping (max_grad_norm) does not support sparse gradients (torch.nn.utils."
+                "clip_grad_norm_ cannot compute their norm either)"
+            )
+        for gi, (params, grads, bufs) in sparse:
+            group = self.param_groups[gi]
+            for j, (p, g) in enumerate(zip(params, grads)):
+                b = bufs[j] if bufs else None
+                where = f"(param group {gi}, shape {tuple(p.shape)})"
+                if g.is_sparse and group["weight_decay"] != 0:
+                    raise RuntimeError(
+                        f"sparse gradients with weight_decay={group['weight_decay']} are not supported {where}: "
+                        "torch.optim.SGD fails on them too (add(sparse, dense) is not supported)"
+                    )
+                if b is not None and b.is_sparse and not g.is_sparse:
+                    raise RuntimeError(
+                        f"a dense gradient for a parameter whose momentum buffer is sparse {where}: "
+                        "torch.optim.SGD fails on it too (add(sparse, dense) is not supported)"
+                    )
+                if g.is_sparse and b is not None and not b.is_sparse and group["nesterov"]:
+                    raise RuntimeError(
+                        f"a sparse gradient with nesterov momentum and a dense momentum buffer {where}: "
+                        "torch.optim.SGD fails on it too (add(sparse, dense) is not supported)"
+                    )
+
+    def _step_sparse(self, sparse, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+        """Parameters with sparse gradients (``nn.Embedding(sparse=True)``): torch.optim.SGD's
+        for-loop algorithm op for op (torch's fused and foreach kernels take no sparse tensors;
+        a first momentum buffer is a sparse clone of the gradient, as in torch). The LR is the
+        group's device truth, ``_lr_buf[gi]``: read on the host on CPU (free there: torch's own
+        ``p.add_(g, alpha=-lr)``), kept on the device elsewhere (``p.add_(g * -lr)``, no sync).
+        AMP: the gradient is divided by ``grad_scale``; a nonzero ``found_inf`` is read on the host
+        (one sync on an accelerator, only on steps with sparse gradients) and skips the update."""
+        if found_inf is not None and float(found_inf) != 0:
+            return
+        for gi, (params, grads, bufs) in sparse:
+            group = self.param_groups[gi]
+            momentum = group["momentum"]
+            if grad_scale is not None:
+                grads = [g / grad_scale for g in grads]
+            if momentum != 0 and self._first_flags is not None:
+                # A buffer the Triton path allocated on a step AMP skipped holds no history yet.
+                for j, p in enumerate(params):
+                    slot = self._slot_of[id(p)]
+                    if slot in self._flags_maybe_set and bufs[j] is not None and int(self._first_flags[slot]):
+                        bufs[j] = None
+                        self._first_flags[slot] = 0
+            lr = self._lr_views[gi]
+            new_bufs = sparse_sgd(
+                params,
+                grads,
+                bufs if momentum != 0 else [None] * len(params),
+                lr=lr.item() if lr.device.type == "cpu" else lr,
+                weight_decay=group["weight_decay"],
+                momentum=momentum,
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+            )
+            for p, b, old in zip(params, new_bufs, bufs):
+                if b is not old:
+                    self.state[p]["momentum_buffer"] = b
+                    self._sparse_bufs = self._sparse_bufs or b.is_sparse
+                    self._buf_cache.pop(gi, None)
+
+    def _step_differentiable(self) -> None:
+        """differentiable=True: torch.optim.SGD(differentiable=True)'s step, i.e. its for-loop
+        algorithm (``torch.optim.sgd.sgd(..., foreach=False)``) recorded by autograd, on either
+        backend. The LR is the tensor given that requires grad (what the step differentiates
+        through), else the group's LR read from the device truth (``_lr_buf``; a host read)."""
+        if self._impl == "triton" and self._schedule is not None and self._schedule.pending:
+            self._schedule.apply_pending(self._lr_buf)  # no kernel will apply the deferred step
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p.is_leaf and p.requires_grad:
+                    # torch raises this part-way through its step; FusedSGD before any update.
+                    raise RuntimeError(
+                        "a leaf Variable that requires grad is being used in an in-place operation. "
+                        f"(differentiable=True updates the parameters in place with autograd recording; param group {gi} "
+                        f"holds a leaf tensor of shape {tuple(p.shape)} that requires grad: optimize non-leaf tensors, "
+                        "e.g. p.clone(), as torch.optim.SGD(differentiable=True) requires)"
+                    )
+            grads = [p.grad for p in params]
+            bufs = [self.state[p].get("momentum_buffer") if p in self.state else None for p in params]
+            if any(g.is_sparse for g in grads):
+                self._check_sparse([(gi, (params, grads, bufs if group["momentum"] != 0 else []))])
+            work.append((gi, group, params, grads, bufs))
+        for gi, group, params, grads, bufs in work:
+            kept = self._grad_lrs.get(id(group))
+            momentum = group["momentum"]
+            bufs = bufs if momentum != 0 else []
+            _functional_sgd(
+                params,
+                grads,
+                bufs,
+                has_sparse_grad=any(g.is_sparse for g in grads),
+                foreach=False,
+                fused=False,
+                weight_decay=group["weight_decay"],
+                momentum=momentum,
+                lr=kept[1] if kept is not None else self._lr_views[gi].item(),
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+            )
+            for p, b in zip(params, bufs):
+                self.state[p]["momentum_buffer"] = b
+            self._buf_cache.pop(gi, None)
 
     # GradScaler.step(opt) hands the loss scale and the inf flag to step() (as the attributes
     # grad_scale / found_inf in torch 2.13) instead of unscaling the gradients itself.
@@ -617,7 +958,22 @@ class FusedSGD(Optimizer):
             grad_scale = getattr(self, "grad_scale", None)
         if found_inf is None:
             found_inf = getattr(self, "found_inf", None)
-        # Everything is checked before anything changes: the AMP tensors, then every gradient.
+        # Everything is checked before anything changes: the groups, the AMP tensors, then every
+        # gradient. (Rebuilding per-group data for groups edited in param_groups is no change.)
+        if not torch.compiler.is_compiling():
+            self._refresh_groups(stepping=True)  # (reads every group: not inside a compiled region)
+        if self._device is None and not self._place_on_device():
+            # Parameters still on the meta device, no gradient anywhere: nothing to update.
+            if closure is not None:
+                with torch.enable_grad():
+                    return closure()
+            return None
+        differentiable = self.defaults.get("differentiable", False)
+        if differentiable and (grad_scale is not None or found_inf is not None):
+            raise ValueError(
+                "grad_scale / found_inf are not supported with differentiable=True (GradScaler unscales the "
+                "gradients itself for such an optimizer)"
+            )
         self._check_amp_tensor(grad_scale, "grad_scale")
         self._check_amp_tensor(found_inf, "found_inf")
         # 0-dim views (same storage): a one-element [1] tensor is accepted too.
@@ -633,11 +989,23 @@ class FusedSGD(Optimizer):
             changes = self._lr_assignments()  # checked before anything changes
             self._apply_lr_assignments(changes)
             self._follow_tensor_lrs()
+            if self._schedule is not None and self._schedule.dirty:
+                self._schedule.sync()  # (composed schedulers stepped out of lockstep)
+        if differentiable:
+            with torch.enable_grad():  # as torch.optim.SGD: grad mode on for a differentiable step
+                self._step_differentiable()
+            if self._lr_log is not None:
+                self._record_lr()
+            return loss
         # Inside torch.compile the update is traced as torch ops (the torch path's foreach form,
         # which the compiler fuses): the Triton launcher's host-side tables cannot be traced.
         compiling = torch.compiler.is_compiling()
         if compiling or not (self._fast is not None and self._fast_step(grad_scale, found_inf)):
-            work = self._collect_all()
+            collected = self._collect_all()
+            work = [c[:3] for c in collected]
+            sparse = [(gi, c[3]) for gi, c in enumerate(collected) if c[3] is not None]
+            if sparse:
+                self._check_sparse(sparse)
             # Clipping over DTensor shards needs the norm reduced across ranks, which the Triton
             # norm kernels do not do: such steps take the torch path (DTensor ops) whole.
             if compiling and self._impl == "triton" and self._step_triton_compiled(work, grad_scale, found_inf):
@@ -652,6 +1020,9 @@ class FusedSGD(Optimizer):
                 if self._impl == "triton" and self._schedule is not None and self._schedule.pending:
                     self._schedule.apply_pending(self._lr_buf)  # no kernel will apply the deferred step
                 self._step_torch(work, grad_scale, found_inf)
+            if sparse:
+                # After the dense update: on the Triton path its kernel wrote back the LR the step used.
+                self._step_sparse(sparse, grad_scale, found_inf)
         if self._lr_log is not None:
             self._record_lr()
         return loss
@@ -1043,22 +1414,58 @@ class FusedSGD(Optimizer):
 
     # ------------------------------------------------------------------ state_dict
 
+    @contextlib.contextmanager
+    def _torch_hooks_off(self, *names: str):
+        """torch.optim.Optimizer's (load_)state_dict without its hooks: FusedSGD runs them itself
+        around its conversions, so that hooks see and change what torch's hooks see."""
+        saved = {n: self.__dict__[n] for n in names}
+        try:
+            for n in names:
+                self.__dict__[n] = OrderedDict()
+            yield
+        finally:
+            self.__dict__.update(saved)
+
+    @torch._disable_dynamo
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim.SGD's format; ``lr`` is each group's ``"lr"`` as it is (no device read)."""
-        sd = super().state_dict()
+        """torch.optim.SGD's format; ``lr`` is each group's ``"lr"`` as it is (no device read).
+        State-dict pre-hooks run first and post-hooks on the finished dict, as torch's do."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        self._refresh_groups()  # groups changed in param_groups directly are packed too
+        with self._torch_hooks_off("_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks"):
+            sd = super().state_dict()
         if self._first_flags is not None:
             # A buffer whose first step AMP skipped holds no history yet: report it as torch.optim.SGD
-            # would have it (no buffer), so any loader starts it with buf = grad.
+            # would have it (no buffer), so any loader starts it with buf = grad. (Keys that are not
+            # parameter indices: state the user stored under other keys, packed as it is.)
             flags = self._first_flags.tolist()
             for idx, st in sd["state"].items():
-                if idx < len(flags) and flags[idx] and st.get("momentum_buffer") is not None:
+                if (isinstance(idx, int) and idx < len(flags) and flags[idx] and isinstance(st, dict)
+                        and st.get("momentum_buffer") is not None):
                     sd["state"][idx] = {**st, "momentum_buffer": None}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            hook_result = post_hook(self, sd)
+            if hook_result is not None:
+                sd = hook_result
         return sd
 
+    @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a FusedSGD or torch.optim.SGD state dict; checks everything before changing anything."""
+        """Load a FusedSGD or torch.optim.SGD state dict; checks everything before changing anything.
+        Load pre-hooks get a shallow copy and may return the dict to load; post-hooks run once
+        everything is loaded (as torch's). State under keys that are not parameter indices is
+        loaded as it is, as torch does."""
+        if not isinstance(state_dict, dict):
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (an optimizer state_dict)")
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            hook_result = pre_hook(self, state_dict)
+            if hook_result is not None:
+                state_dict = hook_result
         if not isinstance(state_dict, dict) or "param_groups" not in state_dict or "state" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (an optimizer state_dict)")
+        self._refresh_groups()
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
@@ -1080,8 +1487,11 @@ class FusedSGD(Optimizer):
                 g["lr"] = merged["lr"]
             converted_groups.append(g)
             id_to_param.update(zip(saved["params"], ours["params"]))
+        sparse_bufs = False
         for key, st in state_dict["state"].items():
             if key not in id_to_param:
+                if not isinstance(key, int):
+                    continue  # not a parameter's state: loaded as it is
                 raise ValueError(f"loaded state dict has state for unknown parameter id {key!r}")
             buf = st.get("momentum_buffer") if isinstance(st, dict) else None
             p = id_to_param[key]
@@ -1091,9 +1501,12 @@ class FusedSGD(Optimizer):
                     f"loaded momentum_buffer for parameter id {key!r} has shape {shape}, "
                     f"the parameter has shape {tuple(p.shape)}"
                 )
+            sparse_bufs = sparse_bufs or (buf is not None and buf.is_sparse)
         converted = dict(state_dict)
         converted["param_groups"] = converted_groups
-        super().load_state_dict(converted)
+        with self._torch_hooks_off("_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"):
+            super().load_state_dict(converted)
+        self._sparse_bufs = self._sparse_bufs or sparse_bufs
         # torch leaves a loaded momentum_buffer=None entry in place; FusedSGD treats it as "none yet".
         # The loaded LRs are used until the scheduler next steps, as with torch.optim.SGD.
         self._buf_cache.clear()
@@ -1106,13 +1519,39 @@ class FusedSGD(Optimizer):
         if self._first_flags is not None:
             self._first_flags.zero_()  # loaded buffers carry history; missing ones get a flag when allocated
         self._flags_maybe_set = set()
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    # FusedSGD's own settings travel with pickle and copy.deepcopy (torch.optim.Optimizer's
+    # __getstate__ keeps only defaults, state and param_groups).
+    _PICKLED = ("backend", "max_grad_norm", "norm_type", "error_if_nonfinite")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({name: getattr(self, name) for name in self._PICKLED})
+        if self._grad_lrs:
+            # (by group position: the copy's groups are new dicts)
+            state["_grad_lr_list"] = [self._grad_lrs.get(id(g), (None, None))[1] for g in self.param_groups]
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        grad_lr_list = state.pop("_grad_lr_list", None)
         super().__setstate__(state)
         for g in self.param_groups:
             for k in _STOCK_ONLY_KEYS:
                 g.pop(k, None)
         self.__dict__.setdefault("backend", "auto")
+        if self.defaults.get("differentiable"):
+            self._step_supports_amp_scaling = False
+        self.__dict__.setdefault("_sparse_bufs", any(
+            isinstance(st, dict) and isinstance(st.get("momentum_buffer"), Tensor) and st["momentum_buffer"].is_sparse
+            for st in self.state.values()
+        ))
+        if grad_lr_list is not None:
+            self._grad_lrs = {id(g): (g, t) for g, t in zip(self.param_groups, grad_lr_list) if t is not None}
+        else:
+            # load_state_dict: the loaded groups are new dicts holding the loaded (float) LRs
+            self.__dict__["_grad_lrs"] = {}
         self.__dict__.setdefault("_schedule", None)
         self.__dict__.setdefault("_lr_owner", None)
         self._groups = self.param_groups
@@ -1121,7 +1560,6 @@ class FusedSGD(Optimizer):
         self.__dict__.setdefault("_fast_steps", 0)
         self._fast = None
         self.__dict__.setdefault("_lr_log_pos", None)
-        self.__dict__.setdefault("_impl", "torch")
         for name in ("_identity", "_ticket", "_plan_cache", "_first_flags", "_max_norm_t", "last_grad_norm"):
             self.__dict__.setdefault(name, None)
         self.__dict__.setdefault("max_grad_norm", None)
@@ -1133,6 +1571,11 @@ class FusedSGD(Optimizer):
         self.__dict__.setdefault("_uniform", [self._is_uniform(g["params"]) for g in self.param_groups])
         self.__dict__.setdefault("_sharded", [self._has_dtensor(g["params"]) for g in self.param_groups])
         self._buf_cache = {}
+        device = self._params_device()
+        # Meta parameters: None until placed at the first step (_place_on_device)
+        self._device = None if device is None or device.type == "meta" else device
         if self.param_groups:
-            self._device = self.param_groups[0]["params"][0].device
             self._rebuild_lr_buf()
+        if "_impl" not in self.__dict__:  # unpickled: the backend is chosen for this process
+            self._impl = self._resolve_backend()
+        self._groups_sig = self._groups_key()

@@ -652,6 +652,7 @@ class DeviceSchedule:
         self.direct_fns: dict[int, Callable] = {}
         self.momentum_rows: dict[int, int] = {}
         self.edited = False  # some group row has a non-empty edit (see set_edit)
+        self.dirty = False  # desc_host changed since desc was last copied (see set_starts_host)
         # Scheduler steps taken on the host but not yet applied to ``counter``: on the Triton path
         # the next update kernel applies them (one launch for opt.step() + sched.step()).
         self.pending = 0
@@ -705,6 +706,31 @@ class DeviceSchedule:
         self.edited = bool(
             (self.desc_host[: self.n_groups, COL_EDIT_TO] > self.desc_host[: self.n_groups, COL_EDIT_FROM]).any()
         )
+
+    def set_edits(self, edits: dict[int, tuple[float, float, float, float]]) -> None:
+        """Several groups' edits (``{group: (from, to, a, b)}``) in one host-to-device copy."""
+        if not edits:
+            return
+        for g, values in edits.items():
+            self.desc_host[g, EDIT_COLS] = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        n = self.n_groups
+        _copy_to_device(self.desc[:n, EDIT_COLS], self.desc_host[:n, EDIT_COLS])
+        self._block = None
+        self.edited = bool((self.desc_host[:n, COL_EDIT_TO] > self.desc_host[:n, COL_EDIT_FROM]).any())
+
+    def set_starts_host(self, rows: Sequence[int], starts: Sequence[float]) -> None:
+        """Move pieces' ``start`` on the CPU mirror only (the host's values follow at once);
+        ``sync()`` copies the description to the device before the device next reads it."""
+        for r, v in zip(rows, starts):
+            self.desc_host[r, COL_START] = float(v)
+        self._block = None
+        self.dirty = True
+
+    def sync(self) -> None:
+        """Copy the CPU mirror's description to the device if it changed there (one copy)."""
+        if self.dirty:
+            _copy_to_device(self.desc, self.desc_host)
+            self.dirty = False
 
     def edits(self) -> dict[int, tuple[float, float, float, float]]:
         """The groups' non-empty edits: ``{group: (from, to, a, b)}`` (to carry them into a rebuilt
@@ -786,6 +812,8 @@ class DeviceSchedule:
 
     def write_lr(self, lr_buf: Tensor) -> None:
         """``lr_buf[:] = lr_at(counter)`` on the device: no host read, capturable."""
+        if self.dirty:
+            self.sync()
         if self._cpu_fast():
             blk, k = self._host_values(self.host_step)
             lr_buf.copy_(blk[1][k, : self.n_groups])

@@ -23,7 +23,7 @@ if __name__ == "__main__":
 import copy
 import math
 import io
-import math
+import pickle
 
 import torch
 import torch.optim.lr_scheduler as stock
@@ -646,6 +646,34 @@ def case_clip_plain():
     assert sk._sched.pending == 1
 
 
+def case_api():
+    """tests/_optimizer_api_cases.py on the Triton backend (tests/test_optimizer_api.py runs them
+    on the torch backend)."""
+    import _optimizer_api_cases as api
+
+    for check in api.CHECKS.values():
+        check("triton")
+
+
+def case_optim_db():
+    """tests/_optim_db_cases.py on the Triton backend: every SGD input of torch's optimizer test
+    data (3 steps, tiny parameters; the scheduler inputs run on the torch backend only, they drive
+    the same LR buffer the kernel reads) and every error input. The data comes pickled from the
+    parent (FUSED_LR_OPTIM_DB: a file path), else it is imported here (~10 s)."""
+    import _optim_db_cases as db
+
+    path = os.environ.get("FUSED_LR_OPTIM_DB")
+    if path:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+    else:
+        data = db.torch_data(with_schedulers=False)
+    assert db.run_optim_inputs("triton", data, steps=3) == len(data["inputs"]) == 27
+    assert db.check_error_inputs("triton", data) == 7
+
+
+CASES["api"] = case_api
+CASES["optim_db"] = case_optim_db
 CASES.update({"amp": case_amp, "amp_bf16": case_amp_bf16, "amp_mixed": case_amp_mixed, "amp_fp16": case_amp_fp16, "clip": case_clip, "clip_plain": case_clip_plain})
 
 

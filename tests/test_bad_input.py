@@ -58,7 +58,8 @@ def _stepped_opt(**kw):
         (dict(nesterov=True, momentum=0.9, dampening=0.1), "dampening=0.1"),
         (dict(lr=torch.tensor([0.1, 0.2])), "Tensor lr must be 1-element"),
         (dict(backend="cuda"), "backend must be one of"),
-        (dict(differentiable=True), "differentiable"),
+        (dict(differentiable=True, max_grad_norm=1.0), "max_grad_norm .* differentiable=True"),
+        (dict(differentiable=1), "differentiable must be a bool"),
     ],
 )
 def test_optimizer_constructor_rejects(kwargs, match):
@@ -85,24 +86,38 @@ def test_bad_param_group_is_rejected_before_it_is_added():
     _assert_unchanged(opt, snap)
 
 
-def test_meta_device_params_are_rejected():
-    with pytest.raises(ValueError, match="meta device"):
-        fused_lr.FusedSGD([torch.nn.Parameter(torch.empty(3, device="meta"))], lr=0.1)
-
-
 def test_integer_params_are_rejected():
     with pytest.raises(TypeError, match="torch.int64"):
         fused_lr.FusedSGD([torch.zeros(3, dtype=torch.int64)], lr=0.1)
 
 
-def test_sparse_gradient_raises_before_any_update():
-    ps, opt = _stepped_opt()
+def test_unsupported_sparse_gradient_raises_before_any_update():
+    """What torch.optim.SGD's for-loop fails on part-way through its step (sparse gradients with
+    weight decay; a dense gradient meeting a sparse momentum buffer): FusedSGD raises the same
+    error type before anything changes."""
+    ps, opt = _stepped_opt(weight_decay=0.1)
     snap = _snapshot(opt)
     ps[0].grad = torch.randn(4)  # a valid dense grad in the first group...
     ps[1].grad = torch.randn(3).to_sparse()  # ...and a sparse one in the second
-    with pytest.raises(RuntimeError, match="sparse gradients \\(param group 1"):
+    with pytest.raises(RuntimeError, match="sparse gradients with weight_decay=0.1 are not supported \\(param group 1"):
         opt.step()
     _assert_unchanged(opt, snap)
+
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = fused_lr.FusedSGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.sparse_coo_tensor([[0, 2]], torch.ones(2, 2), (3, 2), check_invariants=True)
+    opt.step()  # the momentum buffer is a sparse clone of the gradient, as in torch
+    assert opt.state[p]["momentum_buffer"].is_sparse
+    before = (p.detach().clone(), opt.state[p]["momentum_buffer"].to_dense())
+    p.grad = torch.randn(3, 2)
+    with pytest.raises(RuntimeError, match="dense gradient for a parameter whose momentum buffer is sparse"):
+        opt.step()
+    assert torch.equal(p, before[0]) and torch.equal(opt.state[p]["momentum_buffer"].to_dense(), before[1])
+    ref = torch.optim.SGD([p2 := torch.nn.Parameter(p.detach().clone())], lr=0.1, momentum=0.9)
+    ref.state[p2]["momentum_buffer"] = opt.state[p]["momentum_buffer"].clone()
+    p2.grad = p.grad.clone()
+    with pytest.raises(RuntimeError, match="add\\(sparse, dense\\) is not supported"):
+        ref.step()  # stock: the same error type
 
 
 def test_mismatched_gradient_raises_before_any_update():

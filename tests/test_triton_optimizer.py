@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 
@@ -20,8 +21,8 @@ pytest.importorskip("triton")
 
 @pytest.fixture(scope="module")
 def run_cases():
-    def run(*cases):
-        env = dict(os.environ, TRITON_INTERPRET="1")
+    def run(*cases, env_extra=None):
+        env = dict(os.environ, TRITON_INTERPRET="1", **(env_extra or {}))
         proc = subprocess.run([sys.executable, str(SCRIPT), *cases], env=env, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             pytest.fail(f"{cases} failed under the interpreter:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}", pytrace=False)
@@ -69,6 +70,19 @@ def test_every_layout_on_the_triton_path(run_cases):
     permuted, expanded, views: vs stock SGD's for-loop (fp32, fp64, bf16) with nothing outside a
     parameter written; dense layouts stay in the kernel and on the fast path (tests/_layout_cases.py)."""
     run_cases("layouts")
+
+
+def test_optimizer_api_and_torch_optim_db_on_the_triton_path(run_cases, tmp_path):
+    """tests/_optimizer_api_cases.py (named parameters, groups edited directly, state keys and
+    hooks, deepcopy/pickle, sparse gradients, meta parameters, differentiable, foreach/fused) and
+    torch's SGD test data (tests/_optim_db_cases.py) on backend="triton", beside stock, in one child
+    process. torch's data is built here and handed over pickled: importing it costs ~10 s, which
+    this process pays once for tests/test_optim_db.py too."""
+    import _optim_db_cases as db
+
+    path = tmp_path / "optim_db.pkl"
+    path.write_bytes(pickle.dumps(db.torch_data(with_schedulers=False)))
+    run_cases("api", "optim_db", env_extra={"FUSED_LR_OPTIM_DB": str(path)})
 
 
 def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
