@@ -1623,7 +1623,7 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        missing = [k for k in ("total_steps", "_schedule_phases", "_anneal_func_type") if k not in state_dict]
+        missing = [k for k in ("total_steps", "_schedule_phases") if k not in state_dict]
         if missing:
             raise KeyError(f"OneCycleLR state_dict is missing {missing}")
         total = state_dict["total_steps"]
@@ -1632,7 +1632,11 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
         phases = state_dict["_schedule_phases"]
         if not isinstance(phases, list) or len(phases) not in (2, 3):
             raise ValueError(f"state_dict _schedule_phases must be a list of 2 or 3 phases, got {phases!r}")
-        anneal = state_dict["_anneal_func_type"]
+        # An old-format state dict (torch < 2.2) holds the bound method ``anneal_func`` and no
+        # ``_anneal_func_type``. torch 2.13 loads it with ``__dict__.update``, which leaves the
+        # constructed ``_anneal_func_type`` in place, and ``_anneal_func`` prefers that attribute:
+        # the constructed strategy stays and ``anneal_func`` is never called. The same here.
+        anneal = state_dict.get("_anneal_func_type", self._anneal_func_type)
         if anneal not in ("cos", "linear"):
             raise ValueError(f"unknown _anneal_func_type {anneal!r}")
         if bool(state_dict.get("cycle_momentum", self.cycle_momentum)) != self.cycle_momentum:
