@@ -96,6 +96,10 @@ class _FusedLRScheduler(LRScheduler):
 
     # Names of the constructor arguments saved in state_dict (besides torch's bookkeeping keys).
     _arg_names: tuple[str, ...] = ()
+    # step() warns as torch's LRScheduler.step does (step called before optimizer.step; the epoch
+    # argument, with torch's EPOCH_DEPRECATION_WARNING). A scheduler whose torch twin has its own
+    # step() without those warnings (CosineAnnealingWarmRestarts) clears it.
+    _stock_step_warnings = True
 
     def __new__(cls, *args: Any, **kwargs: Any):
         self = super().__new__(cls)
@@ -155,7 +159,7 @@ class _FusedLRScheduler(LRScheduler):
 
     def step(self, epoch: int | None = None) -> None:
         """Advance the schedule by one (or to ``epoch``, deprecated as in torch) on the device."""
-        if self._step_count == 1:
+        if self._step_count == 1 and self._stock_step_warnings:
             if not hasattr(self.optimizer.step, "_wrapped_by_lr_sched"):
                 warnings.warn(
                     "Seems like `optimizer.step()` has been overridden after learning rate scheduler "
@@ -197,12 +201,8 @@ class _FusedLRScheduler(LRScheduler):
             else:
                 self._sched.advance()
         else:
-            warnings.warn(
-                "The epoch parameter in `scheduler.step()` was not necessary and is being "
-                "deprecated where possible. Please use `scheduler.step()` to step the scheduler.",
-                UserWarning,
-                stacklevel=2,
-            )
+            if self._stock_step_warnings:
+                warnings.warn(stock_lr_scheduler.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
             self.last_epoch = epoch
             self._sched.set_step(epoch)
         self._before_write()
@@ -528,6 +528,7 @@ class CosineAnnealingWarmRestarts(_FusedLRScheduler):
     """
 
     _arg_names = ("T_0", "T_mult", "eta_min")
+    _stock_step_warnings = False
 
     def __init__(self, optimizer: FusedSGD, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "CosineAnnealingWarmRestarts")
@@ -814,7 +815,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         """One plateau decision from ``metrics`` (or ``monitor(metrics, *more)``), on the device."""
         if self.monitor is None and more:
             if len(more) == 1 and isinstance(more[0], numbers.Integral):
-                epoch = more[0]  # torch's deprecated positional step(metrics, epoch)
+                epoch, more = more[0], ()  # torch's deprecated positional step(metrics, epoch)
             else:
                 raise TypeError(
                     f"ReduceLROnPlateau.step got {1 + len(more)} metrics without a monitor to combine them; "

@@ -1,5 +1,7 @@
 """Behaviours of stock torch 2.13's schedulers that fused_lr reproduces, each run beside stock.
 
+* The warnings each scheduler's ``step`` emits (torch's ``EPOCH_DEPRECATION_WARNING``; none from
+  CosineAnnealingWarmRestarts).
 * An old-format OneCycleLR state dict (``anneal_func``, no ``_anneal_func_type``) loads.
 
 LRs are compared with conftest's ``LR_RTOL`` (closed forms vs torch's recurrences), read with
@@ -55,6 +57,55 @@ def _both(fa, fb):
         except Exception as e:  # noqa: BLE001 - compared below
             out.append(e)
     return out
+
+
+# ---------------------------------------------------------------- 5. step() warnings
+
+def _stepped_warnings(sched, opt, calls, order_ok):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for call in calls:
+            if order_ok:
+                opt.step()
+            if isinstance(sched, (stock.ReduceLROnPlateau,)):
+                sched.step(1.0) if call is None else sched.step(1.0, call)
+            else:
+                sched.step() if call is None else sched.step(call)
+    return [(w.category, str(w.message)) for w in caught]
+
+
+WARNING_CASES = {
+    "StepLR": lambda m, o: m.StepLR(o, 3),
+    "MultiStepLR": lambda m, o: m.MultiStepLR(o, [2, 4]),
+    "ConstantLR": lambda m, o: m.ConstantLR(o),
+    "LinearLR": lambda m, o: m.LinearLR(o),
+    "ExponentialLR": lambda m, o: m.ExponentialLR(o, 0.9),
+    "PolynomialLR": lambda m, o: m.PolynomialLR(o),
+    "CosineAnnealingLR": lambda m, o: m.CosineAnnealingLR(o, 5),
+    "CosineAnnealingWarmRestarts": lambda m, o: m.CosineAnnealingWarmRestarts(o, 3),
+    "LambdaLR": lambda m, o: m.LambdaLR(o, lambda e: 0.9**e),
+    "MultiplicativeLR": lambda m, o: m.MultiplicativeLR(o, lambda e: 0.9),
+    "CyclicLR": lambda m, o: m.CyclicLR(o, 0.01, 0.1),
+    "OneCycleLR": lambda m, o: m.OneCycleLR(o, 0.1, total_steps=20),
+    "ReduceLROnPlateau": lambda m, o: m.ReduceLROnPlateau(o),
+}
+
+
+@pytest.mark.parametrize("name", list(WARNING_CASES))
+@pytest.mark.parametrize("order_ok", [True, False], ids=["after-opt-step", "before-opt-step"])
+def test_step_warnings_match_stock(name, order_ok):
+    """The same warnings, in the same order, with the same text, for step() and step(epoch)
+    (torch's EPOCH_DEPRECATION_WARNING; CosineAnnealingWarmRestarts' step warns about nothing)."""
+    calls = [None, 2, None, 4]
+    got = []
+    for m in (stock, fused):
+        a, b = _pair()
+        opt = a if m is stock else b
+        sched = WARNING_CASES[name](m, opt)
+        got.append(_stepped_warnings(sched, opt, calls, order_ok))
+    assert got[1] == got[0]
+    deprecations = [msg for _, msg in got[0] if msg == stock.EPOCH_DEPRECATION_WARNING]
+    assert len(deprecations) == (0 if name == "CosineAnnealingWarmRestarts" else 2)
 
 
 # ---------------------------------------------------------------- 6. old-format OneCycleLR state dict
