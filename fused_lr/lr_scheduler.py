@@ -522,9 +522,19 @@ class CosineAnnealingWarmRestarts(_FusedLRScheduler):
     Cycle ``i`` lasts ``T_i = T_0 * T_mult**i`` epochs; within it
     ``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2``. Same signature as
     ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`` (``T_0 >= 1``, integer ``T_mult >= 1``,
-    ``eta_min >= 0``), including fractional epochs passed to ``step(epoch)``
-    (``scheduler.step(epoch + i / iters)``): the integer part goes to the device counter, the
-    fraction to the description, and later ``step()`` calls keep the fraction, as torch's do.
+    ``eta_min >= 0``) and the same ``step``: ``step()`` advances one epoch, ``step(epoch)`` jumps to
+    ``epoch``, fractional ones included (``scheduler.step(epoch + i / iters)``; later ``step()``
+    calls keep the fraction, a later integer ``step(epoch)`` drops it), and neither warns (torch's
+    ``step`` is its own, without LRScheduler's warnings).
+
+    ``T_cur`` and ``T_i`` are torch's attributes, updated by each step as torch's are; assigning
+    them changes the schedule from the next step on, as in torch (``T_cur >= 0``, ``T_i >= 1``).
+    The device row is the closed form anchored at the last step that torch computed from scratch
+    (construction, ``step(epoch)``, the step after an assignment, a load): between anchors torch's
+    recurrence and the closed form agree. One difference remains: where torch's state holds
+    ``T_cur >= T_i`` (its ``int(math.log(...))`` in ``step(epoch)`` can land one cycle short at an
+    exact cycle start, giving ``eta_min``), the device starts the next cycle (``base_lr``) at that
+    step; from the next step on both agree.
     """
 
     _arg_names = ("T_0", "T_mult", "eta_min")
@@ -534,7 +544,11 @@ class CosineAnnealingWarmRestarts(_FusedLRScheduler):
         _check_optimizer(optimizer, "CosineAnnealingWarmRestarts")
         args = self._validate_args({"T_0": T_0, "T_mult": T_mult, "eta_min": eta_min})
         self.T_0, self.T_mult, self.eta_min = args["T_0"], args["T_mult"], args["eta_min"]
-        self._frac = 0.0
+        # torch's state, as its __init__ sets it; the initial step updates it (see step()).
+        self._T_i = self.T_0
+        self._T_cur = last_epoch
+        self._anchor = (0, 0, self.T_0)  # (step, T_cur, T_i) the device row starts from
+        self._reanchor = True
         super().__init__(optimizer, last_epoch)
 
     def _validate_args(self, values):
@@ -544,53 +558,119 @@ class CosineAnnealingWarmRestarts(_FusedLRScheduler):
             "eta_min": _real_arg("eta_min", values["eta_min"], nonnegative=True),
         }
 
+    @property
+    def T_cur(self) -> float:
+        """Epochs since the last restart (torch's attribute; fractional after ``step(float)``)."""
+        return self._T_cur
+
+    @T_cur.setter
+    def T_cur(self, value: float) -> None:
+        self._T_cur = self._check_state("T_cur", value, 0)
+        self._reanchor = True
+
+    @property
+    def T_i(self) -> float:
+        """Length of the current cycle (torch's attribute)."""
+        return self._T_i
+
+    @T_i.setter
+    def T_i(self, value: float) -> None:
+        self._T_i = self._check_state("T_i", value, 1)
+        self._reanchor = True
+
+    @staticmethod
+    def _check_state(name: str, value: Any, minimum: int) -> float:
+        _real_arg(name, value)
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    def _next_state(self, epoch: float | None) -> tuple[int, float, float]:
+        """torch 2.13's CosineAnnealingWarmRestarts.step, on (last_epoch, T_cur, T_i), changing nothing."""
+        t_cur, t_i = self._T_cur, self._T_i
+        if epoch is None and self.last_epoch < 0:
+            epoch = 0
+        if epoch is None:
+            epoch = self.last_epoch + 1
+            t_cur = t_cur + 1
+            if t_cur >= t_i:
+                t_cur = t_cur % t_i
+                t_i = t_i * self.T_mult
+        elif epoch >= self.T_0:
+            if self.T_mult == 1:
+                t_cur = epoch % self.T_0
+            else:
+                n = int(math.log((epoch / self.T_0 * (self.T_mult - 1) + 1), self.T_mult))
+                t_cur = epoch - self.T_0 * (self.T_mult**n - 1) / (self.T_mult - 1)
+                t_i = self.T_0 * self.T_mult ** (n)
+        else:
+            t_i = self.T_0
+            t_cur = epoch
+        return math.floor(epoch), t_cur, t_i
+
+    def _row_params(self) -> tuple[float, float]:
+        """(first cycle length, offset) of the row: ``e = t + offset`` runs through cycles of
+        lengths ``p0 * T_mult**k``, placing step ``s`` of the anchor ``(s, T_cur, T_i)`` at ``T_cur``
+        in a cycle of length ``T_i``. When ``T_i`` is one of ``T_0 * T_mult**n``, the cycles are
+        torch's own series from ``T_0`` (the offset is the fractional part of the epoch in a plain
+        run, so the row also describes every earlier step)."""
+        s, c, i = self._anchor
+        m = self.T_mult
+        if m == 1:
+            return float(i), float((c - s) % i)
+        length, start = self.T_0, 0
+        while length < i:
+            start += length
+            length *= m
+        if length == i:
+            return float(self.T_0), float(c + start - s)
+        return float(i), float(c - s)
+
     def _rows(self):
-        return [S.cosine_restarts_row(b, self.T_0, self.T_mult, self.eta_min, self._frac) for b in self.base_lrs]
+        p0, offset = self._row_params()
+        return [S.cosine_restarts_row(b, p0, self.T_mult, self.eta_min, offset) for b in self.base_lrs]
 
     def step(self, epoch: float | None = None) -> None:
-        """Advance one epoch, or jump to ``epoch`` (fractional allowed, deprecated form in torch)."""
-        if epoch is None or (isinstance(epoch, numbers.Integral) and not isinstance(epoch, bool)):
-            return super().step(epoch)
-        epoch = _real_arg("epoch", epoch, nonnegative=True)
-        whole = math.floor(epoch)
-        frac = epoch - whole
-        if self._sched is None:
-            self._build_schedule()
-        self._frac = frac
-        self._sched.desc[:, 5].fill_(frac)  # device data only
-        self._sched.desc_host[:, 5] = frac
-        self._sched.invalidate()
-        super().step(int(whole))
+        """torch's step: one epoch, or to ``epoch`` (fractional allowed); no warnings, as torch's."""
+        if epoch is not None:
+            _real_arg("epoch", epoch)
+            if epoch < 0:
+                raise ValueError(f"Expected non-negative epoch, but got {epoch}")
+        last, t_cur, t_i = self._next_state(epoch)
+        if epoch is not None or self._reanchor:
+            # torch computed this state from scratch (or from assigned values): the row starts here.
+            self._anchor = (last, t_cur, t_i)
+            if self._sched is not None:
+                p0, offset = self._row_params()
+                sched = self._sched
+                for col, v in ((2, p0), (5, offset)):  # device data only
+                    sched.desc[:, col].fill_(v)
+                    sched.desc_host[:, col] = v
+                sched.invalidate()
+        super().step(None if epoch is None else last)
+        self._T_cur, self._T_i = t_cur, t_i
+        self._reanchor = False
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["T_i"], sd["T_cur"] = self._cycle(self.last_epoch + self._frac)
-        sd["_frac"] = self._frac
+        sd["T_i"], sd["T_cur"] = self._T_i, self._T_cur
         return sd
 
-    def _cycle(self, e: float) -> tuple[float, float]:
-        """torch's (T_i, T_cur) at epoch ``e``, on the host (for state_dict compatibility)."""
-        t_i, start = self.T_0, 0
-        if self.T_mult == 1:
-            return t_i, e % self.T_0
-        while e >= start + t_i:
-            start += t_i
-            t_i *= self.T_mult
-        return t_i, e - start
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        frac = state_dict.get("_frac")
-        if frac is None and "T_cur" in state_dict:
-            # A stock state dict: recover the fractional part from T_cur.
-            t_cur = float(state_dict["T_cur"])
-            frac = t_cur - math.floor(t_cur)
-        frac = _real_arg("_frac", frac or 0.0, nonnegative=True)
-        old = self._frac
-        self._frac = frac
+        """Load a fused_lr or stock state dict: torch's ``T_cur`` / ``T_i`` at ``last_epoch`` anchor the row."""
+        missing = [k for k in ("T_cur", "T_i", "last_epoch") if k not in state_dict]
+        if missing:
+            raise KeyError(f"CosineAnnealingWarmRestarts state_dict is missing {missing}")
+        t_cur = self._check_state("T_cur", state_dict["T_cur"], 0)
+        t_i = self._check_state("T_i", state_dict["T_i"], 1)
+        last_epoch = _int_arg("last_epoch", state_dict["last_epoch"], -1)
+        backup = (self._T_cur, self._T_i, self._anchor, self._reanchor)
+        self._T_cur, self._T_i = t_cur, t_i
+        self._anchor, self._reanchor = (max(last_epoch, 0), t_cur, t_i), False
         try:
             super().load_state_dict(state_dict)
         except Exception:
-            self._frac = old
+            self._T_cur, self._T_i, self._anchor, self._reanchor = backup
             raise
 
 

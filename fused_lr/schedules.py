@@ -67,14 +67,15 @@ Composition (torch's SequentialLR)::
                       group) with start_r <= t < end_r, evaluated at t - start_r
                                                          p0=number of pieces, p1=first piece row
 
-Warm restarts (torch's CosineAnnealingWarmRestarts; ``e = t + frac`` is the epoch, ``frac`` the
-fractional part last passed to ``step(epoch)``)::
+Warm restarts (torch's CosineAnnealingWarmRestarts; ``e = t + offset`` is the position in the
+series of cycles: in a plain run the epoch, ``offset`` being the fractional part last passed to
+``step(epoch)``; after an assignment of ``T_cur`` / ``T_i`` the series restarts there)::
 
     KIND_COSINE_RESTARTS  cycle i has length T_i = T_0 * T_mult**i and starts at
                           S_i = T_0 * (T_mult**i - 1) / (T_mult - 1) (S_i = i * T_0 when T_mult = 1);
                           with i the cycle containing e and T_cur = e - S_i:
                           lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2
-                                                         p0=T_0, p1=T_mult, p2=eta_min, p3=frac
+                                                         p0=T_0, p1=T_mult, p2=eta_min, p3=offset
 
 Cycles (torch's CyclicLR and OneCycleLR; a momentum schedule is the same kind with other values)::
 
@@ -283,9 +284,9 @@ def inverse_sqrt_row(base_lr: float, warmup_steps: int) -> list[float]:
     return _row(KIND_INVERSE_SQRT, base_lr, warmup_steps)
 
 
-def cosine_restarts_row(base_lr: float, T_0: int, T_mult: int, eta_min: float, frac: float = 0.0) -> list[float]:
-    """Cosine annealing with warm restarts (torch's CosineAnnealingWarmRestarts)."""
-    return _row(KIND_COSINE_RESTARTS, base_lr, T_0, T_mult, eta_min, frac)
+def cosine_restarts_row(base_lr: float, T_0: float, T_mult: int, eta_min: float, offset: float = 0.0) -> list[float]:
+    """Cosine annealing with warm restarts (torch's CosineAnnealingWarmRestarts) at ``e = t + offset``."""
+    return _row(KIND_COSINE_RESTARTS, base_lr, T_0, T_mult, eta_min, offset)
 
 
 def sequential_row(base_lr: float, n_pieces: int, first_piece_row: int) -> list[float]:
