@@ -784,6 +784,15 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
 
     The reduction applies to the LR currently in the optimizer (``opt.lr_tensor``), as torch's
     applies to ``group["lr"]``. NaN metrics are never "better", as in torch.
+
+    Param groups added after construction (``opt.add_param_group``) are handled as torch handles
+    them: with a scalar ``min_lr`` every group gets it (torch replaces ``min_lrs`` by
+    ``[min_lr] * len(param_groups)`` at the first reduction; reading ``min_lrs`` here shows the same
+    list, and reads the device while that reduction is unknown to the host). With a list ``min_lr``
+    that no longer matches the groups, a step raises torch's ``RuntimeError`` when it would reduce,
+    before anything changes (torch has already counted the bad epoch and advanced ``last_epoch``);
+    assign ``min_lrs`` a list with one value per group, as torch's message says. Until then each
+    step reads its decision back to the host (a sync on an accelerator) to know whether to raise.
     """
 
     def __init__(
@@ -843,6 +852,31 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self._cooldown_counter = torch.zeros((), dtype=torch.int64, device=dev)
         self._metric = torch.zeros((), dtype=torch.float64, device=dev)
         self._min_lrs_t = torch.tensor(min_lrs, dtype=torch.float64, device=dev)
+        # What _min_lrs_t was built from: (group count, min_lrs, default_min_lr). A step rebuilds it
+        # when this changes (a group added, min_lrs assigned or edited in place).
+        self._min_key = (n, tuple(min_lrs), default_min_lr)
+        # After a group is added with a scalar min_lr: (group count, device flag "a reduction
+        # happened since"). torch replaces min_lrs by [default_min_lr] * groups at that reduction;
+        # the host learns of it when min_lrs is read.
+        self._expand: tuple[int, torch.Tensor] | None = None
+        # A list min_lr that no longer matches the groups: steps check (a host read) whether they
+        # reduce, and raise torch's error if so.
+        self._mismatch = False
+
+    @property
+    def min_lrs(self) -> list[float]:
+        """torch's ``min_lrs`` list (one lower bound per group); edit it or assign it, as with torch."""
+        if self._expand is not None:
+            n, reduced = self._expand
+            if bool(reduced.item()):  # reads the device: only while a group-count change is pending
+                self._min_lrs = [self.default_min_lr] * n
+                self._expand = None
+        return self._min_lrs
+
+    @min_lrs.setter
+    def min_lrs(self, value) -> None:
+        self._min_lrs = list(value)
+        self._expand = None
 
     # torch's _reset() sets these attributes; here they are device tensors behind properties.
     def _reset(self) -> None:
@@ -907,9 +941,41 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         else:
             epoch = _int_arg("epoch", epoch, 0)
             warnings.warn(stock_lr_scheduler.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
+        self._check_min_lrs(current)
         self.last_epoch = epoch
         self.optimizer._sync_assigned_lrs()
         self._decide(current)
+
+    def _check_min_lrs(self, current: torch.Tensor) -> None:
+        """Follow the groups and ``min_lrs`` as torch's ``_reduce_lr`` does, raising its error
+        (before anything changes) when ``min_lrs`` does not match the groups and this step reduces."""
+        n = len(self.optimizer.param_groups)
+        if self._expand is not None and self._expand[0] != n:
+            self.min_lrs  # an expansion pending for the previous group count: settle it (host read)
+        key = (n, tuple(self._min_lrs), self.default_min_lr)
+        if key != self._min_key:
+            values = [_real_arg(f"min_lrs[{i}]", v, nonnegative=True) for i, v in enumerate(self._min_lrs)]
+            mismatch = len(values) != n
+            if mismatch and self.default_min_lr is not None:
+                # torch uses [default_min_lr] * groups from the first reduction on.
+                values = [_real_arg("default_min_lr", self.default_min_lr, nonnegative=True)] * n
+                mismatch = False
+            # A list that does not match is used only by a reducing step, which raises: pad it.
+            values = (values + [0.0] * n)[:n]
+        else:
+            mismatch = self._mismatch
+        if mismatch and bool(self._decisions(current)[2]):  # a host read, only in this state
+            raise RuntimeError(
+                f"The number of param groups in the `optimizer` ({n}) differs from when `ReduceLROnPlateau` "
+                f"was initialized ({len(self._min_lrs)}), usually due to a new param group being added to the "
+                "optimizer. Please modify the `min_lrs` field to match the length of the `optimizer` param groups."
+            )
+        if key != self._min_key:
+            self._min_lrs_t = torch.tensor(values, dtype=torch.float64).to(self._metric.device)
+            self._min_key = key
+            self._mismatch = mismatch
+            if len(self._min_lrs) != n and not mismatch and self._expand is None:
+                self._expand = (n, torch.zeros((), dtype=torch.bool, device=self._metric.device))
 
     def _is_better_t(self, a: torch.Tensor) -> torch.Tensor:
         best = self._best[0]
@@ -921,20 +987,27 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
             return a > best * (self.threshold + 1.0)
         return a > best + self.threshold
 
-    def _decide(self, current: torch.Tensor) -> None:
-        """torch's step() as tensor ops: same comparisons, same float64 arithmetic."""
+    def _decisions(self, current: torch.Tensor):
+        """torch's step() decisions as tensor ops, changing nothing: (better, bad epochs after the
+        step, reduce, in cooldown)."""
         better = self._is_better_t(current)
-        self._best.copy_(torch.where(better, current, self._best[0]))
         num_bad = torch.where(better, torch.zeros_like(self._num_bad), self._num_bad + 1)
         in_cooldown = self._cooldown_counter > 0
-        self._cooldown_counter.sub_(in_cooldown.to(torch.int64))
         num_bad = torch.where(in_cooldown, torch.zeros_like(num_bad), num_bad)
-        reduce = num_bad > self.patience
+        return better, num_bad, num_bad > self.patience, in_cooldown
+
+    def _decide(self, current: torch.Tensor) -> None:
+        """torch's step() as tensor ops: same comparisons, same float64 arithmetic."""
+        better, num_bad, reduce, in_cooldown = self._decisions(current)
+        self._best.copy_(torch.where(better, current, self._best[0]))
+        self._cooldown_counter.sub_(in_cooldown.to(torch.int64))
         lr = self.optimizer.lr_tensor
         new_lr = torch.maximum(lr * self.factor, self._min_lrs_t)
         lr.copy_(torch.where(reduce & (lr - new_lr > self.eps), new_lr, lr))
         self._cooldown_counter.copy_(torch.where(reduce, torch.full_like(self._cooldown_counter, self.cooldown), self._cooldown_counter))
         self._num_bad.copy_(torch.where(reduce, torch.zeros_like(num_bad), num_bad))
+        if self._expand is not None:
+            self._expand[1].logical_or_(reduce)
 
     _STATE_KEYS = ("factor", "min_lrs", "patience", "cooldown", "eps", "last_epoch", "mode", "threshold",
                    "threshold_mode", "best", "cooldown_counter", "num_bad_epochs", "mode_worse", "default_min_lr")
@@ -961,18 +1034,24 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
             threshold=state_dict["threshold"],
             threshold_mode=state_dict["threshold_mode"],
             cooldown=state_dict["cooldown"],
-            min_lr=list(state_dict["min_lrs"]),
             eps=state_dict["eps"],
         )  # validates every argument without touching self
+        # Any length, as torch loads it (saved before or after a group was added); a list that does
+        # not match the groups behaves as in torch from the next step on (see the class docstring).
+        min_lrs = [_real_arg(f"min_lrs[{i}]", v, nonnegative=True) for i, v in enumerate(state_dict["min_lrs"])]
+        default_min_lr = state_dict.get("default_min_lr", None)
+        if default_min_lr is not None:
+            default_min_lr = _real_arg("default_min_lr", default_min_lr, nonnegative=True)
         last_epoch = _int_arg("last_epoch", state_dict["last_epoch"], 0)
         best = float(state_dict["best"])
         cooldown_counter = _int_arg("cooldown_counter", state_dict["cooldown_counter"], 0)
         num_bad = _int_arg("num_bad_epochs", state_dict["num_bad_epochs"], 0)
         for k in ("factor", "patience", "cooldown", "eps", "mode", "threshold", "threshold_mode", "mode_worse"):
             setattr(self, k, getattr(probe, k))
-        self.min_lrs = probe.min_lrs
-        self.default_min_lr = state_dict.get("default_min_lr", None)
-        self._min_lrs_t.copy_(probe._min_lrs_t)
+        self.min_lrs = min_lrs
+        self.default_min_lr = default_min_lr
+        self._min_key = None  # the next step builds the device bounds from min_lrs
+        self._mismatch = False
         self.last_epoch = last_epoch
         self._best.fill_(best)
         self._cooldown_counter.fill_(cooldown_counter)

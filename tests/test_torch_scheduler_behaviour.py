@@ -1,5 +1,7 @@
 """Behaviours of stock torch 2.13's schedulers that fused_lr reproduces, each run beside stock.
 
+* ReduceLROnPlateau after ``opt.add_param_group``: torch's ``min_lrs`` handling (a scalar
+  ``min_lr`` covers the new group; a list raises torch's error when a step would reduce).
 * CosineAnnealingWarmRestarts: ``T_cur`` / ``T_i`` read and assigned as in torch, mixed
   ``step()`` / ``step(int)`` / ``step(float)`` sequences.
 * The warnings each scheduler's ``step`` emits (torch's ``EPOCH_DEPRECATION_WARNING``; none from
@@ -59,6 +61,79 @@ def _both(fa, fb):
         except Exception as e:  # noqa: BLE001 - compared below
             out.append(e)
     return out
+
+
+# ---------------------------------------------------------------- 1. ReduceLROnPlateau + add_param_group
+
+# A metric that improves, then stalls: with patience=1 the LR is reduced every second step.
+PLATEAU_METRICS = [1.0, 0.9, 0.95, 0.97, 0.99, 0.98, 1.0, 1.0, 1.0, 1.0]
+
+
+def _plateau_state(s):
+    return (_lrs(s.optimizer), s.num_bad_epochs, s.cooldown_counter, s.last_epoch, list(s.min_lrs))
+
+
+def test_plateau_scalar_min_lr_covers_an_added_group():
+    """torch: a scalar min_lr is replaced by [min_lr] * groups at the first reduction after the
+    group was added; until then min_lrs keeps its old length. Decisions are the same float64
+    comparisons and products on both sides: every value must be equal."""
+    a, b = _pair()
+    sa = stock.ReduceLROnPlateau(a, patience=1, factor=0.5, min_lr=1e-2)
+    sb = fused.ReduceLROnPlateau(b, patience=1, factor=0.5, min_lr=1e-2)
+    for i, m in enumerate(PLATEAU_METRICS):
+        if i == 2:
+            _add_group(a, b)
+        sa.step(m)
+        # The default case needs no host read: the device decides, the host learns lazily.
+        with _ForbidHostReads():
+            sb.step(torch.tensor(m, dtype=torch.float64))
+        assert _plateau_state(sb) == _plateau_state(sa), f"step {i}"
+    assert _lrs(b)[2] == 1e-2, "the bound applies to the added group"
+    assert sb.state_dict()["min_lrs"] == sa.state_dict()["min_lrs"] == [1e-2] * 3
+
+
+def test_plateau_list_min_lr_raises_torchs_error_only_when_it_reduces():
+    a, b = _pair()
+    sa = stock.ReduceLROnPlateau(a, patience=1, factor=0.5, min_lr=[1e-3, 1e-4])
+    sb = fused.ReduceLROnPlateau(b, patience=1, factor=0.5, min_lr=[1e-3, 1e-4])
+    for m in PLATEAU_METRICS[:2]:
+        sa.step(m), sb.step(m)
+    _add_group(a, b)
+    ea, eb = _both(lambda: sa.step(0.95), lambda: sb.step(0.95))  # a bad epoch, no reduction yet: no error
+    assert ea is None and eb is None
+    assert _plateau_state(sb) == _plateau_state(sa)
+    before = (_plateau_state(sb), sb.best)
+    ea, eb = _both(lambda: sa.step(0.97), lambda: sb.step(0.97))  # would reduce: torch's RuntimeError
+    assert type(ea) is type(eb) is RuntimeError and str(eb) == str(ea), (ea, eb)
+    # Raised before anything changed (torch has counted the bad epoch and advanced last_epoch).
+    assert (_plateau_state(sb), sb.best) == before
+    # As torch's message says: give min_lrs one value per group (assigned, or edited in place).
+    sa.min_lrs = [1e-3, 1e-4, 1e-2]
+    sb.min_lrs.append(1e-2)
+    sa.step(0.97), sb.step(0.97)
+    assert _lrs(b) == _lrs(a) == [0.05, 0.01, 0.025]
+    for m in PLATEAU_METRICS[4:]:
+        sa.step(m), sb.step(m)
+        assert _lrs(b) == _lrs(a)
+    assert _lrs(b)[2] == 1e-2  # the new group's own bound
+    assert sb.state_dict()["min_lrs"] == sa.state_dict()["min_lrs"]
+
+
+def test_plateau_state_dict_with_mismatched_min_lrs_loads_as_torchs():
+    """A stock state dict saved before a group was added (two min_lrs) loads into a scheduler of a
+    three-group optimizer, as torch's does; the next reducing step raises torch's error."""
+    a, b = _pair()
+    sa = stock.ReduceLROnPlateau(a, patience=0, min_lr=[1e-3, 1e-4])
+    sa.step(1.0)
+    _add_group(a, b)
+    sb = fused.ReduceLROnPlateau(b, patience=0)
+    sb.load_state_dict(sa.state_dict())
+    assert sb.min_lrs == [1e-3, 1e-4] and sb.default_min_lr is None
+    ea, eb = _both(lambda: sa.step(2.0), lambda: sb.step(2.0))
+    assert type(ea) is type(eb) is RuntimeError and str(eb) == str(ea)
+    with pytest.raises(ValueError, match=r"min_lrs\[1\] must be >= 0, got -1.0"):
+        sb.load_state_dict({**sa.state_dict(), "min_lrs": [1e-3, -1.0]})
+    assert sb.min_lrs == [1e-3, 1e-4]
 
 
 # ---------------------------------------------------------------- 3. CosineAnnealingWarmRestarts
