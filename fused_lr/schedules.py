@@ -558,19 +558,22 @@ def lambda_runs_on_device(fn: Callable[[int], float]) -> bool:
     The callable is evaluated on a 0-dim float64 tensor with every host read forbidden (``if``,
     ``min``/``max`` on the value, ``math.*``, indexing a list, ``int()``...). It must return a
     tensor that agrees with the host evaluation ``fn(int(epoch))`` at every probe epoch.
-    Anything else (an exception, a non-tensor result, a disagreement) means it is tabulated.
+    Anything else (an exception, a non-tensor result, a disagreement) means it is tabulated: this
+    never raises, whatever the callable does at a probe epoch.
     """
     for epoch in _PROBE_EPOCHS:
-        try:
-            host = float(fn(epoch))
-        except Exception:  # noqa: BLE001 - a lambda undefined at a probe epoch: tabulate it
-            return False
+        # The tensor first: a callable that is not plain arithmetic (a branch, a lookup) fails
+        # there, before any host call (a stateful callable is called as little as possible).
         try:
             with _ForbidHostReads():
                 dev = fn(torch.tensor(float(epoch), dtype=torch.float64))
         except Exception:  # noqa: BLE001 - any failure on a tensor means it is not plain arithmetic
             return False
         if not isinstance(dev, Tensor) or dev.numel() != 1 or not dev.is_floating_point():
+            return False
+        try:
+            host = float(fn(epoch))
+        except Exception:  # noqa: BLE001 - undefined at a probe epoch (valid only over the run): tabulate it
             return False
         dev_val = float(dev.detach().reshape(()).to(torch.float64))
         if math.isnan(host) or math.isnan(dev_val):
@@ -590,11 +593,6 @@ def eval_lambda_on_device(fn: Callable, step: Tensor) -> Tensor:
     """``fn(t)`` as a float64 0-dim tensor on ``step``'s device (``fn`` passed the check above)."""
     t = step.reshape(()).to(torch.float64)
     return fn(t).reshape(()).to(torch.float64)
-
-
-def tabulate(fns: Sequence[Callable[[int], float]], start: int, stop: int) -> list[list[float]]:
-    """Host evaluation ``[[fn(e) for e in range(start, stop)] for fn in fns]``."""
-    return [[float(fn(e)) for e in range(start, stop)] for fn in fns]
 
 
 # ---------------------------------------------------------------------------------------------

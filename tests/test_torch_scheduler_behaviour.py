@@ -2,6 +2,9 @@
 
 * ReduceLROnPlateau after ``opt.add_param_group``: torch's ``min_lrs`` handling (a scalar
   ``min_lr`` covers the new group; a list raises torch's error when a step would reduce).
+* LambdaLR / MultiplicativeLR call their callables when torch does: a callable defined only over
+  the run, one reading state that changes, one filled in by the loop; torch's exception at the
+  step where torch raises it, with nothing changed.
 * CosineAnnealingWarmRestarts: ``T_cur`` / ``T_i`` read and assigned as in torch, mixed
   ``step()`` / ``step(int)`` / ``step(float)`` sequences.
 * The warnings each scheduler's ``step`` emits (torch's ``EPOCH_DEPRECATION_WARNING``; none from
@@ -134,6 +137,105 @@ def test_plateau_state_dict_with_mismatched_min_lrs_loads_as_torchs():
     with pytest.raises(ValueError, match=r"min_lrs\[1\] must be >= 0, got -1.0"):
         sb.load_state_dict({**sa.state_dict(), "min_lrs": [1e-3, -1.0]})
     assert sb.min_lrs == [1e-3, 1e-4]
+
+
+# ---------------------------------------------------------------- 2. LambdaLR / MultiplicativeLR call times
+
+TABLE = [0.9**k for k in range(12)]  # defined over a 12-step run only
+
+
+def _run_until_error(sa, sb, a, b, steps):
+    """Step both until one raises; both must raise the same exception at the same step, and the
+    fused scheduler must be unchanged by it. Returns the step that raised (or None)."""
+    for t in range(1, steps):
+        a.step(), b.step()
+        before = (sb.last_epoch, _lrs(b), sb.get_last_lr())
+        ea, eb = _both(sa.step, sb.step)
+        if ea is not None or eb is not None:
+            assert type(ea) is type(eb) and str(ea) == str(eb), (t, ea, eb)
+            assert (sb.last_epoch, _lrs(b), sb.get_last_lr()) == before, f"step {t}: the failed step changed the scheduler"
+            return t
+        assert_lrs_close(_lrs(b), _lrs(a), f"step {t}")
+        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"step {t} get_last_lr")
+    return None
+
+
+@pytest.mark.parametrize("name", ["LambdaLR", "MultiplicativeLR"])
+def test_callable_defined_over_the_run_only(name):
+    """``lambda e: TABLE[e]`` works for the 11 steps torch takes, then raises torch's IndexError at
+    the step where torch raises it (it used to raise at construction: tabulated up to 1024)."""
+    a, b = _pair()
+    sa, sb = getattr(stock, name)(a, lambda e: TABLE[e]), getattr(fused, name)(b, lambda e: TABLE[e])
+    assert sb.modes == ["table", "table"]
+    assert _run_until_error(sa, sb, a, b, 30) == len(TABLE)
+
+
+def test_probe_that_raises_is_not_an_error():
+    """Plain arithmetic defined only below epoch 100 (a device-mode probe epoch raises on the host):
+    not device mode, no error, torch's ZeroDivisionError at step 100."""
+    fn = lambda e: 1.0 / (100 - e)  # noqa: E731
+    assert S.lambda_runs_on_device(fn) is False
+    a, b = _pair()
+    sa, sb = stock.LambdaLR(a, fn), fused.LambdaLR(b, fn)
+    assert sb.modes == ["table", "table"]
+    assert _run_until_error(sa, sb, a, b, 120) == 100
+
+
+class _Scale:
+    """A callable object reading state the training loop changes (torch calls it in step())."""
+
+    def __init__(self):
+        self.value = 1.0
+
+    def __call__(self, epoch):
+        return self.value
+
+
+@pytest.mark.parametrize("name", ["LambdaLR", "MultiplicativeLR"])
+def test_callable_reading_changing_state(name):
+    fa, fb = _Scale(), _Scale()
+    a, b = _pair()
+    sa, sb = getattr(stock, name)(a, fa), getattr(fused, name)(b, fb)
+    for t in range(1, 25):
+        fa.value = fb.value = 1.0 / (1 + t % 4) + (0.5 if name == "MultiplicativeLR" else 0.0)
+        a.step(), b.step(), sa.step(), sb.step()
+        assert_lrs_close(_lrs(b), _lrs(a), f"{name} step {t}")
+        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"{name} step {t} get_last_lr")
+
+
+def test_callable_filled_in_by_the_loop():
+    """A lookup the loop extends before each step: valid at every epoch torch asks for, never ahead."""
+    ta, tb = [1.0], [1.0]
+    a, b = _pair()
+    sa, sb = stock.LambdaLR(a, lambda e: ta[e]), fused.LambdaLR(b, lambda e: tb[e], horizon=None)
+    for t in range(1, 30):
+        ta.append(0.97**t), tb.append(0.97**t)
+        a.step(), b.step(), sa.step(), sb.step()
+        assert_lrs_close(_lrs(b), _lrs(a), f"step {t}")
+
+
+def test_explicit_horizon_is_checked_at_construction():
+    """Under CUDA-graph replay the device reads the table without the host: an explicit horizon the
+    callable does not cover is an error naming the epoch, before the optimizer's LRs change."""
+    _, b = _pair()
+    before = _lrs(b)
+    with pytest.raises(ValueError, match="raised IndexError at epoch 12, inside horizon=64") as info:
+        fused.LambdaLR(b, lambda e: TABLE[e], horizon=64)
+    assert isinstance(info.value.__cause__, IndexError)
+    assert _lrs(b) == before
+    fused.LambdaLR(b, lambda e: TABLE[e], horizon=12)  # covered: fine
+
+
+def test_multiplicative_step_epoch_multiplies_the_current_lr():
+    """torch's MultiplicativeLR.step(epoch) is chained: lr * lr_lambda(epoch), not the product up to epoch."""
+    a, b = _pair()
+    sa, sb = stock.MultiplicativeLR(a, lambda e: 0.9 - 0.01 * e), fused.MultiplicativeLR(b, lambda e: 0.9 - 0.01 * e)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation warning (compared in test_step_warnings_match_stock)
+        for epoch in (None, None, 7, None, 3, None, 10, None):
+            a.step(), b.step()
+            (sa.step(), sb.step()) if epoch is None else (sa.step(epoch), sb.step(epoch))
+            assert_lrs_close(_lrs(b), _lrs(a), f"after step({epoch})")
 
 
 # ---------------------------------------------------------------- 3. CosineAnnealingWarmRestarts
