@@ -22,6 +22,7 @@ LambdaLR callables run on the device one of two ways (see :class:`LambdaLR`).
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 import types
@@ -249,6 +250,9 @@ class _FusedLRScheduler(LRScheduler):
 
     def get_last_lr(self) -> list[float]:
         """The LR of every group at ``last_epoch``, as floats, computed on the host (no sync)."""
+        chain = self.__dict__.get("_chained_by")
+        if chain is not None:  # a part of a ChainedScheduler reports the chain's LR, as torch's parts do
+            return chain._part_lr(self)
         cache = getattr(self, "_host_cache", None)
         if cache is None or cache[0] != self.last_epoch:
             cache = (self.last_epoch, self._sched.host_lrs(self.last_epoch))
@@ -1386,22 +1390,35 @@ class SequentialLR(_FusedLRScheduler):
     piece from the step counter: the switch costs no host work and survives CUDA-graph replay.
     The schedulers must be fused_lr schedulers of the same optimizer with a closed form: not
     ``ReduceLROnPlateau`` (torch rejects it too), ``MultiplicativeLR`` (its chained product has no
-    restart at a milestone) or another ``SequentialLR``. LambdaLR pieces are tabulated (their
-    callables run at the piece's local epoch).
+    restart at a milestone), ``PerGroupLR`` or another ``SequentialLR``. LambdaLR pieces are
+    tabulated (their callables run at the piece's local epoch, called by each step as torch's
+    are; see :class:`LambdaLR`'s table mode).
+
+    A ``ChainedScheduler`` part behaves as in torch. First in the sequence, it drives the LR until
+    the first milestone with torch's values there, which are not the chain's own: torch resets the
+    LRs and steps each chained part once more from step -1, outside the initial mode (so an
+    ``ExponentialLR`` part has decayed once at step 0). They are computed by torch's own
+    schedulers on a stand-in optimizer and tabulated (the table grows as a LambdaLR's does); the
+    chain's parts must therefore be freshly built, with torch twins, without momentum cycling.
+    Later in the sequence, torch's ``SequentialLR.step`` raises ``NotImplementedError`` on reaching
+    its milestone (it restarts the part with ``_update_lr(0)``, which needs a ``get_lr`` that
+    ``ChainedScheduler`` lacks): so does this one, before anything changes.
     """
 
     def __init__(self, optimizer: FusedSGD, schedulers, milestones, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "SequentialLR")
-        # Composite parts (another sequence, a chain, per-group schedules) have piece rows of their
-        # own that a sequence's pieces cannot hold; MultiplicativeLR's product has no restart.
+        # Another sequence or per-group schedules have piece rows of their own that a sequence's
+        # pieces cannot hold; MultiplicativeLR's product has no restart. A chain is tabulated.
         schedulers = _check_parts(type(self).__name__, schedulers, optimizer,
-                                  reject=(SequentialLR, MultiplicativeLR, _Composite))
+                                  reject=(SequentialLR, MultiplicativeLR, PerGroupLR))
         for i, sub in enumerate(schedulers):
             if getattr(sub, "cycle_momentum", False):
                 raise ValueError(
                     f"{type(self).__name__}: scheduler at index {i} ({type(sub).__name__}) cycles momentum, which a "
                     "sequence cannot hand over on the device; pass cycle_momentum=False (or use it alone / in PerGroupLR)"
                 )
+            if isinstance(sub, ChainedScheduler) and i == 0:
+                sub._check_twins(f"{type(self).__name__}: the ChainedScheduler at index 0")
         milestones = list(milestones)
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(
@@ -1445,14 +1462,42 @@ class SequentialLR(_FusedLRScheduler):
         return rows + pieces, table, None
 
     def _grow_tables(self, epoch: int) -> bool:
-        # Lambda pieces are always tabulated here (device-mode ones too); a piece's local step is at
-        # most the global one, so growing by the global step covers it.
-        grew = [sub._grow_horizon(epoch) if isinstance(sub, LambdaLR) else sub._grow_tables(epoch)
+        # Lambda pieces and a chain are always tabulated here (device-mode lambdas too); a piece's
+        # local step is at most the global one, so growing by the global step covers it.
+        grew = [sub._grow_lambda_tables(epoch) if isinstance(sub, LambdaLR)
+                else sub._grow_horizon(epoch) if isinstance(sub, ChainedScheduler)
+                else sub._grow_tables(epoch)
                 for sub in self._schedulers]
         return any(grew)
 
+    def _check_step(self, epoch: int) -> None:
+        # Only sequences with a later ChainedScheduler or a LambdaLR piece have host work here (a
+        # plain sequence traces nothing under torch.compile).
+        for i, sub in enumerate(self._schedulers):
+            if isinstance(sub, ChainedScheduler) and i > 0 and epoch >= self._milestones[i - 1]:
+                raise NotImplementedError(
+                    f"SequentialLR cannot step to {epoch}: torch's SequentialLR restarts the scheduler at index {i} "
+                    f"at milestone {self._milestones[i - 1]} with _update_lr(0), which a ChainedScheduler does "
+                    "not implement (torch 2.13 raises NotImplementedError there too); put the ChainedScheduler first"
+                )
+        if any(isinstance(sub, LambdaLR) for sub in self._schedulers) and not torch.compiler.is_compiling():
+            i = bisect.bisect_right(self._milestones, epoch)
+            sub = self._schedulers[i]
+            if isinstance(sub, LambdaLR):
+                # torch's step calls the active piece's callables at its local epoch (all tabulated here).
+                sub._at_step(epoch - ([0, *self._milestones][i]), sub.lr_lambdas)
+
     def _tabulated(self, sub):
         """``sub``'s description with device-mode lambdas tabulated (they would see the global step)."""
+        if isinstance(sub, ChainedScheduler):
+            if sub is not self._schedulers[0]:
+                # Never active: the step reaching its milestone raises, as torch's does.
+                return [S.constant_row(b) for b in sub.base_lrs], None, None
+            rows, table = [], []
+            for column in sub._simulate(in_sequence=True)[0]:
+                rows.append(S.table_row(1.0, len(table), len(column)))
+                table.extend(column)
+            return rows, table, None
         if isinstance(sub, LambdaLR) and "device" in sub.modes:
             saved = sub.modes
             sub.modes = ["table"] * len(saved)
@@ -2076,10 +2121,52 @@ class ChainedScheduler(_Composite):
       torch twin (not the large-model schedules) and without momentum cycling.
 
     ``step()`` steps the chain; the parts' ``last_epoch`` follow for state_dict. Do not step the
-    parts themselves.
+    parts themselves. As torch's, each part's ``get_last_lr()`` reports the LR the chain held right
+    after that part's step: the LR with the parts up to it at the new step and the later ones still
+    at the previous step (the last part's is the chain's LR).
     """
 
     _multiplicative = ()  # filled in below, once the classes exist
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._parts_lrs = None
+        super().load_state_dict(state_dict)
+
+    def _part_lr(self, part: _FusedLRScheduler) -> list[float]:
+        """``part.get_last_lr()``: torch's ``_last_lr`` of that part of the chain (computed when
+        asked, once per step: a chain step itself does no host work for it)."""
+        cache = self.__dict__.get("_parts_lrs")
+        if cache is None or cache[0] != self.last_epoch:
+            cache = self._parts_lrs = (self.last_epoch, self._part_lrs())
+        return list(cache[1][next(i for i, sub in enumerate(self._schedulers) if sub is part)])
+
+    def _part_lrs(self) -> list[list[float]]:
+        """torch's ``_last_lr`` of every part at ``last_epoch``: ``lrs[i][g]``."""
+        t = max(self.last_epoch, 0)
+        if self.mode == "table":
+            return [[column[t] for column in columns] for columns in self._simulate()[1]]
+        # Product of closed-form factors F_j: part i has stepped the chain to base * F_0(t) ...
+        # F_i(t) * F_{i+1}(t - 1) ... (torch's recurrences multiply by F_j(t) / F_j(t - 1)).
+        sched = self._sched
+        before = None
+        if t > 0:  # (first: the block of host values that starts at t - 1 holds t too)
+            blk, k = sched._host_values(t - 1)
+            before = blk[2][k]
+        blk, k = sched._host_values(t)
+        now = blk[2][k]
+        lrs = [[0.0] * len(self.base_lrs) for _ in self._schedulers]
+        for g, base in enumerate(self.base_lrs):
+            first = int(sched.desc_host[g, 3])
+            for i in range(len(self._schedulers)):
+                lr = base
+                for j in range(len(self._schedulers)):
+                    if j <= i:
+                        lr *= now[first + j]
+                    elif before is not None:
+                        lr *= before[first + j]
+                lrs[i][g] = lr
+        return lrs
+
 
     def __init__(self, schedulers, optimizer: FusedSGD | None = None, *, horizon: int = 1024) -> None:
         schedulers = list(schedulers)
@@ -2094,27 +2181,42 @@ class ChainedScheduler(_Composite):
         self.horizon = _int_arg("horizon", horizon, 1)
         self.mode = "product" if all(isinstance(s, self._multiplicative) for s in schedulers) else "table"
         if self.mode == "table":
-            for i, sub in enumerate(schedulers):
-                twin = getattr(stock_lr_scheduler, type(sub).__name__, None)
-                if twin is None or isinstance(sub, SequentialLR):
-                    raise ValueError(
-                        f"ChainedScheduler: scheduler at index {i} ({type(sub).__name__}) has no closed-form chained "
-                        "composition and no torch twin to tabulate it with; use SequentialLR or PerGroupLR"
-                    )
-                if getattr(sub, "cycle_momentum", False):
-                    raise ValueError(
-                        f"ChainedScheduler: scheduler at index {i} ({type(sub).__name__}) cycles momentum, which a "
-                        "tabulated chain does not carry; pass cycle_momentum=False"
-                    )
-                if sub.last_epoch != 0 or sub._ctor_args[1].get("last_epoch", -1) != -1:
-                    raise ValueError(
-                        f"ChainedScheduler: scheduler at index {i} is at step {sub.last_epoch}; a tabulated chain "
-                        "needs freshly built schedulers (resume the chain with load_state_dict instead)"
-                    )
+            self._check_twins("ChainedScheduler")
         self._init_from_parts(optimizer)
+        for sub in schedulers:
+            sub._chained_by = self  # its get_last_lr() reports the chain's value (see _part_lr)
 
-    def _simulate(self) -> list[list[float]]:
-        """torch's chained LRs for steps [0, horizon): ``values[g][t]``, from torch's own schedulers."""
+    def _check_twins(self, where: str) -> None:
+        """The parts can be re-run as torch's own schedulers (``_simulate``): torch twins, freshly
+        built, no momentum cycling. Raises naming the part otherwise."""
+        for i, sub in enumerate(self._schedulers):
+            twin = getattr(stock_lr_scheduler, type(sub).__name__, None)
+            if twin is None or isinstance(sub, SequentialLR):
+                raise ValueError(
+                    f"{where}: scheduler at index {i} ({type(sub).__name__}) has no closed-form chained "
+                    "composition and no torch twin to tabulate it with; use SequentialLR or PerGroupLR"
+                )
+            if getattr(sub, "cycle_momentum", False):
+                raise ValueError(
+                    f"{where}: scheduler at index {i} ({type(sub).__name__}) cycles momentum, which a "
+                    "tabulated chain does not carry; pass cycle_momentum=False"
+                )
+            if sub.last_epoch != 0 or sub._ctor_args[1].get("last_epoch", -1) != -1:
+                raise ValueError(
+                    f"{where}: scheduler at index {i} is at step {sub.last_epoch}; a tabulated chain "
+                    "needs freshly built schedulers (resume the chain with load_state_dict instead)"
+                )
+
+    def _simulate(self, in_sequence: bool = False) -> tuple[list[list[float]], list[list[list[float]]]]:
+        """torch's chained LRs for steps [0, horizon) from torch's own schedulers on a stand-in
+        optimizer: ``values[g][t]``, and each part's ``get_last_lr()`` ``parts[i][g][t]``.
+
+        ``in_sequence``: as the first scheduler of torch's SequentialLR, which resets the LRs to
+        ``initial_lr``, undoes every part's initial step (``last_epoch -= 1``) and steps the chain
+        once (each part outside the initial mode)."""
+        cached = self.__dict__.get("_simulated")
+        if cached is not None and cached[0] == (self.horizon, in_sequence, tuple(self.base_lrs)):
+            return cached[1]
         groups = self.optimizer.param_groups
         stand_in = torch.optim.SGD(
             [{"params": [torch.zeros(1)], "lr": base, "momentum": g["momentum"]} for base, g in zip(self.base_lrs, groups)],
@@ -2128,13 +2230,20 @@ class ChainedScheduler(_Composite):
                 kwargs = {k: v for k, v in kwargs.items() if k not in ("optimizer", "horizon")}
                 args = args[1:] if args and args[0] is self.optimizer else args
                 parts.append(getattr(stock_lr_scheduler, type(sub).__name__)(stand_in, *args, **kwargs))
-            values = [[float(g["lr"])] for g in stand_in.param_groups]
-            for _ in range(1, self.horizon):
-                for part in parts:
-                    part.step()
+            chain = stock_lr_scheduler.ChainedScheduler(parts, stand_in)
+            driver = stock_lr_scheduler.SequentialLR(stand_in, [chain], []) if in_sequence else chain
+            values = [[] for _ in stand_in.param_groups]
+            part_values = [[[] for _ in stand_in.param_groups] for _ in parts]
+            for t in range(self.horizon):
+                if t:
+                    driver.step()
                 for column, g in zip(values, stand_in.param_groups):
                     column.append(float(g["lr"]))
-        return values
+                for part, columns in zip(parts, part_values):
+                    for column, lr in zip(columns, part.get_last_lr()):
+                        column.append(float(lr))
+        self._simulated = ((self.horizon, in_sequence, tuple(self.base_lrs)), (values, part_values))
+        return values, part_values
 
     def _grow_tables(self, epoch: int) -> bool:
         if self.mode == "table":
@@ -2144,7 +2253,7 @@ class ChainedScheduler(_Composite):
     def _describe(self):
         if self.mode == "table":
             table, rows = [], []
-            for column in self._simulate():
+            for column in self._simulate()[0]:
                 rows.append(S.table_row(1.0, len(table), self.horizon))
                 table.extend(column)
             return rows, table, None

@@ -7,6 +7,8 @@
   step where torch raises it, with nothing changed.
 * CosineAnnealingWarmRestarts: ``T_cur`` / ``T_i`` read and assigned as in torch, mixed
   ``step()`` / ``step(int)`` / ``step(float)`` sequences.
+* SequentialLR with a ChainedScheduler part; each part of a ChainedScheduler reports torch's
+  chained LR through ``get_last_lr()``.
 * The warnings each scheduler's ``step`` emits (torch's ``EPOCH_DEPRECATION_WARNING``; none from
   CosineAnnealingWarmRestarts).
 * An old-format OneCycleLR state dict (``anneal_func``, no ``_anneal_func_type``) loads.
@@ -238,6 +240,17 @@ def test_multiplicative_step_epoch_multiplies_the_current_lr():
             assert_lrs_close(_lrs(b), _lrs(a), f"after step({epoch})")
 
 
+def test_sequential_lambda_piece_called_at_its_local_epochs():
+    """A LambdaLR piece defined only over its stretch of the sequence works (torch never calls it
+    past its milestone); one that fails inside its stretch raises when torch does."""
+    for length, milestone in ((5, 5), (5, 8)):
+        table = TABLE[:length]
+        a, b = _pair()
+        sa = stock.SequentialLR(a, [stock.LambdaLR(a, lambda e: table[e]), stock.StepLR(a, 3, 0.5)], [milestone])
+        sb = fused.SequentialLR(b, [fused.LambdaLR(b, lambda e: table[e]), fused.StepLR(b, 3, 0.5)], [milestone])
+        assert _run_until_error(sa, sb, a, b, 20) == (None if length == milestone else length)
+
+
 # ---------------------------------------------------------------- 3. CosineAnnealingWarmRestarts
 
 def _random_calls(rng, n, assign):
@@ -329,6 +342,69 @@ def test_warm_restarts_bad_assignment(name, value, match):
     with pytest.raises(ValueError, match=match):
         setattr(s, name, value)
     assert (s.T_cur, s.T_i) == (0, 3)
+
+
+# ---------------------------------------------------------------- 4. ChainedScheduler parts, SequentialLR
+
+CHAINS = {
+    "product": lambda m, o: [m.ConstantLR(o, 0.5, total_iters=3), m.ExponentialLR(o, 0.9), m.StepLR(o, 4, 0.5)],
+    "table": lambda m, o: [m.CosineAnnealingLR(o, 7, 1e-3), m.ExponentialLR(o, 0.95)],
+}
+
+
+@pytest.mark.parametrize("chain", list(CHAINS))
+def test_chained_parts_report_torchs_chained_lr(chain):
+    """After a chain step torch's part i holds the LR with parts 0..i stepped (the last: the chain's)."""
+    a, b = _pair()
+    pa, pb = CHAINS[chain](stock, a), CHAINS[chain](fused, b)
+    ca, cb = stock.ChainedScheduler(pa), fused.ChainedScheduler(pb, horizon=8)
+    assert cb.mode == chain
+    for t in range(20):
+        if t:
+            a.step(), b.step(), ca.step(), cb.step()
+        for i, (x, y) in enumerate(zip(pa, pb)):
+            assert_lrs_close(y.get_last_lr(), x.get_last_lr(), f"step {t} part {i}")
+        assert_lrs_close(cb.get_last_lr(), ca.get_last_lr(), f"step {t} chain")
+        assert_lrs_close(_lrs(b), _lrs(a), f"step {t} group lr")
+    # The parts' state dicts carry the same _last_lr as stock's; so do they after a load.
+    b2 = _pair()[1]
+    cb2 = fused.ChainedScheduler(CHAINS[chain](fused, b2), horizon=8)
+    cb2.load_state_dict(cb.state_dict())
+    for x, y in zip(pa, cb2._schedulers):
+        assert_lrs_close(y.state_dict()["_last_lr"], x.state_dict()["_last_lr"], "after load")
+
+
+@pytest.mark.parametrize("chain", list(CHAINS))
+def test_sequential_with_a_chained_scheduler_first(chain):
+    """torch resets the LRs, undoes every part's initial step and steps the chain once outside the
+    initial mode: its values are not the chain's own (ExponentialLR has decayed once at step 0).
+    A small horizon makes the chain's table grow past its first size."""
+    a, b = _pair()
+    ca = stock.ChainedScheduler(CHAINS[chain](stock, a))
+    cb = fused.ChainedScheduler(CHAINS[chain](fused, b), horizon=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stock's parts warn that they step before the optimizer did
+        sa = stock.SequentialLR(a, [ca, stock.StepLR(a, 2, 0.1)], [12])
+    sb = fused.SequentialLR(b, [cb, fused.StepLR(b, 2, 0.1)], [12])
+    for t in range(30):
+        if t:
+            a.step(), b.step(), sa.step(), sb.step()
+        assert_lrs_close(_lrs(b), _lrs(a), f"step {t}")
+        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"step {t} get_last_lr")
+
+
+def test_sequential_with_a_later_chained_scheduler_raises_torchs_error_at_its_milestone():
+    a, b = _pair()
+    sa = stock.SequentialLR(a, [stock.StepLR(a, 2, 0.1), stock.ChainedScheduler(CHAINS["product"](stock, a))], [3])
+    sb = fused.SequentialLR(b, [fused.StepLR(b, 2, 0.1), fused.ChainedScheduler(CHAINS["product"](fused, b))], [3])
+    for t in (1, 2):
+        a.step(), b.step(), sa.step(), sb.step()
+        assert_lrs_close(_lrs(b), _lrs(a), f"step {t}")
+    before = (sb.last_epoch, _lrs(b))
+    ea, eb = _both(sa.step, sb.step)
+    assert type(ea) is type(eb) is NotImplementedError, (ea, eb)
+    assert "put the ChainedScheduler first" in str(eb)
+    assert (sb.last_epoch, _lrs(b)) == before
 
 
 # ---------------------------------------------------------------- 5. step() warnings
