@@ -14,7 +14,8 @@
 * An old-format OneCycleLR state dict (``anneal_func``, no ``_anneal_func_type``) loads.
 
 LRs are compared with conftest's ``LR_RTOL`` (closed forms vs torch's recurrences), read with
-``float(...)`` so the comparisons hold whatever type ``group["lr"]`` has.
+``float(...)`` so the comparisons hold whatever type ``group["lr"]`` has. The Triton path of the
+same behaviours runs under the interpreter in tests/_triton_behaviour_subprocess.py.
 """
 
 from __future__ import annotations
@@ -479,3 +480,16 @@ def test_one_cycle_old_format_state_dict_loads_as_torchs(constructed):
         a2.step(), b2.step(), sa.step(), sb.step()
         assert_lrs_close(_lrs(b2), _lrs(a2), f"step {t}")
         assert_lrs_close([g["momentum"] for g in b2.param_groups], [g["momentum"] for g in a2.param_groups], f"momentum {t}")
+
+
+# ---------------------------------------------------------------- the Triton path (interpreter)
+
+def test_the_same_behaviours_on_the_triton_path():
+    """Plateau after add_param_group, lambdas called when torch calls them (a stateful one, one that
+    raises), warm restarts with assignments and fractional epochs, a chain first in a sequence:
+    FusedSGD(backend="triton") under Triton's interpreter against stock, in a child process."""
+    pytest.importorskip("triton")
+    script = pathlib.Path(__file__).resolve().parent / "_triton_behaviour_subprocess.py"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("all: ok"), proc.stdout[-3000:] + proc.stderr[-6000:]
