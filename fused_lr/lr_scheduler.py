@@ -153,6 +153,10 @@ class _FusedLRScheduler(LRScheduler):
 
     # Names of the constructor arguments saved in state_dict (besides torch's bookkeeping keys).
     _arg_names: tuple[str, ...] = ()
+    # step() warns as torch's LRScheduler.step does (step called before optimizer.step; the epoch
+    # argument, with torch's EPOCH_DEPRECATION_WARNING). A scheduler whose torch twin has its own
+    # step() without those warnings (CosineAnnealingWarmRestarts) clears it.
+    _stock_step_warnings = True
 
     def __new__(cls, *args: Any, **kwargs: Any):
         self = super().__new__(cls)
@@ -312,7 +316,7 @@ class _FusedLRScheduler(LRScheduler):
 
     def step(self, epoch: int | None = None) -> None:
         """Advance the schedule by one (or to ``epoch``, deprecated as in torch) on the device."""
-        if self._step_count == 1:
+        if self._step_count == 1 and self._stock_step_warnings:
             if not hasattr(self.optimizer.step, "_wrapped_by_lr_sched"):
                 warnings.warn(
                     "Seems like `optimizer.step()` has been overridden after learning rate scheduler "
@@ -361,7 +365,8 @@ class _FusedLRScheduler(LRScheduler):
             else:
                 sched.advance()
         else:
-            warnings.warn(stock_lr_scheduler.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
+            if self._stock_step_warnings:
+                warnings.warn(stock_lr_scheduler.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
             self.last_epoch = epoch
             sched.set_step(epoch)
             # torch's closed form at an explicit epoch: assigned LRs do not carry over.
@@ -448,6 +453,9 @@ class _FusedLRScheduler(LRScheduler):
     def get_last_lr(self) -> list[float]:
         """The LR of every group set by the last ``step()`` (floats computed on the host: no sync;
         tensors, as torch returns them, for groups whose ``"lr"`` is a tensor)."""
+        chain = self.__dict__.get("_chained_by")
+        if chain is not None:  # a part of a ChainedScheduler reports the LR after its own step, as torch's parts do
+            return chain._part_lr(self)
         return list(self._last_lr)
 
     @property
@@ -466,7 +474,7 @@ class _FusedLRScheduler(LRScheduler):
             _step_count=self._step_count,
             _is_initial=False,
             _get_lr_called_within_step=False,
-            _last_lr=list(self._last_lr),
+            _last_lr=self.get_last_lr(),
         )
         return sd
 
@@ -746,18 +754,33 @@ class CosineAnnealingWarmRestarts(_FusedLRScheduler):
     Cycle ``i`` lasts ``T_i = T_0 * T_mult**i`` epochs; within it
     ``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2``. Same signature as
     ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`` (``T_0 >= 1``, integer ``T_mult >= 1``,
-    ``eta_min >= 0``), including fractional epochs passed to ``step(epoch)``
-    (``scheduler.step(epoch + i / iters)``): the integer part goes to the device counter, the
-    fraction to the description, and later ``step()`` calls keep the fraction, as torch's do.
+    ``eta_min >= 0``) and the same ``step``: ``step()`` advances one epoch, ``step(epoch)`` jumps to
+    ``epoch``, fractional ones included (``scheduler.step(epoch + i / iters)``; later ``step()``
+    calls keep the fraction, a later integer ``step(epoch)`` drops it), and neither warns (torch's
+    ``step`` is its own, without LRScheduler's warnings).
+
+    ``T_cur`` and ``T_i`` are torch's attributes, updated by each step as torch's are; assigning
+    them changes the schedule from the next step on, as in torch (``T_cur >= 0``, ``T_i >= 1``).
+    The device row is the closed form anchored at the last step that torch computed from scratch
+    (construction, ``step(epoch)``, the step after an assignment, a load): between anchors torch's
+    recurrence and the closed form agree. One difference remains: where torch's state holds
+    ``T_cur >= T_i`` (its ``int(math.log(...))`` in ``step(epoch)`` can land one cycle short at an
+    exact cycle start, giving ``eta_min``), the device starts the next cycle (``base_lr``) at that
+    step; from the next step on both agree.
     """
 
     _arg_names = ("T_0", "T_mult", "eta_min")
+    _stock_step_warnings = False
 
     def __init__(self, optimizer: FusedSGD, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "CosineAnnealingWarmRestarts")
         args = self._validate_args({"T_0": T_0, "T_mult": T_mult, "eta_min": eta_min})
         self.T_0, self.T_mult, self.eta_min = args["T_0"], args["T_mult"], args["eta_min"]
-        self._frac = 0.0
+        # torch's state, as its __init__ sets it; the initial step updates it (see step()).
+        self._T_i = self.T_0
+        self._T_cur = last_epoch
+        self._anchor = (0, 0, self.T_0)  # (step, T_cur, T_i) the device row starts from
+        self._reanchor = True
         super().__init__(optimizer, last_epoch)
 
     def _validate_args(self, values):
@@ -767,53 +790,119 @@ class CosineAnnealingWarmRestarts(_FusedLRScheduler):
             "eta_min": _real_arg("eta_min", values["eta_min"], nonnegative=True),
         }
 
+    @property
+    def T_cur(self) -> float:
+        """Epochs since the last restart (torch's attribute; fractional after ``step(float)``)."""
+        return self._T_cur
+
+    @T_cur.setter
+    def T_cur(self, value: float) -> None:
+        self._T_cur = self._check_state("T_cur", value, 0)
+        self._reanchor = True
+
+    @property
+    def T_i(self) -> float:
+        """Length of the current cycle (torch's attribute)."""
+        return self._T_i
+
+    @T_i.setter
+    def T_i(self, value: float) -> None:
+        self._T_i = self._check_state("T_i", value, 1)
+        self._reanchor = True
+
+    @staticmethod
+    def _check_state(name: str, value: Any, minimum: int) -> float:
+        _real_arg(name, value)
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    def _next_state(self, epoch: float | None) -> tuple[int, float, float]:
+        """torch 2.13's CosineAnnealingWarmRestarts.step, on (last_epoch, T_cur, T_i), changing nothing."""
+        t_cur, t_i = self._T_cur, self._T_i
+        if epoch is None and self.last_epoch < 0:
+            epoch = 0
+        if epoch is None:
+            epoch = self.last_epoch + 1
+            t_cur = t_cur + 1
+            if t_cur >= t_i:
+                t_cur = t_cur % t_i
+                t_i = t_i * self.T_mult
+        elif epoch >= self.T_0:
+            if self.T_mult == 1:
+                t_cur = epoch % self.T_0
+            else:
+                n = int(math.log((epoch / self.T_0 * (self.T_mult - 1) + 1), self.T_mult))
+                t_cur = epoch - self.T_0 * (self.T_mult**n - 1) / (self.T_mult - 1)
+                t_i = self.T_0 * self.T_mult ** (n)
+        else:
+            t_i = self.T_0
+            t_cur = epoch
+        return math.floor(epoch), t_cur, t_i
+
+    def _row_params(self) -> tuple[float, float]:
+        """(first cycle length, offset) of the row: ``e = t + offset`` runs through cycles of
+        lengths ``p0 * T_mult**k``, placing step ``s`` of the anchor ``(s, T_cur, T_i)`` at ``T_cur``
+        in a cycle of length ``T_i``. When ``T_i`` is one of ``T_0 * T_mult**n``, the cycles are
+        torch's own series from ``T_0`` (the offset is the fractional part of the epoch in a plain
+        run, so the row also describes every earlier step)."""
+        s, c, i = self._anchor
+        m = self.T_mult
+        if m == 1:
+            return float(i), float((c - s) % i)
+        length, start = self.T_0, 0
+        while length < i:
+            start += length
+            length *= m
+        if length == i:
+            return float(self.T_0), float(c + start - s)
+        return float(i), float(c - s)
+
     def _rows(self):
-        return [S.cosine_restarts_row(b, self.T_0, self.T_mult, self.eta_min, self._frac) for b in self.base_lrs]
+        p0, offset = self._row_params()
+        return [S.cosine_restarts_row(b, p0, self.T_mult, self.eta_min, offset) for b in self.base_lrs]
 
     def step(self, epoch: float | None = None) -> None:
-        """Advance one epoch, or jump to ``epoch`` (fractional allowed, deprecated form in torch)."""
-        if epoch is None or (isinstance(epoch, numbers.Integral) and not isinstance(epoch, bool)):
-            return super().step(epoch)
-        epoch = _real_arg("epoch", epoch, nonnegative=True)
-        whole = math.floor(epoch)
-        frac = epoch - whole
-        if self._sched is None:
-            self._build_schedule()
-        self._frac = frac
-        self._sched.desc[:, 5].fill_(frac)  # device data only
-        self._sched.desc_host[:, 5] = frac
-        self._sched.invalidate()
-        super().step(int(whole))
+        """torch's step: one epoch, or to ``epoch`` (fractional allowed); no warnings, as torch's."""
+        if epoch is not None:
+            _real_arg("epoch", epoch)
+            if epoch < 0:
+                raise ValueError(f"Expected non-negative epoch, but got {epoch}")
+        last, t_cur, t_i = self._next_state(epoch)
+        if epoch is not None or self._reanchor:
+            # torch computed this state from scratch (or from assigned values): the row starts here.
+            self._anchor = (last, t_cur, t_i)
+            if self._sched is not None:
+                p0, offset = self._row_params()
+                sched = self._sched
+                for col, v in ((2, p0), (5, offset)):  # device data only
+                    sched.desc[:, col].fill_(v)
+                    sched.desc_host[:, col] = v
+                sched.invalidate()
+        super().step(None if epoch is None else last)
+        self._T_cur, self._T_i = t_cur, t_i
+        self._reanchor = False
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["T_i"], sd["T_cur"] = self._cycle(self.last_epoch + self._frac)
-        sd["_frac"] = self._frac
+        sd["T_i"], sd["T_cur"] = self._T_i, self._T_cur
         return sd
 
-    def _cycle(self, e: float) -> tuple[float, float]:
-        """torch's (T_i, T_cur) at epoch ``e``, on the host (for state_dict compatibility)."""
-        t_i, start = self.T_0, 0
-        if self.T_mult == 1:
-            return t_i, e % self.T_0
-        while e >= start + t_i:
-            start += t_i
-            t_i *= self.T_mult
-        return t_i, e - start
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        frac = state_dict.get("_frac")
-        if frac is None and "T_cur" in state_dict:
-            # A stock state dict: recover the fractional part from T_cur.
-            t_cur = float(state_dict["T_cur"])
-            frac = t_cur - math.floor(t_cur)
-        frac = _real_arg("_frac", frac or 0.0, nonnegative=True)
-        old = self._frac
-        self._frac = frac
+        """Load a fused_lr or stock state dict: torch's ``T_cur`` / ``T_i`` at ``last_epoch`` anchor the row."""
+        missing = [k for k in ("T_cur", "T_i", "last_epoch") if k not in state_dict]
+        if missing:
+            raise KeyError(f"CosineAnnealingWarmRestarts state_dict is missing {missing}")
+        t_cur = self._check_state("T_cur", state_dict["T_cur"], 0)
+        t_i = self._check_state("T_i", state_dict["T_i"], 1)
+        last_epoch = _int_arg("last_epoch", state_dict["last_epoch"], -1)
+        backup = (self._T_cur, self._T_i, self._anchor, self._reanchor)
+        self._T_cur, self._T_i = t_cur, t_i
+        self._anchor, self._reanchor = (max(last_epoch, 0), t_cur, t_i), False
         try:
             super().load_state_dict(state_dict)
         except Exception:
-            self._frac = old
+            self._T_cur, self._T_i, self._anchor, self._reanchor = backup
             raise
 
 
@@ -830,13 +919,19 @@ class LambdaLR(_FusedLRScheduler):
       a callable that reads mutable state sees it at each step, as in torch. The check: the
       callable is evaluated on a tensor with every host read forbidden (``if``, ``min``/``max`` on
       the value, ``math.*``, indexing, ``int()``) and must agree with its Python evaluation at a
-      set of probe epochs (0..4099) to 1e-12.
-    * ``"table"`` — anything else (``lambda e: 1.0 if e < 5 else 0.1``, ``math.cos``, lookups):
-      the callable is evaluated on the host ahead of time for epochs ``[0, horizon)`` and the
-      table lives on the device. When ``last_epoch`` passes three quarters of the horizon, the
-      table doubles (one host-to-device copy at that step). The callable must therefore be a pure
-      function of the epoch; under CUDA-graph replay the counter outruns the host, so give a
-      ``horizon`` that covers the whole run (past its end the last value is held).
+      set of probe epochs (0..4099) to 1e-12. A probe that raises (a callable defined only over
+      the run) only means "not device mode".
+    * ``"table"`` — anything else (``lambda e: 1.0 if e < 5 else 0.1``, ``math.cos``, lookups
+      ``lambda e: table[e]``): the values live in a device table. As torch does, each ``step()``
+      calls the callable at the new epoch (at construction: epoch 0) and its exception, if any,
+      propagates before anything changes; a value that differs from the table's (a callable
+      reading state that changed) replaces it, with one host-to-device copy of the description.
+      Ahead of the host, the table holds the callable's values up to ``horizon`` epochs, as far as
+      the callable succeeds: an epoch that raises there is not an error until a step reaches it.
+      When ``last_epoch`` passes three quarters of the horizon, the table doubles. Under
+      CUDA-graph replay the counter outruns the host: pass a ``horizon`` that covers the run (an
+      explicit ``horizon`` is checked at construction: a callable that raises inside it is an
+      error naming the epoch); past the tabulated values the last one is held.
     """
 
     _arg_names = ()
@@ -847,7 +942,7 @@ class LambdaLR(_FusedLRScheduler):
         lr_lambda: Callable[[int], float] | list[Callable[[int], float]],
         last_epoch: int = -1,
         *,
-        horizon: int = 1024,
+        horizon: int | None = None,
     ) -> None:
         _check_optimizer(optimizer, type(self).__name__)
         n = len(optimizer.param_groups)
@@ -861,14 +956,93 @@ class LambdaLR(_FusedLRScheduler):
             if not callable(fn):
                 raise TypeError(f"lr_lambda[{i}] must be callable, got {type(fn).__name__}")
         self.lr_lambdas = fns
-        self.horizon = _int_arg("horizon", horizon, 1)
+        self.horizon = 1024 if horizon is None else _int_arg("horizon", horizon, 1)
+        # An explicit horizon promises values for epochs [0, horizon) (graph replay reads them
+        # without the host): the first tabulation (at construction) raises for a callable that
+        # fails there.
+        self._promised = 0 if horizon is None else self.horizon
+        self._reset_tables()
         self.modes = self._choose_modes(fns)
         super().__init__(optimizer, last_epoch)
+        self._promised = 0  # checked by the first tabulation; later ones (growth, loads) are lenient
+
+    def _reset_tables(self) -> None:
+        # id(callable) -> its values at epochs 0, 1, ... as far as known (NaN: an epoch skipped by
+        # step(epoch), never read); id -> the epoch where evaluating ahead raised; whether a step
+        # changed a value the device table already held.
+        self._values: dict[int, list[float]] = {}
+        self._stopped: dict[int, int] = {}
+        self._changed = False
 
     @staticmethod
     def _choose_modes(fns) -> list[str]:
         modes: dict[int, str] = {}
         return [modes.setdefault(id(fn), "device" if S.lambda_runs_on_device(fn) else "table") for fn in fns]
+
+    # -------------------------------------------------------------- tabulated callables
+
+    def _next_value(self, fn: Callable, values: list[float], epoch: int) -> float:
+        """The table's value at ``epoch`` (``len(values)`` when tabulating ahead)."""
+        return float(fn(epoch))
+
+    def _tabulate(self, fn: Callable, stop: int) -> list[float]:
+        """``fn``'s values at epochs ``0 .. stop - 1`` as far as it succeeds (kept; no new calls
+        for epochs already known, none past an epoch that raised until a step gets there)."""
+        key = id(fn)
+        values = self._values.setdefault(key, [])
+        while len(values) < stop and key not in self._stopped:
+            epoch = len(values)
+            try:
+                values.append(self._next_value(fn, values, epoch))
+            except Exception as exc:  # noqa: BLE001 - torch raises only when a step reaches it
+                if epoch < self._promised:
+                    raise ValueError(
+                        f"{type(self).__name__}: lr_lambda raised {type(exc).__name__} at epoch {epoch}, inside "
+                        f"horizon={self._promised} (the epochs tabulated for the device ahead of the host): "
+                        "pass a horizon the callable covers"
+                    ) from exc
+                self._stopped[key] = epoch
+        return values
+
+    def _step_value(self, fn: Callable, values: list[float], epoch: int) -> float | None:
+        """torch's call at a step to ``epoch``: the value to keep, or None when torch makes none."""
+        return float(fn(epoch))
+
+    def _keep(self, fn: Callable, epoch: int, value: float) -> None:
+        values = self._values.setdefault(id(fn), [])
+        if epoch < len(values):
+            old = values[epoch]
+            if old != value and not (math.isnan(old) and math.isnan(value)):
+                values[epoch] = value
+                self._changed = True
+            return
+        values.extend([math.nan] * (epoch - len(values)))
+        values.append(value)
+        self._stopped.pop(id(fn), None)  # it succeeds here now: tabulate on from this epoch
+        self._changed = True
+
+    def _at_step(self, epoch: int, fns) -> None:
+        """Call the tabulated callables at ``epoch`` as torch's step does now; every exception
+        propagates (torch's) before any value is kept. Inside torch.compile the table ahead is used
+        (as under graph replay): a host call on the traced step count would specialize on it."""
+        if torch.compiler.is_compiling():
+            return
+        calls: dict[int, tuple[Callable, float | None]] = {}
+        for fn in fns:
+            if id(fn) not in calls:
+                calls[id(fn)] = (fn, self._step_value(fn, self._values.setdefault(id(fn), []), epoch))
+        for fn, value in calls.values():
+            if value is not None:
+                self._keep(fn, epoch, value)
+
+    def _check_step(self, epoch: int) -> None:
+        self._at_step(epoch, [fn for fn, mode in zip(self.lr_lambdas, self.modes) if mode == "table"])
+
+    def _table_rows(self, table: list[float], fn: Callable, base: float) -> list[float]:
+        values = self._tabulate(fn, self.horizon)
+        offset = len(table)
+        table.extend(values)
+        return S.table_row(base, offset, len(values))
 
     def _describe(self):
         rows, table, direct = [], [], {}
@@ -877,13 +1051,17 @@ class LambdaLR(_FusedLRScheduler):
                 rows.append(S.direct_row(base, base * float(fn(max(self.last_epoch, 0)))))
                 direct[g] = fn
             else:
-                offset = len(table)
-                table.extend(S.tabulate([fn], 0, self.horizon)[0])
-                rows.append(S.table_row(base, offset, self.horizon))
+                rows.append(self._table_rows(table, fn, base))
         return rows, table, direct
 
+    def _grow_lambda_tables(self, epoch: int) -> bool:
+        """Grow the horizon with ``epoch``; True when the description must be rebuilt."""
+        grew = self._grow_horizon(epoch)
+        changed, self._changed = self._changed, False
+        return grew or changed
+
     def _grow_tables(self, epoch: int) -> bool:
-        return "table" in self.modes and self._grow_horizon(epoch)
+        return "table" in self.modes and self._grow_lambda_tables(epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's format: ``lr_lambdas`` holds the ``__dict__`` of callable objects, None for functions."""
@@ -903,6 +1081,7 @@ class LambdaLR(_FusedLRScheduler):
             if saved is not None:
                 fn.__dict__.update(saved)
         self.horizon = horizon
+        self._reset_tables()  # loaded callable state may change their values: tabulate afresh
         super().load_state_dict(state_dict)
 
 
@@ -927,6 +1106,15 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
 
     The reduction applies to the LR currently in the optimizer (``opt.lr_tensor``), as torch's
     applies to ``group["lr"]``. NaN metrics are never "better", as in torch.
+
+    Param groups added after construction (``opt.add_param_group``) are handled as torch handles
+    them: with a scalar ``min_lr`` every group gets it (torch replaces ``min_lrs`` by
+    ``[min_lr] * len(param_groups)`` at the first reduction; reading ``min_lrs`` here shows the same
+    list, and reads the device while that reduction is unknown to the host). With a list ``min_lr``
+    that no longer matches the groups, a step raises torch's ``RuntimeError`` when it would reduce,
+    before anything changes (torch has already counted the bad epoch and advanced ``last_epoch``);
+    assign ``min_lrs`` a list with one value per group, as torch's message says. Until then each
+    step reads its decision back to the host (a sync on an accelerator) to know whether to raise.
     """
 
     def __init__(
@@ -993,6 +1181,31 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self._pending: _AsyncRead | None = None
         self._last_lr = [_lr_value(g["lr"]) for g in optimizer.param_groups]
         optimizer._lr_watchers.append(weakref.ref(self))
+        # What _min_lrs_t was built from: (group count, min_lrs, default_min_lr). A step rebuilds it
+        # when this changes (a group added, min_lrs assigned or edited in place).
+        self._min_key = (n, tuple(min_lrs), default_min_lr)
+        # After a group is added with a scalar min_lr: (group count, device flag "a reduction
+        # happened since"). torch replaces min_lrs by [default_min_lr] * groups at that reduction;
+        # the host learns of it when min_lrs is read.
+        self._expand: tuple[int, torch.Tensor] | None = None
+        # A list min_lr that no longer matches the groups: steps check (a host read) whether they
+        # reduce, and raise torch's error if so.
+        self._mismatch = False
+
+    @property
+    def min_lrs(self) -> list[float]:
+        """torch's ``min_lrs`` list (one lower bound per group); edit it or assign it, as with torch."""
+        if self._expand is not None:
+            n, reduced = self._expand
+            if bool(reduced.item()):  # reads the device: only while a group-count change is pending
+                self._min_lrs = [self.default_min_lr] * n
+                self._expand = None
+        return self._min_lrs
+
+    @min_lrs.setter
+    def min_lrs(self, value) -> None:
+        self._min_lrs = list(value)
+        self._expand = None
 
     # torch's _reset() sets these attributes; here they are device tensors behind properties.
     def _reset(self) -> None:
@@ -1073,8 +1286,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         """
         if self.monitor is None and more:
             if len(more) == 1 and isinstance(more[0], numbers.Integral):
-                epoch = more[0]  # torch's deprecated positional step(metrics, epoch)
-                more = ()
+                epoch, more = more[0], ()  # torch's deprecated positional step(metrics, epoch)
             else:
                 raise TypeError(
                     f"ReduceLROnPlateau.step got {1 + len(more)} metrics without a monitor to combine them; "
@@ -1090,6 +1302,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         compiling = torch.compiler.is_compiling()
         changes = [] if compiling else opt._lr_assignments()  # checked before anything changes
         host_metric = self._metric_value((metrics, *more))
+        self._check_min_lrs(current)
         self.last_epoch = epoch
         if changes:
             opt._apply_lr_assignments(changes)
@@ -1120,8 +1333,12 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
             num_bad = 0
         values = [_lr_value(g["lr"]) for g in self.optimizer.param_groups]
         if num_bad > self.patience:
+            if len(self._min_lrs) != len(values) and self.default_min_lr is not None:
+                # torch's _reduce_lr: [default_min_lr] * groups from the first reduction after a
+                # group was added (the host knows it reduces: no device read).
+                self._min_lrs, self._expand = [self.default_min_lr] * len(values), None
             for i, old in enumerate(values):
-                new = max(old * self.factor, self.min_lrs[i])
+                new = max(old * self.factor, self._min_lrs[i])
                 if old - new > self.eps:
                     values[i] = new
             cooldown, num_bad = self.cooldown, 0
@@ -1166,6 +1383,37 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
                 self._pending = None
                 self._read_state(values)
 
+    def _check_min_lrs(self, current: torch.Tensor) -> None:
+        """Follow the groups and ``min_lrs`` as torch's ``_reduce_lr`` does, raising its error
+        (before anything changes) when ``min_lrs`` does not match the groups and this step reduces."""
+        n = len(self.optimizer._groups)  # (the alias: see FusedSGD._rebuild_group_data, torch.compile)
+        if self._expand is not None and self._expand[0] != n:
+            self.min_lrs  # an expansion pending for the previous group count: settle it (host read)
+        key = (n, tuple(self._min_lrs), self.default_min_lr)
+        if key != self._min_key:
+            values = [_real_arg(f"min_lrs[{i}]", v, nonnegative=True) for i, v in enumerate(self._min_lrs)]
+            mismatch = len(values) != n
+            if mismatch and self.default_min_lr is not None:
+                # torch uses [default_min_lr] * groups from the first reduction on.
+                values = [_real_arg("default_min_lr", self.default_min_lr, nonnegative=True)] * n
+                mismatch = False
+            # A list that does not match is used only by a reducing step, which raises: pad it.
+            values = (values + [0.0] * n)[:n]
+        else:
+            mismatch = self._mismatch
+        if mismatch and bool(self._decisions(current)[2]):  # a host read, only in this state
+            raise RuntimeError(
+                f"The number of param groups in the `optimizer` ({n}) differs from when `ReduceLROnPlateau` "
+                f"was initialized ({len(self._min_lrs)}), usually due to a new param group being added to the "
+                "optimizer. Please modify the `min_lrs` field to match the length of the `optimizer` param groups."
+            )
+        if key != self._min_key:
+            self._min_lrs_t = torch.tensor(values, dtype=torch.float64).to(self._metric.device)
+            self._min_key = key
+            self._mismatch = mismatch
+            if len(self._min_lrs) != n and not mismatch and self._expand is None:
+                self._expand = (n, torch.zeros((), dtype=torch.bool, device=self._metric.device))
+
     def _is_better_t(self, a: torch.Tensor) -> torch.Tensor:
         best = self._best[0]
         if self.mode == "min" and self.threshold_mode == "rel":
@@ -1176,20 +1424,27 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
             return a > best * (self.threshold + 1.0)
         return a > best + self.threshold
 
-    def _decide(self, current: torch.Tensor) -> None:
-        """torch's step() as tensor ops: same comparisons, same float64 arithmetic."""
+    def _decisions(self, current: torch.Tensor):
+        """torch's step() decisions as tensor ops, changing nothing: (better, bad epochs after the
+        step, reduce, in cooldown)."""
         better = self._is_better_t(current)
-        self._best.copy_(torch.where(better, current, self._best[0]))
         num_bad = torch.where(better, torch.zeros_like(self._num_bad), self._num_bad + 1)
         in_cooldown = self._cooldown_counter > 0
-        self._cooldown_counter.sub_(in_cooldown.to(torch.int64))
         num_bad = torch.where(in_cooldown, torch.zeros_like(num_bad), num_bad)
-        reduce = num_bad > self.patience
+        return better, num_bad, num_bad > self.patience, in_cooldown
+
+    def _decide(self, current: torch.Tensor) -> None:
+        """torch's step() as tensor ops: same comparisons, same float64 arithmetic."""
+        better, num_bad, reduce, in_cooldown = self._decisions(current)
+        self._best.copy_(torch.where(better, current, self._best[0]))
+        self._cooldown_counter.sub_(in_cooldown.to(torch.int64))
         lr = self.optimizer.lr_tensor
         new_lr = torch.maximum(lr * self.factor, self._min_lrs_t)
         lr.copy_(torch.where(reduce & (lr - new_lr > self.eps), new_lr, lr))
         self._cooldown_counter.copy_(torch.where(reduce, torch.full_like(self._cooldown_counter, self.cooldown), self._cooldown_counter))
         self._num_bad.copy_(torch.where(reduce, torch.zeros_like(num_bad), num_bad))
+        if self._expand is not None:
+            self._expand[1].logical_or_(reduce)
 
     _STATE_KEYS = ("factor", "min_lrs", "patience", "cooldown", "eps", "last_epoch", "mode", "threshold",
                    "threshold_mode", "best", "cooldown_counter", "num_bad_epochs", "mode_worse", "default_min_lr")
@@ -1216,18 +1471,24 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
             threshold=state_dict["threshold"],
             threshold_mode=state_dict["threshold_mode"],
             cooldown=state_dict["cooldown"],
-            min_lr=list(state_dict["min_lrs"]),
             eps=state_dict["eps"],
         )  # validates every argument without touching self
+        # Any length, as torch loads it (saved before or after a group was added); a list that does
+        # not match the groups behaves as in torch from the next step on (see the class docstring).
+        min_lrs = [_real_arg(f"min_lrs[{i}]", v, nonnegative=True) for i, v in enumerate(state_dict["min_lrs"])]
+        default_min_lr = state_dict.get("default_min_lr", None)
+        if default_min_lr is not None:
+            default_min_lr = _real_arg("default_min_lr", default_min_lr, nonnegative=True)
         last_epoch = _int_arg("last_epoch", state_dict["last_epoch"], 0)
         best = float(state_dict["best"])
         cooldown_counter = _int_arg("cooldown_counter", state_dict["cooldown_counter"], 0)
         num_bad = _int_arg("num_bad_epochs", state_dict["num_bad_epochs"], 0)
         for k in ("factor", "patience", "cooldown", "eps", "mode", "threshold", "threshold_mode", "mode_worse"):
             setattr(self, k, getattr(probe, k))
-        self.min_lrs = probe.min_lrs
-        self.default_min_lr = state_dict.get("default_min_lr", None)
-        self._min_lrs_t.copy_(probe._min_lrs_t)
+        self.min_lrs = min_lrs
+        self.default_min_lr = default_min_lr
+        self._min_key = None  # the next step builds the device bounds from min_lrs
+        self._mismatch = False
         self.last_epoch = last_epoch
         self._best.fill_(best)
         self._cooldown_counter.fill_(cooldown_counter)
@@ -1397,9 +1658,11 @@ class MultiplicativeLR(LambdaLR):
 
     ``lr(t) = base_lr * prod(lr_lambda(k) for k in 1..t)``. Same signature as
     ``torch.optim.lr_scheduler.MultiplicativeLR`` (one callable or one per group), plus
-    ``horizon``. The running product is always tabulated ahead on the host for epochs
-    ``[0, horizon)`` and kept on the device (``modes`` is ``"table"`` for every group), growing
-    as for :class:`LambdaLR`'s table mode; the callable must be a pure function of the epoch.
+    ``horizon``. The running product is always tabulated (``modes`` is ``"table"`` for every
+    group) as for :class:`LambdaLR`'s table mode: each step calls the callable at the new epoch as
+    torch does (not at construction, as torch), ahead of the host the product is tabulated as far
+    as the callable succeeds, and ``step(epoch)`` multiplies the current LR by
+    ``lr_lambda(epoch)``, as torch's does (the table then continues from there).
     """
 
 
@@ -1409,17 +1672,31 @@ class MultiplicativeLR(LambdaLR):
     def _choose_modes(fns) -> list[str]:
         return ["table"] * len(fns)
 
-    def _describe(self):
-        rows, table = [], []
-        for fn, base in zip(self.lr_lambdas, self.base_lrs):
-            offset = len(table)
-            product = 1.0
-            table.append(product)
-            for e in range(1, self.horizon):
-                product *= float(fn(e))  # the same float64 product torch's chained steps form
-                table.append(product)
-            rows.append(S.table_row(base, offset, self.horizon))
-        return rows, table, None
+    def _next_value(self, fn, values, epoch):
+        # The same float64 product torch's chained steps form, from the table's previous value.
+        return 1.0 if epoch == 0 else values[epoch - 1] * float(fn(epoch))
+
+    def _step_value(self, fn, values, epoch):
+        if self._step_count == 0:
+            return None  # torch's initial step keeps the LR and calls nothing
+        return self._current(values) * float(fn(epoch))
+
+    def _current(self, values: list[float]) -> float:
+        """The product at the host's epoch (the last known one if the table stops short of it)."""
+        if not values:
+            return 1.0
+        return values[min(max(self.last_epoch, 0), len(values) - 1)]
+
+    def _keep(self, fn, epoch, value):
+        values = self._values.setdefault(id(fn), [])
+        if epoch < len(values) and values[epoch] == value:
+            return  # the product tabulated ahead: torch's step lands on it
+        # A different product from here (a jump, a changed value): later epochs follow from it.
+        del values[epoch:]
+        values.extend([math.nan] * (epoch - len(values)))
+        values.append(value)
+        self._stopped.pop(id(fn), None)
+        self._changed = True
 
 
 def _check_parts(name: str, schedulers, optimizer: FusedSGD, *, reject: tuple, label: str = "scheduler at index {i}",
@@ -1462,22 +1739,35 @@ class SequentialLR(_FusedLRScheduler):
     piece from the step counter: the switch costs no host work and survives CUDA-graph replay.
     The schedulers must be fused_lr schedulers of the same optimizer with a closed form: not
     ``ReduceLROnPlateau`` (torch rejects it too), ``MultiplicativeLR`` (its chained product has no
-    restart at a milestone) or another ``SequentialLR``. LambdaLR pieces are tabulated (their
-    callables run at the piece's local epoch).
+    restart at a milestone), ``PerGroupLR`` or another ``SequentialLR``. LambdaLR pieces are
+    tabulated (their callables run at the piece's local epoch, called by each step as torch's
+    are; see :class:`LambdaLR`'s table mode).
+
+    A ``ChainedScheduler`` part behaves as in torch. First in the sequence, it drives the LR until
+    the first milestone with torch's values there, which are not the chain's own: torch resets the
+    LRs and steps each chained part once more from step -1, outside the initial mode (so an
+    ``ExponentialLR`` part has decayed once at step 0). They are computed by torch's own
+    schedulers on a stand-in optimizer and tabulated (the table grows as a LambdaLR's does); the
+    chain's parts must therefore be freshly built, with torch twins, without momentum cycling.
+    Later in the sequence, torch's ``SequentialLR.step`` raises ``NotImplementedError`` on reaching
+    its milestone (it restarts the part with ``_update_lr(0)``, which needs a ``get_lr`` that
+    ``ChainedScheduler`` lacks): so does this one, before anything changes.
     """
 
     def __init__(self, optimizer: FusedSGD, schedulers, milestones, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "SequentialLR")
-        # Composite parts (another sequence, a chain, per-group schedules) have piece rows of their
-        # own that a sequence's pieces cannot hold; MultiplicativeLR's product has no restart.
+        # Another sequence or per-group schedules have piece rows of their own that a sequence's
+        # pieces cannot hold; MultiplicativeLR's product has no restart. A chain is tabulated.
         schedulers = _check_parts(type(self).__name__, schedulers, optimizer,
-                                  reject=(SequentialLR, MultiplicativeLR, _Composite))
+                                  reject=(SequentialLR, MultiplicativeLR, PerGroupLR))
         for i, sub in enumerate(schedulers):
             if getattr(sub, "cycle_momentum", False):
                 raise ValueError(
                     f"{type(self).__name__}: scheduler at index {i} ({type(sub).__name__}) cycles momentum, which a "
                     "sequence cannot hand over on the device; pass cycle_momentum=False (or use it alone / in PerGroupLR)"
                 )
+            if isinstance(sub, ChainedScheduler) and i == 0:
+                sub._check_twins(f"{type(self).__name__}: the ChainedScheduler at index 0")
         milestones = list(milestones)
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(
@@ -1538,14 +1828,42 @@ class SequentialLR(_FusedLRScheduler):
         return rows + pieces, table, None
 
     def _grow_tables(self, epoch: int) -> bool:
-        # Lambda pieces are always tabulated here (device-mode ones too); a piece's local step is at
-        # most the global one, so growing by the global step covers it.
-        grew = [sub._grow_horizon(epoch) if isinstance(sub, LambdaLR) else sub._grow_tables(epoch)
+        # Lambda pieces and a chain are always tabulated here (device-mode lambdas too); a piece's
+        # local step is at most the global one, so growing by the global step covers it.
+        grew = [sub._grow_lambda_tables(epoch) if isinstance(sub, LambdaLR)
+                else sub._grow_horizon(epoch) if isinstance(sub, ChainedScheduler)
+                else sub._grow_tables(epoch)
                 for sub in self._schedulers]
         return any(grew)
 
+    def _check_step(self, epoch: int) -> None:
+        # Only sequences with a later ChainedScheduler or a LambdaLR piece have host work here (a
+        # plain sequence traces nothing under torch.compile).
+        for i, sub in enumerate(self._schedulers):
+            if isinstance(sub, ChainedScheduler) and i > 0 and epoch >= self._milestones[i - 1]:
+                raise NotImplementedError(
+                    f"SequentialLR cannot step to {epoch}: torch's SequentialLR restarts the scheduler at index {i} "
+                    f"at milestone {self._milestones[i - 1]} with _update_lr(0), which a ChainedScheduler does "
+                    "not implement (torch 2.13 raises NotImplementedError there too); put the ChainedScheduler first"
+                )
+        if any(isinstance(sub, LambdaLR) for sub in self._schedulers) and not torch.compiler.is_compiling():
+            i = bisect.bisect_right(self._milestones, epoch)
+            sub = self._schedulers[i]
+            if isinstance(sub, LambdaLR):
+                # torch's step calls the active piece's callables at its local epoch (all tabulated here).
+                sub._at_step(epoch - ([0, *self._milestones][i]), sub.lr_lambdas)
+
     def _tabulated(self, sub):
         """``sub``'s description with device-mode lambdas tabulated (they would see the global step)."""
+        if isinstance(sub, ChainedScheduler):
+            if sub is not self._schedulers[0]:
+                # Never active: the step reaching its milestone raises, as torch's does.
+                return [S.constant_row(b) for b in sub.base_lrs], None, None
+            rows, table = [], []
+            for column in sub._simulate(in_sequence=True)[0]:
+                rows.append(S.table_row(1.0, len(table), len(column)))
+                table.extend(column)
+            return rows, table, None
         if isinstance(sub, LambdaLR) and "device" in sub.modes:
             saved = sub.modes
             sub.modes = ["table"] * len(saved)
@@ -1977,7 +2295,7 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        missing = [k for k in ("total_steps", "_schedule_phases", "_anneal_func_type") if k not in state_dict]
+        missing = [k for k in ("total_steps", "_schedule_phases") if k not in state_dict]
         if missing:
             raise KeyError(f"OneCycleLR state_dict is missing {missing}")
         total = state_dict["total_steps"]
@@ -1986,7 +2304,11 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
         phases = state_dict["_schedule_phases"]
         if not isinstance(phases, list) or len(phases) not in (2, 3):
             raise ValueError(f"state_dict _schedule_phases must be a list of 2 or 3 phases, got {phases!r}")
-        anneal = state_dict["_anneal_func_type"]
+        # An old-format state dict (torch < 2.2) holds the bound method ``anneal_func`` and no
+        # ``_anneal_func_type``. torch 2.13 loads it with ``__dict__.update``, which leaves the
+        # constructed ``_anneal_func_type`` in place, and ``_anneal_func`` prefers that attribute:
+        # the constructed strategy stays and ``anneal_func`` is never called. The same here.
+        anneal = state_dict.get("_anneal_func_type", self._anneal_func_type)
         if anneal not in ("cos", "linear"):
             raise ValueError(f"unknown _anneal_func_type {anneal!r}")
         if bool(state_dict.get("cycle_momentum", self.cycle_momentum)) != self.cycle_momentum:
@@ -2156,10 +2478,52 @@ class ChainedScheduler(_Composite):
       torch twin (not the large-model schedules) and without momentum cycling.
 
     ``step()`` steps the chain; the parts' ``last_epoch`` follow for state_dict. Do not step the
-    parts themselves.
+    parts themselves. As torch's, each part's ``get_last_lr()`` reports the LR the chain held right
+    after that part's step: the LR with the parts up to it at the new step and the later ones still
+    at the previous step (the last part's is the chain's LR).
     """
 
     _multiplicative = ()  # filled in below, once the classes exist
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._parts_lrs = None
+        super().load_state_dict(state_dict)
+
+    def _part_lr(self, part: _FusedLRScheduler) -> list[float]:
+        """``part.get_last_lr()``: torch's ``_last_lr`` of that part of the chain (computed when
+        asked, once per step: a chain step itself does no host work for it)."""
+        cache = self.__dict__.get("_parts_lrs")
+        if cache is None or cache[0] != self.last_epoch:
+            cache = self._parts_lrs = (self.last_epoch, self._part_lrs())
+        return list(cache[1][next(i for i, sub in enumerate(self._schedulers) if sub is part)])
+
+    def _part_lrs(self) -> list[list[float]]:
+        """torch's ``_last_lr`` of every part at ``last_epoch``: ``lrs[i][g]``."""
+        t = max(self.last_epoch, 0)
+        if self.mode == "table":
+            return [[column[t] for column in columns] for columns in self._simulate()[1]]
+        # Product of closed-form factors F_j: part i has stepped the chain to base * F_0(t) ...
+        # F_i(t) * F_{i+1}(t - 1) ... (torch's recurrences multiply by F_j(t) / F_j(t - 1)).
+        sched = self._sched
+        before = None
+        if t > 0:  # (first: the block of host values that starts at t - 1 holds t too)
+            blk, k = sched._host_values(t - 1)
+            before = blk[2][k]
+        blk, k = sched._host_values(t)
+        now = blk[2][k]
+        lrs = [[0.0] * len(self.base_lrs) for _ in self._schedulers]
+        for g, base in enumerate(self.base_lrs):
+            first = int(sched.desc_host[g, 3])
+            for i in range(len(self._schedulers)):
+                lr = base
+                for j in range(len(self._schedulers)):
+                    if j <= i:
+                        lr *= now[first + j]
+                    elif before is not None:
+                        lr *= before[first + j]
+                lrs[i][g] = lr
+        return lrs
+
 
     def __init__(self, schedulers, optimizer: FusedSGD | None = None, *, horizon: int = 1024) -> None:
         schedulers = list(schedulers)
@@ -2174,24 +2538,10 @@ class ChainedScheduler(_Composite):
         self.horizon = _int_arg("horizon", horizon, 1)
         self.mode = "product" if all(isinstance(s, self._multiplicative) for s in schedulers) else "table"
         if self.mode == "table":
-            for i, sub in enumerate(schedulers):
-                twin = getattr(stock_lr_scheduler, type(sub).__name__, None)
-                if twin is None or isinstance(sub, SequentialLR):
-                    raise ValueError(
-                        f"ChainedScheduler: scheduler at index {i} ({type(sub).__name__}) has no closed-form chained "
-                        "composition and no torch twin to tabulate it with; use SequentialLR or PerGroupLR"
-                    )
-                if getattr(sub, "cycle_momentum", False):
-                    raise ValueError(
-                        f"ChainedScheduler: scheduler at index {i} ({type(sub).__name__}) cycles momentum, which a "
-                        "tabulated chain does not carry; pass cycle_momentum=False"
-                    )
-                if sub.last_epoch != 0 or sub._ctor_args[1].get("last_epoch", -1) != -1:
-                    raise ValueError(
-                        f"ChainedScheduler: scheduler at index {i} is at step {sub.last_epoch}; a tabulated chain "
-                        "needs freshly built schedulers (resume the chain with load_state_dict instead)"
-                    )
+            self._check_twins("ChainedScheduler")
         self._init_from_parts(optimizer)
+        for sub in schedulers:
+            sub._chained_by = self  # its get_last_lr() reports the chain's value (see _part_lr)
 
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
@@ -2201,8 +2551,38 @@ class ChainedScheduler(_Composite):
         for sub in self._schedulers:  # torch steps each part on the LR the previous one left
             lrs = sub._torch_step_lrs(lrs, epoch)
         return lrs
-    def _simulate(self) -> list[list[float]]:
-        """torch's chained LRs for steps [0, horizon): ``values[g][t]``, from torch's own schedulers."""
+
+    def _check_twins(self, where: str) -> None:
+        """The parts can be re-run as torch's own schedulers (``_simulate``): torch twins, freshly
+        built, no momentum cycling. Raises naming the part otherwise."""
+        for i, sub in enumerate(self._schedulers):
+            twin = getattr(stock_lr_scheduler, type(sub).__name__, None)
+            if twin is None or isinstance(sub, SequentialLR):
+                raise ValueError(
+                    f"{where}: scheduler at index {i} ({type(sub).__name__}) has no closed-form chained "
+                    "composition and no torch twin to tabulate it with; use SequentialLR or PerGroupLR"
+                )
+            if getattr(sub, "cycle_momentum", False):
+                raise ValueError(
+                    f"{where}: scheduler at index {i} ({type(sub).__name__}) cycles momentum, which a "
+                    "tabulated chain does not carry; pass cycle_momentum=False"
+                )
+            if sub.last_epoch != 0 or sub._ctor_args[1].get("last_epoch", -1) != -1:
+                raise ValueError(
+                    f"{where}: scheduler at index {i} is at step {sub.last_epoch}; a tabulated chain "
+                    "needs freshly built schedulers (resume the chain with load_state_dict instead)"
+                )
+
+    def _simulate(self, in_sequence: bool = False) -> tuple[list[list[float]], list[list[list[float]]]]:
+        """torch's chained LRs for steps [0, horizon) from torch's own schedulers on a stand-in
+        optimizer: ``values[g][t]``, and each part's ``get_last_lr()`` ``parts[i][g][t]``.
+
+        ``in_sequence``: as the first scheduler of torch's SequentialLR, which resets the LRs to
+        ``initial_lr``, undoes every part's initial step (``last_epoch -= 1``) and steps the chain
+        once (each part outside the initial mode)."""
+        cached = self.__dict__.get("_simulated")
+        if cached is not None and cached[0] == (self.horizon, in_sequence, tuple(self.base_lrs)):
+            return cached[1]
         groups = self.optimizer.param_groups
         stand_in = torch.optim.SGD(
             [{"params": [torch.zeros(1)], "lr": base, "momentum": g["momentum"]} for base, g in zip(self.base_lrs, groups)],
@@ -2216,13 +2596,20 @@ class ChainedScheduler(_Composite):
                 kwargs = {k: v for k, v in kwargs.items() if k not in ("optimizer", "horizon")}
                 args = args[1:] if args and args[0] is self.optimizer else args
                 parts.append(getattr(stock_lr_scheduler, type(sub).__name__)(stand_in, *args, **kwargs))
-            values = [[float(g["lr"])] for g in stand_in.param_groups]
-            for _ in range(1, self.horizon):
-                for part in parts:
-                    part.step()
+            chain = stock_lr_scheduler.ChainedScheduler(parts, stand_in)
+            driver = stock_lr_scheduler.SequentialLR(stand_in, [chain], []) if in_sequence else chain
+            values = [[] for _ in stand_in.param_groups]
+            part_values = [[[] for _ in stand_in.param_groups] for _ in parts]
+            for t in range(self.horizon):
+                if t:
+                    driver.step()
                 for column, g in zip(values, stand_in.param_groups):
                     column.append(float(g["lr"]))
-        return values
+                for part, columns in zip(parts, part_values):
+                    for column, lr in zip(columns, part.get_last_lr()):
+                        column.append(float(lr))
+        self._simulated = ((self.horizon, in_sequence, tuple(self.base_lrs)), (values, part_values))
+        return values, part_values
 
     def _grow_tables(self, epoch: int) -> bool:
         if self.mode == "table":
@@ -2232,7 +2619,7 @@ class ChainedScheduler(_Composite):
     def _describe(self):
         if self.mode == "table":
             table, rows = [], []
-            for column in self._simulate():
+            for column in self._simulate()[0]:
                 rows.append(S.table_row(1.0, len(table), self.horizon))
                 table.extend(column)
             return rows, table, None

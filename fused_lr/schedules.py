@@ -74,14 +74,15 @@ Composition (torch's SequentialLR)::
                       group) with start_r <= t < end_r, evaluated at t - start_r
                                                          p0=number of pieces, p1=first piece row
 
-Warm restarts (torch's CosineAnnealingWarmRestarts; ``e = t + frac`` is the epoch, ``frac`` the
-fractional part last passed to ``step(epoch)``)::
+Warm restarts (torch's CosineAnnealingWarmRestarts; ``e = t + offset`` is the position in the
+series of cycles: in a plain run the epoch, ``offset`` being the fractional part last passed to
+``step(epoch)``; after an assignment of ``T_cur`` / ``T_i`` the series restarts there)::
 
     KIND_COSINE_RESTARTS  cycle i has length T_i = T_0 * T_mult**i and starts at
                           S_i = T_0 * (T_mult**i - 1) / (T_mult - 1) (S_i = i * T_0 when T_mult = 1);
                           with i the cycle containing e and T_cur = e - S_i:
                           lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2
-                                                         p0=T_0, p1=T_mult, p2=eta_min, p3=frac
+                                                         p0=T_0, p1=T_mult, p2=eta_min, p3=offset
 
 Cycles (torch's CyclicLR and OneCycleLR; a momentum schedule is the same kind with other values)::
 
@@ -292,9 +293,9 @@ def inverse_sqrt_row(base_lr: float, warmup_steps: int) -> list[float]:
     return _row(KIND_INVERSE_SQRT, base_lr, warmup_steps)
 
 
-def cosine_restarts_row(base_lr: float, T_0: int, T_mult: int, eta_min: float, frac: float = 0.0) -> list[float]:
-    """Cosine annealing with warm restarts (torch's CosineAnnealingWarmRestarts)."""
-    return _row(KIND_COSINE_RESTARTS, base_lr, T_0, T_mult, eta_min, frac)
+def cosine_restarts_row(base_lr: float, T_0: float, T_mult: int, eta_min: float, offset: float = 0.0) -> list[float]:
+    """Cosine annealing with warm restarts (torch's CosineAnnealingWarmRestarts) at ``e = t + offset``."""
+    return _row(KIND_COSINE_RESTARTS, base_lr, T_0, T_mult, eta_min, offset)
 
 
 def sequential_row(base_lr: float, n_pieces: int, first_piece_row: int) -> list[float]:
@@ -575,19 +576,22 @@ def lambda_runs_on_device(fn: Callable[[int], float]) -> bool:
     The callable is evaluated on a 0-dim float64 tensor with every host read forbidden (``if``,
     ``min``/``max`` on the value, ``math.*``, indexing a list, ``int()``...). It must return a
     tensor that agrees with the host evaluation ``fn(int(epoch))`` at every probe epoch.
-    Anything else (an exception, a non-tensor result, a disagreement) means it is tabulated.
+    Anything else (an exception, a non-tensor result, a disagreement) means it is tabulated: this
+    never raises, whatever the callable does at a probe epoch.
     """
     for epoch in _PROBE_EPOCHS:
-        try:
-            host = float(fn(epoch))
-        except Exception:  # noqa: BLE001 - a lambda undefined at a probe epoch: tabulate it
-            return False
+        # The tensor first: a callable that is not plain arithmetic (a branch, a lookup) fails
+        # there, before any host call (a stateful callable is called as little as possible).
         try:
             with _ForbidHostReads():
                 dev = fn(torch.tensor(float(epoch), dtype=torch.float64))
         except Exception:  # noqa: BLE001 - any failure on a tensor means it is not plain arithmetic
             return False
         if not isinstance(dev, Tensor) or dev.numel() != 1 or not dev.is_floating_point():
+            return False
+        try:
+            host = float(fn(epoch))
+        except Exception:  # noqa: BLE001 - undefined at a probe epoch (valid only over the run): tabulate it
             return False
         dev_val = float(dev.detach().reshape(()).to(torch.float64))
         if math.isnan(host) or math.isnan(dev_val):
@@ -607,11 +611,6 @@ def eval_lambda_on_device(fn: Callable, step: Tensor) -> Tensor:
     """``fn(t)`` as a float64 0-dim tensor on ``step``'s device (``fn`` passed the check above)."""
     t = step.reshape(()).to(torch.float64)
     return fn(t).reshape(()).to(torch.float64)
-
-
-def tabulate(fns: Sequence[Callable[[int], float]], start: int, stop: int) -> list[list[float]]:
-    """Host evaluation ``[[fn(e) for e in range(start, stop)] for fn in fns]``."""
-    return [[float(fn(e)) for e in range(start, stop)] for fn in fns]
 
 
 # ---------------------------------------------------------------------------------------------

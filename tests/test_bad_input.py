@@ -270,6 +270,11 @@ def test_scheduler_load_state_dict_rejects_without_mutation(mutate, exc, match):
     assert torch.equal(before[-1], after[-1])
 
 
+def _stepped(sched):
+    sched.step()
+    return sched
+
+
 @pytest.mark.parametrize(
     "make,exc,match",
     [
@@ -284,9 +289,14 @@ def test_scheduler_load_state_dict_rejects_without_mutation(mutate, exc, match):
         (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.StepLR(_stepped_opt()[1], 3)], [3]), ValueError,
          "same optimizer"),
         (lambda o: fused.SequentialLR(o, [], []), ValueError, "at least one scheduler"),
-        # A composite part (its own piece rows) used to crash with an IndexError while building.
-        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ChainedScheduler([fused.ExponentialLR(o, 0.9)])], [3]),
-         TypeError, "scheduler at index 1 is a fused_lr.lr_scheduler.ChainedScheduler"),
+        # A per-group part (its own piece rows) used to crash with an IndexError while building. (A
+        # ChainedScheduler part is accepted, as torch's: tests/test_torch_scheduler_behaviour.py.)
+        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.PerGroupLR(o, [fused.StepLR(o, 2)] * 2)], [3]),
+         TypeError, "scheduler at index 1 is a fused_lr.lr_scheduler.PerGroupLR"),
+        # The chain is re-run by torch's own schedulers from their construction: fresh parts only.
+        (lambda o: fused.SequentialLR(o, [fused.ChainedScheduler([_stepped(fused.ExponentialLR(o, 0.9))]),
+                                          fused.StepLR(o, 2)], [3]),
+         ValueError, "the ChainedScheduler at index 0: scheduler at index 0 is at step 1"),
     ],
 )
 def test_sequential_rejects(make, exc, match):
