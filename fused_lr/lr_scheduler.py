@@ -204,9 +204,13 @@ class _FusedLRScheduler(LRScheduler):
         self._build_schedule()
         self._sched.set_step(max(self.last_epoch, 0))
         if keep_edits and old is not None:
-            for g, edit in old.edits().items():
-                self._sched.set_edit(g, *edit)
-        self.optimizer._attach(self, self._sched)
+            self._sched.set_edits(old.edits())
+        owner = self.optimizer._lr_owner
+        if isinstance(owner, _Stack) and owner.has(self):
+            owner.rebuild()  # the composed description holds this one's rows
+        elif owner is self or owner is None:
+            self.optimizer._attach(self, self._sched)
+        # (else: a part of a composite, or a scheduler another one replaced: its own description only)
 
     def _grow_tables(self, epoch: int) -> bool:
         """Extend host-tabulated values ahead of ``epoch``; True when the description changed."""
@@ -345,20 +349,31 @@ class _FusedLRScheduler(LRScheduler):
         # Everything is checked before anything changes (assigned LRs included). Inside
         # torch.compile the groups' float LRs are not read: a guard on them would recompile at
         # every new LR (an assignment made in a compiled region is taken at the next eager step).
-        changes = [] if initial or torch.compiler.is_compiling() else opt._lr_assignments()
+        changes = [] if torch.compiler.is_compiling() else opt._lr_assignments()
+        owner = opt._lr_owner
+        if isinstance(owner, _Stack) and owner.has(self):
+            owner.member_step(self, epoch, changes)  # one of several schedulers driving these LRs
+            return
+        # Assignments made while another scheduler (or none) drove the LRs: taken there first.
+        opt._apply_lr_assignments(changes)
         if initial:
             self.base_lrs = [_lr_value(b) for b in self.base_lrs]
             self._build_schedule()
-        else:
-            opt._attach(self, self._sched)
-            opt._apply_lr_assignments(changes)
+        elif owner is not self:
+            # Another scheduler drives these LRs now (built after this one, or a composite made of
+            # this one): stepping this one chains its recurrence onto theirs, as torch's do.
+            if isinstance(self._join(), _Stack):
+                opt._lr_owner.member_step(self, epoch, [])
+                return
         self._step_count += 1
         sched = self._sched
         if epoch is None:
             self.last_epoch += 1
             if initial:
                 sched.set_step(self.last_epoch)
-                opt._attach(self, sched)
+                if isinstance(self._join(), _Stack):
+                    opt._lr_owner.initial_step(self)
+                    return
             elif opt._defers_schedule(sched):
                 # Triton path: the next update kernel advances the counter and writes the LRs.
                 sched.defer_advance()
@@ -390,6 +405,33 @@ class _FusedLRScheduler(LRScheduler):
         if not sched.pending:
             sched.write_lr(opt._lr_buf)
         self._publish()
+
+    def _parts(self) -> list:
+        """The schedulers this one is made of (composites), recursively."""
+        out = []
+        for sub in [*getattr(self, "_schedulers", ()), *getattr(self, "_group_schedulers", ())]:
+            if not any(sub is o for o in out):
+                out += [sub, *sub._parts()]
+        return out
+
+    def _multiplicative(self) -> bool:
+        """Whether every step multiplies the LR by a ratio of the closed form (torch's recurrence
+        for these schedulers): such schedulers compose into one closed-form product."""
+        return False
+
+    def _join(self):
+        """Make this scheduler drive the optimizer's LRs: alone, or with the schedulers that drive
+        them already (not this one's own parts), as torch chains schedulers stepped on one
+        optimizer. Returns the new owner (this scheduler or a _Stack)."""
+        opt = self.optimizer
+        owner = opt._lr_owner
+        parts = self._parts()
+        members = owner.members if isinstance(owner, _Stack) else [] if owner is None else [owner]
+        others = [m for m in members if m is not self and not any(m is p for p in parts)]
+        if not others:
+            opt._attach(self, self._sched)
+            return self
+        return _Stack(opt, others, self, owner)
 
     def _clear_edits(self) -> None:
         self._host_driven.clear()
@@ -508,7 +550,10 @@ class _FusedLRScheduler(LRScheduler):
         self._host_driven = {}
         self._grow_tables(max(last_epoch, 0))
         self._rebuild(keep_edits=False)
-        self._sched.write_lr(self.optimizer._lr_buf)
+        owner = self.optimizer._lr_owner
+        if isinstance(owner, _Stack) and owner.has(self):
+            owner.rebuild(keep_edits=False)
+        self.optimizer._schedule.write_lr(self.optimizer._lr_buf)
         # torch's load leaves group["lr"] as it is: the next step continues from it, so the
         # optimizer hands it to this scheduler as an assigned LR (an edit only if it differs from
         # the schedule's value beyond rounding).
@@ -527,6 +572,9 @@ class StepLR(_FusedLRScheduler):
 
     _arg_names = ("step_size", "gamma")
 
+
+    def _multiplicative(self) -> bool:
+        return True
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
@@ -556,6 +604,9 @@ class ExponentialLR(_FusedLRScheduler):
     _arg_names = ("gamma",)
 
 
+    def _multiplicative(self) -> bool:
+        return True
+
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
     def __init__(self, optimizer: FusedSGD, gamma: float, last_epoch: int = -1) -> None:
@@ -580,6 +631,9 @@ class MultiStepLR(_FusedLRScheduler):
 
     _arg_names = ("milestones", "gamma")
 
+
+    def _multiplicative(self) -> bool:
+        return True
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
@@ -624,6 +678,9 @@ class ConstantLR(_FusedLRScheduler):
     _arg_names = ("factor", "total_iters")
 
 
+    def _multiplicative(self) -> bool:
+        return True
+
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
     def __init__(self, optimizer: FusedSGD, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
@@ -655,6 +712,9 @@ class LinearLR(_FusedLRScheduler):
 
     _arg_names = ("start_factor", "end_factor", "total_iters")
 
+
+    def _multiplicative(self) -> bool:
+        return True
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
@@ -693,6 +753,9 @@ class PolynomialLR(_FusedLRScheduler):
 
     _arg_names = ("total_iters", "power")
 
+
+    def _multiplicative(self) -> bool:
+        return True
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
@@ -1306,8 +1369,27 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self.last_epoch = epoch
         if changes:
             opt._apply_lr_assignments(changes)
+        if opt._lr_owner is not None:
+            self._decide_composed(current)
+            return
         self._decide(current)
         self._after_decision(host_metric)
+
+    @torch.compiler.disable
+    def _decide_composed(self, current: torch.Tensor) -> None:
+        """Another fused_lr scheduler drives these LRs (torch chains the two: a reduction scales the
+        LR the other one left, and its recurrence carries the reduced LR on). The decision is made on
+        the host, where the reduced LRs are handed to that scheduler as assigned LRs; a device
+        metric is read for it (a sync on an accelerator, in this combination only)."""
+        self._refresh()
+        if self._mirror is None:
+            best, num_bad, cooldown = self._best.item(), int(self._num_bad.item()), int(self._cooldown_counter.item())
+            self._mirror = (float(best), num_bad, cooldown)
+        self._decide_on_host(float(current))
+        best, num_bad, cooldown = self._mirror
+        self._best.fill_(best)
+        self._num_bad.fill_(num_bad)
+        self._cooldown_counter.fill_(cooldown)
 
     @torch.compiler.disable
     def _after_decision(self, host_metric: float | None) -> None:
@@ -1356,6 +1438,12 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
 
     def _set_lrs(self, values: list[float]) -> None:
         opt = self.optimizer
+        owner = opt._lr_owner
+        if owner is not None:
+            current = [_lr_value(g["lr"]) for g in opt.param_groups]
+            reduced = [(g, v) for g, (v, c) in enumerate(zip(values, current)) if v != c]
+            if reduced:
+                owner._lrs_assigned(reduced)  # carried on by the schedule, as torch's recurrence does
         seen = opt._lr_seen
         # A group the user assigned meanwhile keeps the assigned value (it takes effect next step).
         keep = [g["lr"] is not seen[i] for i, g in enumerate(opt.param_groups)]
@@ -1665,6 +1753,9 @@ class MultiplicativeLR(LambdaLR):
     ``lr_lambda(epoch)``, as torch's does (the table then continues from there).
     """
 
+
+    def _multiplicative(self) -> bool:
+        return True
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by lr_lambda(epoch)
@@ -2410,6 +2501,7 @@ class _Composite(_FusedLRScheduler):
         self._host_driven = {}
         self._sched = None
         self._rebuild()
+        self._join()  # the parts drove the LRs until now; this composite does from here
         self._sched.write_lr(optimizer._lr_buf)
         self._publish()
 
@@ -2483,7 +2575,7 @@ class ChainedScheduler(_Composite):
     at the previous step (the last part's is the chain's LR).
     """
 
-    _multiplicative = ()  # filled in below, once the classes exist
+    _MULTIPLICATIVE_PARTS = ()  # filled in below, once the classes exist
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._parts_lrs = None
@@ -2536,13 +2628,16 @@ class ChainedScheduler(_Composite):
         _check_optimizer(optimizer, "ChainedScheduler")
         self._schedulers = _check_parts("ChainedScheduler", schedulers, optimizer, reject=(_Composite,), same_step=True)
         self.horizon = _int_arg("horizon", horizon, 1)
-        self.mode = "product" if all(isinstance(s, self._multiplicative) for s in schedulers) else "table"
+        self.mode = "product" if all(isinstance(s, self._MULTIPLICATIVE_PARTS) for s in schedulers) else "table"
         if self.mode == "table":
             self._check_twins("ChainedScheduler")
         self._init_from_parts(optimizer)
         for sub in schedulers:
             sub._chained_by = self  # its get_last_lr() reports the chain's value (see _part_lr)
 
+
+    def _multiplicative(self) -> bool:
+        return self.mode == "product"
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return ("mul", math.inf) if self.mode == "product" else ("host", math.inf)
@@ -2697,4 +2792,193 @@ class PerGroupLR(_Composite):
         self.base_lrs = [sub.base_lrs[g] for g, sub in enumerate(self._group_schedulers)]
 
 
-ChainedScheduler._multiplicative = (StepLR, MultiStepLR, ExponentialLR, ConstantLR, LinearLR, PolynomialLR, MultiplicativeLR)
+ChainedScheduler._MULTIPLICATIVE_PARTS = (StepLR, MultiStepLR, ExponentialLR, ConstantLR, LinearLR, PolynomialLR, MultiplicativeLR)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several schedulers stepped on one optimizer
+# ---------------------------------------------------------------------------------------------
+
+
+class _Stack:
+    """Schedulers built one after another on the same optimizer and each stepped by the user.
+
+    torch chains them: each ``step()`` applies its scheduler's recurrence to the LR the others
+    left (``scheduler1.step(); scheduler2.step()`` in torch's docs). Two forms:
+
+    * **product** — every member is multiplicative (StepLR, MultiStepLR, ExponentialLR, ConstantLR,
+      LinearLR, PolynomialLR, MultiplicativeLR, a product ChainedScheduler): the LR is
+      ``base_lr * prod(member factor at that member's own step)``, one closed form on the device
+      (``KIND_PRODUCT``). The device counter holds one member's step count (the *counter member*);
+      every other member's factor rows start ``counter - its step`` steps later, which the host
+      keeps current (an upload only when members are not stepped in lockstep; the counter moves to
+      another member when that one is stepped alone). An assigned LR scales the product, as
+      torch's recurrences carry it.
+    * **host** — any other member (cosine, lambdas, cycles...): torch's recurrences do not compose
+      into a closed form, so each member's step computes every group's LR on the host with torch's
+      own scheduler (``_torch_step_lrs``) and writes it into the edit columns (one small copy per
+      step; under CUDA-graph replay this form does not advance: use ChainedScheduler there).
+    """
+
+    def __init__(self, optimizer: FusedSGD, others: list, new: _FusedLRScheduler, previous: Any) -> None:
+        self.optimizer = optimizer
+        self.members = [*others, new]
+        self.product = all(m._multiplicative() for m in self.members)
+        carried = previous._sched.edits() if previous is not None and previous._sched is not None else {}
+        host = dict(getattr(previous, "_host_driven", {}))
+        n = len(optimizer.param_groups)
+        self._host_driven = {g: math.inf for g in (host if self.product else range(n))}
+        counter = getattr(previous, "_counter", previous)
+        self._counter = counter if any(counter is m for m in self.members) else self.members[0]
+        self._alone = 0  # steps of one non-counter member since the counter member last stepped
+        self._last_stepped = None
+        # Carried edits: a multiplicative one scales every later step (whatever the counter holds).
+        self._mul = {g: e[3] for g, e in carried.items() if e[1] == math.inf and e[2] == 0.0} if self.product else {}
+        self._sched = None
+        self.rebuild()
+
+    def has(self, sched: Any) -> bool:
+        return any(sched is m for m in self.members)
+
+    @property
+    def _t0(self) -> int:
+        return max(self._counter.last_epoch, 0)
+
+    def rebuild(self, keep_edits: bool = True) -> None:
+        """The composed description at the members' current steps, attached to the optimizer
+        (``keep_edits=False``: without the effect of assigned LRs, as after a load)."""
+        opt = self.optimizer
+        if not keep_edits:
+            self._mul = {}
+            self._host_driven = {} if self.product else self._host_driven
+        n = len(opt.param_groups)
+        self._pieces: list[tuple[int, Any]] = []  # (factor row, member) of the product
+        if self.product:
+            comp = _Composer(n)
+            descs = [m._describe() for m in self.members]
+            for g in range(n):
+                first = comp.n + len(comp.pieces)
+                for m, desc in zip(self.members, descs):
+                    row, _ = comp.take(desc, g)
+                    if int(row[0]) == S.KIND_PRODUCT:  # a product chain: its factors, appended by take
+                        end = comp.n + len(comp.pieces)
+                        rows = range(end - int(row[2]), end)
+                    else:
+                        row = list(row)
+                        row[1] = 1.0  # a factor: the group's base_lr is the product's
+                        rows = [comp.add_piece(row, g)]
+                    self._pieces += [(r, m) for r in rows]
+                comp.groups[g] = S.product_row(self.members[0].base_lrs[g], comp.n + len(comp.pieces) - first, first)
+            rows, table, direct, mom = comp.describe()
+        else:
+            # Every group is host-driven: any member's rows do (the edit columns override them).
+            # No momentum rows: each cycling member sets group["momentum"] on the host, as torch's.
+            rows, table, direct, *_ = self._counter._describe()
+            mom = None
+        sched = S.DeviceSchedule(opt._lr_buf.device)
+        sched.set_rows(rows, table, direct, n_groups=n, momentum_rows=mom)
+        self._sched = sched
+        self._place_pieces()
+        sched.sync()
+        sched.set_step(self._t0)
+        sched.set_edits({g: (-math.inf, math.inf, 0.0, b) for g, b in self._mul.items()})
+        self._drive({})
+        opt._attach(self, sched)
+
+    def _place_pieces(self) -> None:
+        """Each factor row runs at its member's own step: start = counter - member step."""
+        if self._pieces:
+            t0 = self._t0
+            self._sched.set_starts_host([r for r, _ in self._pieces], [t0 - max(m.last_epoch, 0) for _, m in self._pieces])
+
+    def _drive(self, values: dict[int, float]) -> None:
+        """Host-driven groups take ``values`` (else their current LR) for the counter's current step."""
+        if not self._host_driven:
+            return
+        t0 = self._t0
+        floats = [_lr_value(g["lr"]) for g in self.optimizer.param_groups]
+        self._sched.set_edits({g: (t0, t0 + 1, values.get(g, floats[g]), 0.0) for g in self._host_driven})
+
+    # -------------------------------------------------------------- the optimizer's interface
+
+    def _lrs_assigned(self, changes: list) -> None:
+        t0 = self._t0
+        current = self._sched.host_lrs(t0)
+        raw = None
+        host = {}
+        for g, value in changes:
+            x = _lr_value(value)
+            if abs(x - current[g]) <= _FusedLRScheduler._SAME_LR_RTOL * abs(current[g]):
+                continue
+            if g not in self._host_driven:
+                raw = raw if raw is not None else self._sched.raw_host_lrs(t0)
+                if raw[g] != 0.0:
+                    self._mul[g] = x / raw[g]
+                    self._sched.set_edit(g, -math.inf, math.inf, 0.0, self._mul[g])
+                    continue
+                self._host_driven[g] = math.inf  # 0 times anything is 0: follow torch on the host
+                self._mul.pop(g, None)
+            host[g] = x
+        self._drive(host)
+        if not self._sched.pending:
+            self._sched.write_lr(self.optimizer._lr_buf)
+
+    # -------------------------------------------------------------- members' steps
+
+    def initial_step(self, member: _FusedLRScheduler) -> None:
+        """``member`` was just built: its initial step, chained onto the others' LRs."""
+        previous = [_lr_value(g["lr"]) for g in self.optimizer.param_groups]
+        self._after_member_step(member, previous, initial=True)
+
+    def member_step(self, member: _FusedLRScheduler, epoch: int | None, changes: list) -> None:
+        opt = self.optimizer
+        opt._apply_lr_assignments(changes)
+        previous = [_lr_value(g["lr"]) for g in opt.param_groups]
+        member._step_count += 1
+        if epoch is None:
+            member.last_epoch += 1
+        else:
+            if member._stock_step_warnings:
+                warnings.warn(stock_lr_scheduler.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=3)
+            member.last_epoch = epoch
+        sched = self._sched
+        rebuild = member._grow_tables(member.last_epoch)
+        if rebuild:
+            member._build_schedule()  # its own description (its rows are composed here)
+        if member is self._counter:
+            self._alone = 0
+            if rebuild:
+                pass
+            elif epoch is None and opt._defers_schedule(sched):
+                sched.defer_advance()  # the next update kernel advances the counter
+            elif epoch is None:
+                sched.advance()
+            else:
+                sched.set_step(self._t0)
+        else:
+            self._alone = self._alone + 1 if self._last_stepped is member else 1
+            if self._alone >= 2:
+                # Stepped twice with the counter member idle (a scheduler left behind): this one
+                # holds the counter from now on, so its steps advance it without uploads.
+                self._counter, self._alone, rebuild = member, 0, True
+        self._last_stepped = member
+        if rebuild:
+            self.rebuild()
+        elif self._pieces:
+            self._place_pieces()
+        self._after_member_step(member, previous, initial=False)
+
+    @torch.compiler.disable
+    def _after_member_step(self, member: _FusedLRScheduler, previous: list[float], initial: bool) -> None:
+        if self._host_driven:
+            values = member._torch_step_lrs(previous, max(member.last_epoch, 0))
+            self._drive({g: values[g] for g in self._host_driven})
+        sched = self._sched
+        if not sched.pending:
+            sched.write_lr(self.optimizer._lr_buf)
+        values = sched.host_lrs(self._t0)
+        opt = self.optimizer
+        opt._publish_lrs(values)
+        member._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else v
+                           for g, v in zip(opt.param_groups, values)]
+        member._write_momenta()

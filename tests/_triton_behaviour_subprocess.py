@@ -131,7 +131,69 @@ def case_sequential_chain():
     run.opt_step("sequence with a chain, last")
 
 
+def _assign(run, g, fn):
+    for o in (run.a, run.k):
+        o.param_groups[g]["lr"] = fn(o.param_groups[g]["lr"])
+
+
+def case_assigned():
+    """An LR assigned to group["lr"] is used by the next kernel launch and carries on as torch's
+    recurrence carries it (edit columns evaluated in the kernel; host-driven groups); the float is
+    current right after sched.step() though the kernel applies the step at the next launch."""
+    builds = {
+        "StepLR": lambda m, o: m.StepLR(o, 3, 0.5),
+        "CosineAnnealingLR": lambda m, o: m.CosineAnnealingLR(o, 4, 1e-3),
+        "LambdaLR": lambda m, o: m.LambdaLR(o, lambda e: 0.9**e),
+        "SequentialLR": lambda m, o: m.SequentialLR(o, [m.LinearLR(o, 0.2, total_iters=2), m.ExponentialLR(o, 0.9)], [3]),
+    }
+    for name, build in builds.items():
+        run = Run(build)
+        for t in range(9):
+            run.both(lambda s: s.step(), f"{name} step {t}")
+            assert [g["lr"] for g in run.k.param_groups] == [g["lr"] for g in run.a.param_groups] or all(
+                abs(x - y) <= 1e-12 * abs(y) for x, y in zip((g["lr"] for g in run.k.param_groups),
+                                                           (g["lr"] for g in run.a.param_groups))), f"{name} floats, step {t}"
+            if t == 2:
+                _assign(run, 0, lambda lr: lr * 0.5)
+            if t == 5:
+                _assign(run, 1, lambda lr: 0.03)
+        run.opt_step(f"{name} assigned, last")
+    run = Run(lambda m, o: None)  # no scheduler: manual decay
+    for t in range(4):
+        run.opt_step(f"manual decay step {t}")
+        _assign(run, 0, lambda lr: lr * 0.9)
+
+
+def case_composed():
+    """Two schedulers stepped on one optimizer chain as torch's: a product of closed forms on the
+    device (in lockstep, out of lockstep, the first one left behind) or torch's recurrence on the
+    host; with ReduceLROnPlateau on top of a warmup."""
+    builds = {
+        "lockstep": (lambda m, o: [m.ExponentialLR(o, 0.9), m.MultiStepLR(o, [3, 6], 0.5)], lambda t: (0, 1)),
+        "per-epoch": (lambda m, o: [m.LinearLR(o, 0.2, total_iters=4), m.StepLR(o, 2, 0.5)],
+                      lambda t: (0,) if t % 3 else (0, 1)),
+        "left-behind": (lambda m, o: [m.StepLR(o, 2, 0.5), m.ExponentialLR(o, 0.9)], lambda t: (1,)),
+        "host": (lambda m, o: [m.CosineAnnealingLR(o, 5, 1e-3), m.StepLR(o, 3, 0.5)], lambda t: (0, 1)),
+    }
+    for name, (build, order) in builds.items():
+        run = Run(build)
+        for t in range(9):
+            run.opt_step(f"{name} step {t}")
+            for i in order(t):
+                run.sa[i].step(), run.sk[i].step()
+        run.opt_step(f"{name}, last")
+    run = Run(lambda m, o: [m.LinearLR(o, 0.25, total_iters=3), m.ReduceLROnPlateau(o, patience=1, factor=0.5)])
+    for t, metric in enumerate([1.0, 0.9, 0.95, 0.97, 0.99, 0.98, 1.0, 1.0]):
+        run.opt_step(f"warmup + plateau step {t}")
+        for s in (run.sa, run.sk):
+            s[0].step()
+            s[1].step(metric)
+    run.opt_step("warmup + plateau, last")
+
+
 CASES = {
+    "assigned": case_assigned,
+    "composed": case_composed,
     "plateau_added_group": case_plateau_added_group,
     "lambdas": case_lambdas,
     "warm_restarts": case_warm_restarts,
