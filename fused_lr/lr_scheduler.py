@@ -2,18 +2,19 @@
 
 Each scheduler turns its arguments into rows of a :class:`fused_lr.schedules.DeviceSchedule`
 (description + int64 step counter on the optimizer's device) and attaches it to a
-:class:`fused_lr.FusedSGD`. ``step()`` advances the device counter and recomputes every group's LR
-with the closed form ``fused_lr.schedules.lr_at`` in torch ops: no value is read back to the host.
-The host keeps ``last_epoch`` itself, so ``get_last_lr()`` is answered from a CPU mirror of the
-description, also without a sync.
+:class:`fused_lr.FusedSGD`. ``step()`` advances the device counter and the device recomputes every
+group's LR with the closed form ``fused_lr.schedules.lr_at`` (torch ops, or inside the Triton update
+kernel): no value is read back to the host. The host keeps ``last_epoch`` itself and sets the float
+``group["lr"]`` and ``get_last_lr()`` from a CPU mirror of the description, also without a sync.
 
-Differences from torch, by design:
+torch's schedulers are recurrences over ``group["lr"]``; these are closed forms that reproduce them:
 
-* Closed forms instead of torch's chained recurrences. The LR at every step equals stock's (to
-  float64 rounding), but a manual edit of ``group["lr"]`` lasts only until the next scheduler
-  ``step()``, which rewrites the LR from the schedule (torch's chained StepLR/ExponentialLR/
-  CosineAnnealingLR would carry the edit forward).
-* ``get_last_lr()`` returns Python floats (torch returns tensors when ``group["lr"]`` is one).
+* The LR at every step equals stock's to float64 rounding (not bit for bit).
+* An LR assigned to ``group["lr"]`` (or loaded with the optimizer's state) carries on as torch's
+  recurrence carries it: each scheduler's ``_edit_policy`` says how (a ratio of a multiplicative
+  schedule: an edit of the row; dropped at the next step of a schedule torch recomputes; otherwise
+  torch's own scheduler followed on the host, ``_torch_step_lrs``).
+* Several schedulers stepped on one optimizer compose as torch's chain (``_Stack``).
 * Constructing with ``last_epoch=k`` gives the closed-form LR at ``k + 1`` (torch's chained
   ExponentialLR/StepLR keep the LR found in the optimizer). Resume with ``load_state_dict``.
 
@@ -285,15 +286,16 @@ class _FusedLRScheduler(LRScheduler):
         for g in self._host_driven:
             self._sched.set_edit(g, k, k + 1, values[g], 0.0)
 
-    def _torch_step_lrs(self, lrs: list[float], epoch: int) -> list[float]:
-        """The LRs torch's scheduler sets when it steps to ``epoch`` with the groups at ``lrs``."""
+    def _torch_step_lrs(self, lrs: list[float], epoch: int, initial: bool = False) -> list[float]:
+        """The LRs torch's scheduler sets when it steps to ``epoch`` with the groups at ``lrs``
+        (``initial``: its initial step, at construction)."""
         twin = self._twin()
         if twin is None:  # a closed form (torch recomputes it from base_lrs): the schedule's own values
             return self._sched.raw_host_lrs(epoch)
         for group, lr in zip(twin.optimizer.param_groups, lrs):
             group["lr"] = lr
         twin.last_epoch = epoch - 1
-        twin._is_initial = epoch == 0  # torch's initial step (its get_lr keeps the current LR there)
+        twin._is_initial = initial or epoch == 0  # (torch's get_lr keeps the current LR there)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the stand-in optimizer never steps
@@ -439,19 +441,25 @@ class _FusedLRScheduler(LRScheduler):
             self._sched.set_edit(g, 0.0, 0.0, 0.0, 1.0)
 
     def _start_from(self, lrs: list[float]) -> None:
-        """The initial step: a group whose LR differs from its ``initial_lr`` (an LR assigned after
-        an earlier scheduler was built) is where torch's recurrence starts from."""
-        for g, (x, base) in enumerate(zip(lrs, self.base_lrs)):
-            if abs(x - base) <= self._SAME_LR_RTOL * abs(base):
+        """The initial step, as torch's: it starts from the groups' current LRs. Those usually are
+        ``base_lrs`` (nothing to do); an LR assigned after an earlier scheduler was built, or a
+        construction with ``last_epoch=k``, gives torch's own initial-step value, carried on as an
+        assigned LR."""
+        k = self.last_epoch
+        if k == 0 and all(abs(x - b) <= self._SAME_LR_RTOL * abs(b) for x, b in zip(lrs, self.base_lrs)):
+            return
+        torch_lrs = self._torch_step_lrs(lrs, k, initial=True)
+        own = self._sched.raw_host_lrs(k)
+        for g, (y, v) in enumerate(zip(torch_lrs, own)):
+            if abs(y - v) <= self._SAME_LR_RTOL * abs(v):
                 continue
-            kind, stop = self._edit_policy(g, 0)
-            if kind == "once":
-                continue  # torch computes this scheduler's LRs from base_lrs alone
-            if kind == "mul" and base != 0.0:
-                self._sched.set_edit(g, 0, stop, 0.0, x / base)
-            else:
+            kind, stop = self._edit_policy(g, k)
+            if kind == "mul" and v != 0.0:
+                self._sched.set_edit(g, k, stop, 0.0, y / v)
+                continue
+            self._sched.set_edit(g, k, k + 1, y, 0.0)
+            if kind != "once":
                 self._host_driven[g] = stop
-                self._sched.set_edit(g, 0, 1, self._torch_step_lrs(lrs, 0)[g], 0.0)
 
     def _publish(self) -> None:
         """``group["lr"]`` of every group from the host's closed form (no device read), as torch's
@@ -1891,7 +1899,7 @@ class SequentialLR(_FusedLRScheduler):
         kind, stop = sub._edit_policy(group, step - start)
         return kind, min(start + stop, end)
 
-    def _torch_step_lrs(self, lrs: list[float], epoch: int) -> list[float]:
+    def _torch_step_lrs(self, lrs: list[float], epoch: int, initial: bool = False) -> list[float]:
         sub, start, _ = self._active(epoch)
         if epoch == start:
             return self._sched.raw_host_lrs(epoch)
@@ -2642,9 +2650,9 @@ class ChainedScheduler(_Composite):
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return ("mul", math.inf) if self.mode == "product" else ("host", math.inf)
 
-    def _torch_step_lrs(self, lrs: list[float], epoch: int) -> list[float]:
+    def _torch_step_lrs(self, lrs: list[float], epoch: int, initial: bool = False) -> list[float]:
         for sub in self._schedulers:  # torch steps each part on the LR the previous one left
-            lrs = sub._torch_step_lrs(lrs, epoch)
+            lrs = sub._torch_step_lrs(lrs, epoch, initial)
         return lrs
 
     def _check_twins(self, where: str) -> None:
@@ -2777,8 +2785,8 @@ class PerGroupLR(_Composite):
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return self._group_schedulers[group]._edit_policy(group, step)
 
-    def _torch_step_lrs(self, lrs: list[float], epoch: int) -> list[float]:
-        return [sub._torch_step_lrs(lrs, epoch)[g] for g, sub in enumerate(self._group_schedulers)]
+    def _torch_step_lrs(self, lrs: list[float], epoch: int, initial: bool = False) -> list[float]:
+        return [sub._torch_step_lrs(lrs, epoch, initial)[g] for g, sub in enumerate(self._group_schedulers)]
     def _describe(self):
         comp = _Composer(len(self._group_schedulers))
         cache: dict[int, Any] = {}
@@ -2971,7 +2979,7 @@ class _Stack:
     @torch.compiler.disable
     def _after_member_step(self, member: _FusedLRScheduler, previous: list[float], initial: bool) -> None:
         if self._host_driven:
-            values = member._torch_step_lrs(previous, max(member.last_epoch, 0))
+            values = member._torch_step_lrs(previous, max(member.last_epoch, 0), initial)
             self._drive({g: values[g] for g in self._host_driven})
         sched = self._sched
         if not sched.pending:

@@ -2,9 +2,9 @@
 
 The optimizer is thin, as torch.optim's are: it validates, gathers each group's tensors and calls a
 functional update (``fused_lr._torch_path.sgd_torch`` today; the Triton kernel where it is
-available). Learning rates live in one float64 tensor on the parameters' device, ``_lr_buf``, and
-``param_groups[i]["lr"]`` is a 0-dim view of element ``i``: the device schedule writes it without a
-host round trip, reading it (``float(group["lr"])``) syncs only when the user asks.
+available). Learning rates live in one float64 tensor on the parameters' device, ``_lr_buf``, which
+the device schedule writes without a host round trip; ``param_groups[i]["lr"]`` stays what torch
+users know (a Python float, or their tensor), set by the schedulers from the host's closed forms.
 """
 
 from __future__ import annotations
@@ -245,10 +245,10 @@ class FusedSGD(Optimizer):
     edited in ``param_groups`` directly are checked and adopted at the next ``step()`` or
     ``state_dict()`` (``_refresh_groups``).
 
-    ``param_groups[i]["lr"]`` is a 0-dim float64 tensor on that device, kept current by the
-    schedule. Read it with ``float(...)`` (a sync on an accelerator, when you ask), update it in
-    place (``group["lr"] *= 0.9``, on the device) or assign a float (copied to the device at the
-    next ``step()``).
+    ``param_groups[i]["lr"]`` is a Python float (a tensor LR stays the tensor given), equal to
+    stock's after every ``step()`` of the optimizer and of a fused_lr scheduler, computed on the
+    host (no sync). Assign it as with torch: the next update uses it, and an attached fused_lr
+    scheduler carries it on as torch's recurrence would. ``lr_tensor`` is the device's copy.
     """
 
     def __init__(

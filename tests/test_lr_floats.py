@@ -327,3 +327,33 @@ def test_invalid_assigned_lr_raises_before_anything_changes():
         assert all(torch.equal(p, q) for p, q in zip(before, (p for g in b.param_groups for p in g["params"])))
         assert s.last_epoch == 0 and b.lr_tensor.tolist() == list(BASES)
     b.param_groups[1]["lr"] = 0.05
+
+
+@pytest.mark.parametrize("name", ["StepLR", "ExponentialLR", "LinearLR", "CosineAnnealingLR", "LambdaLR", "ConstantLR"])
+def test_constructed_with_last_epoch_continues_as_torch(name):
+    """torch's other resume: the optimizer's state (with initial_lr), then a scheduler built with
+    ``last_epoch=k``: its initial step starts from the LR found in the optimizer, as torch's does."""
+    build = SCHEDULES[name]
+    a, b = _pair()
+    sa, sb = _quiet(build, stock, a), _quiet(build, fused, b)
+    for t in range(5):
+        for o, s in ((a, sa), (b, sb)):
+            _grads(t, o)
+            o.step()
+            s.step()
+    a2, b2 = _pair()
+    a2.load_state_dict(a.state_dict())
+    b2.load_state_dict(b.state_dict())
+    kw = {"StepLR": (3, 0.5), "ExponentialLR": (0.9,), "LinearLR": (0.25, 1.0, 6), "CosineAnnealingLR": (5, 0.001),
+          "LambdaLR": (lambda e: 0.9**e,), "ConstantLR": (0.5, 5)}[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sa2 = getattr(stock, name)(a2, *kw, last_epoch=sa.last_epoch)
+        sb2 = getattr(fused, name)(b2, *kw, last_epoch=sb.last_epoch)
+    assert_lrs_close(_lrs(b2), _lrs(a2), f"{name} constructed with last_epoch")
+    for t in range(5, 12):
+        for o, s in ((a2, sa2), (b2, sb2)):
+            _grads(t, o)
+            o.step()
+            s.step()
+        assert_lrs_close(_lrs(b2), _lrs(a2), f"{name} constructed with last_epoch, step {t}")
