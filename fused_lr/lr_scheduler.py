@@ -113,6 +113,20 @@ def _build_twin(sched: Any) -> LRScheduler:
         return cls(**bound.arguments)
 
 
+@torch.compiler.disable
+def _host_work_outside_the_graph(fn: Callable, *args: Any) -> Any:
+    return fn(*args)
+
+
+def _host_work(fn: Callable, *args: Any) -> Any:
+    """A scheduler's host work (Python floats, host copies of device state): inside a compiled
+    region it runs outside the graph (``torch.compiler.disable``: tracing it would guard on every
+    new float); eagerly it is a plain call (the disable wrapper costs microseconds per call)."""
+    if torch.compiler.is_compiling():
+        return _host_work_outside_the_graph(fn, *args)
+    return fn(*args)
+
+
 def _host_can_read(t: torch.Tensor) -> bool:
     """Whether reading ``t`` on the host is free (a CPU tensor: no device to wait for)."""
     return t.device.type == "cpu"
@@ -388,9 +402,8 @@ class _FusedLRScheduler(LRScheduler):
             sched.set_step(epoch)
             # torch's closed form at an explicit epoch: assigned LRs do not carry over.
             self._clear_edits()
-        self._finish_step(initial)
+        _host_work(self._finish_step, initial)
 
-    @torch.compiler.disable
     def _finish_step(self, initial: bool) -> None:
         """The host's part of a step: grown tables, host-driven groups, the device LRs and the float
         ``group["lr"]`` values. Python floats computed on the host: inside a compiled region this
@@ -1378,12 +1391,11 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         if changes:
             opt._apply_lr_assignments(changes)
         if opt._lr_owner is not None:
-            self._decide_composed(current)
+            _host_work(self._decide_composed, current)
             return
         self._decide(current)
-        self._after_decision(host_metric)
+        _host_work(self._after_decision, host_metric)
 
-    @torch.compiler.disable
     def _decide_composed(self, current: torch.Tensor) -> None:
         """Another fused_lr scheduler drives these LRs (torch chains the two: a reduction scales the
         LR the other one left, and its recurrence carries the reduced LR on). The decision is made on
@@ -1399,7 +1411,6 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self._num_bad.fill_(num_bad)
         self._cooldown_counter.fill_(cooldown)
 
-    @torch.compiler.disable
     def _after_decision(self, host_metric: float | None) -> None:
         """The host's part of a step (eager even inside a compiled region: Python floats)."""
         self._refresh()
@@ -2936,7 +2947,7 @@ class _Stack:
     def initial_step(self, member: _FusedLRScheduler) -> None:
         """``member`` was just built: its initial step, chained onto the others' LRs."""
         previous = [_lr_value(g["lr"]) for g in self.optimizer.param_groups]
-        self._after_member_step(member, previous, initial=True)
+        _host_work(self._after_member_step, member, previous, True)
 
     def member_step(self, member: _FusedLRScheduler, epoch: int | None, changes: list) -> None:
         opt = self.optimizer
@@ -2974,9 +2985,8 @@ class _Stack:
             self.rebuild()
         elif self._pieces:
             self._place_pieces()
-        self._after_member_step(member, previous, initial=False)
+        _host_work(self._after_member_step, member, previous, False)
 
-    @torch.compiler.disable
     def _after_member_step(self, member: _FusedLRScheduler, previous: list[float], initial: bool) -> None:
         if self._host_driven:
             values = member._torch_step_lrs(previous, max(member.last_epoch, 0), initial)
