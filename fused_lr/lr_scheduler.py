@@ -959,9 +959,10 @@ class CosineAnnealingWarmRestarts(_FusedLRScheduler):
             if self._sched is not None:
                 p0, offset = self._row_params()
                 sched = self._sched
-                for col, v in ((2, p0), (5, offset)):  # device data only
-                    sched.desc[:, col].fill_(v)
-                    sched.desc_host[:, col] = v
+                for name, v in (("T_0", p0), ("offset", offset)):  # device data only
+                    c = S.col(S.Kind.COSINE_RESTARTS, name)
+                    sched.desc[:, c].fill_(v)
+                    sched.desc_host[:, c] = v
                 sched.invalidate()
         super().step(None if epoch is None else last)
         self._T_cur, self._T_i = t_cur, t_i
@@ -1622,8 +1623,10 @@ def _ratio_arg(name: str, value: Any) -> float:
 class _EditableMixin:
     """Edits that change device data only: no recompilation, no graph recapture."""
 
-    def _edit_column(self, col: int, value: float | torch.Tensor) -> None:
+    def _edit_column(self, name: str, value: float | torch.Tensor) -> None:
+        """Set parameter ``name`` of every row (this scheduler's kind) to ``value`` on the device."""
         sched = self._sched
+        col = S.col(self._kind, name)
         if isinstance(value, torch.Tensor):
             # A device value (e.g. the counter itself): copy on the device, no host read.
             sched.desc[:, col].copy_(value.reshape(()).to(torch.float64).expand(sched.desc.shape[0]))
@@ -1648,6 +1651,7 @@ class WarmupCosineLR(_EditableMixin, _FusedLRScheduler):
     """
 
     _arg_names = ("warmup_steps", "total_steps", "min_lr_ratio")
+    _kind = S.Kind.WARMUP_COSINE
 
     def __init__(self, optimizer: FusedSGD, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
                  last_epoch: int = -1) -> None:
@@ -1671,8 +1675,8 @@ class WarmupCosineLR(_EditableMixin, _FusedLRScheduler):
         total = self._validate_args({"warmup_steps": self.warmup_steps, "total_steps": total_steps,
                                      "min_lr_ratio": self.min_lr_ratio})["total_steps"]
         self.total_steps = total
-        self._sched.desc_host[:, 3] = float(total)
-        self._edit_column(3, total)
+        self._sched.desc_host[:, S.col(self._kind, "total_steps")] = float(total)
+        self._edit_column("total_steps", total)
 
 
 class WarmupStableDecayLR(_EditableMixin, _FusedLRScheduler):
@@ -1693,6 +1697,7 @@ class WarmupStableDecayLR(_EditableMixin, _FusedLRScheduler):
     """
 
     _arg_names = ("warmup_steps", "total_steps", "decay_steps", "min_lr_ratio", "decay_shape")
+    _kind = S.Kind.WSD
 
     def __init__(self, optimizer: FusedSGD, warmup_steps: int, total_steps: int, decay_steps: int,
                  min_lr_ratio: float = 0.0, decay_shape: str = "linear", last_epoch: int = -1) -> None:
@@ -1723,10 +1728,10 @@ class WarmupStableDecayLR(_EditableMixin, _FusedLRScheduler):
     def start_cooldown(self) -> None:
         """Start the cooldown now: its start becomes the device step counter (a device copy)."""
         self.total_steps = self.last_epoch + self.decay_steps  # the host's view, for state_dict
-        self._sched.desc_host[:, 3] = float(self.last_epoch)
+        self._sched.desc_host[:, S.col(self._kind, "decay_start")] = float(self.last_epoch)
         sched = self._sched
         # On the Triton path the counter may lag the host by deferred steps the next kernel applies.
-        self._edit_column(3, sched.counter + sched.pending if sched.pending else sched.counter)
+        self._edit_column("decay_start", sched.counter + sched.pending if sched.pending else sched.counter)
 
     def set_total_steps(self, total_steps: int) -> None:
         """End the cooldown at ``total_steps`` (it starts ``decay_steps`` earlier)."""
@@ -1735,8 +1740,8 @@ class WarmupStableDecayLR(_EditableMixin, _FusedLRScheduler):
                                         decay_shape=self.decay_shape))
         self.total_steps = args["total_steps"]
         start = float(self.total_steps - self.decay_steps)
-        self._sched.desc_host[:, 3] = start
-        self._edit_column(3, start)
+        self._sched.desc_host[:, S.col(self._kind, "decay_start")] = start
+        self._edit_column("decay_start", start)
 
 
 class InverseSqrtLR(_FusedLRScheduler):
@@ -1928,13 +1933,7 @@ class SequentialLR(_FusedLRScheduler):
             shift = len(table)
             table.extend(sub_table or [])
             for g, row in enumerate(sub_rows):
-                row = list(row)
-                kind = int(row[0])
-                if kind == S.KIND_TABLE:
-                    row[2] += shift  # p0 = offset
-                elif kind == S.KIND_MULTISTEP:
-                    row[3] += shift  # p1 = offset
-                pieces[g * k + i] = S.as_piece(row, starts[i], ends[i], g)
+                pieces[g * k + i] = S.as_piece(S.shift_table(row, shift), starts[i], ends[i], g)
         return rows + pieces, table, None
 
     def _grow_tables(self, epoch: int) -> bool:
@@ -2071,7 +2070,7 @@ class CyclicLR(_MomentumCycler, _FusedLRScheduler):
     """torch's CyclicLR (triangular, triangular2, exp_range, custom ``scale_fn``) on the device.
 
     Same signature as ``torch.optim.lr_scheduler.CyclicLR`` plus the keyword-only ``horizon``.
-    The three built-in modes are closed forms (``fused_lr.schedules.KIND_CYCLIC``): no host work
+    The three built-in modes are closed forms (``fused_lr.schedules.Kind.CYCLIC``): no host work
     at any step count. A custom ``scale_fn`` is evaluated on the host ahead of time for steps
     ``[0, horizon)`` (the table doubles when ``last_epoch`` passes three quarters of it; under
     CUDA-graph replay give a ``horizon`` that covers the run), so it must be a pure function.
@@ -2244,7 +2243,7 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
     """torch's OneCycleLR (cos / linear anneal, two or three phases, momentum cycling) on the device.
 
     Same signature as ``torch.optim.lr_scheduler.OneCycleLR``; the LR at every step is a closed
-    form (``fused_lr.schedules.KIND_ONE_CYCLE``) of the step counter. Stepping past
+    form (``fused_lr.schedules.Kind.ONE_CYCLE``) of the step counter. Stepping past
     ``total_steps`` raises torch's ``ValueError`` — before anything changes (torch has already
     advanced ``last_epoch`` when it raises). Under CUDA-graph replay the host cannot check, so the
     device goes on evaluating the last phase's formula. Momentum cycles as in :class:`CyclicLR`.
@@ -2462,34 +2461,25 @@ class _Composer:
         self.direct: dict[int, Callable] = {}
         self.moms: list[tuple[int, list[float]]] = []
 
-    @staticmethod
-    def _shift(row, shift: int) -> list[float]:
-        row = list(row)
-        kind = int(row[0])
-        if kind == S.KIND_TABLE:
-            row[2] += shift
-        elif kind == S.KIND_MULTISTEP:
-            row[3] += shift
-        return row
-
     def take(self, desc, g: int) -> tuple[list[float], int]:
         """Group ``g``'s row of ``desc`` (its pieces appended here); also returns the table shift."""
         rows, table, direct, *more = desc
         shift = len(self.table)
         self.table.extend(table or [])
-        row = self._shift(rows[g], shift)
-        if int(row[0]) in (S.KIND_SEQUENTIAL, S.KIND_PRODUCT):
-            count, first = int(row[2]), int(row[3])
-            row[3] = float(self.n + len(self.pieces))
+        row = S.shift_table(rows[g], shift)
+        kind = S.Kind(int(row[S.Col.KIND]))
+        if kind in (S.Kind.SEQUENTIAL, S.Kind.PRODUCT):
+            count, first = int(row[S.col(kind, "count")]), int(row[S.col(kind, "first")])
+            row[S.col(kind, "first")] = float(self.n + len(self.pieces))
             for k in range(count):
-                piece = self._shift(rows[first + k], shift)
-                piece[S.COL_OWNER] = float(g)
+                piece = S.shift_table(rows[first + k], shift)
+                piece[S.Col.OWNER] = float(g)
                 self.pieces.append(piece)
         if direct and g in direct:
             self.direct[g] = direct[g]
         mom = more[0] if more and more[0] else {}
         if g in mom:
-            self.moms.append((g, self._shift(rows[mom[g]], shift)))
+            self.moms.append((g, S.shift_table(rows[mom[g]], shift)))
         return row, shift
 
     def add_piece(self, row, owner: int) -> int:
@@ -2579,7 +2569,7 @@ class ChainedScheduler(_Composite):
     * ``"product"`` — when every part is multiplicative (``StepLR``, ``MultiStepLR``,
       ``ExponentialLR``, ``ConstantLR``, ``LinearLR``, ``PolynomialLR``, ``MultiplicativeLR``),
       the chain is the product of their closed-form factors, ``lr = base_lr * prod(factor_i(t))``
-      (``fused_lr.schedules.KIND_PRODUCT``): exact at any step, nothing tabulated.
+      (``fused_lr.schedules.Kind.PRODUCT``): exact at any step, nothing tabulated.
     * ``"table"`` — otherwise (cosine, lambdas, cycles, warm restarts: torch's chained form
       has no closed form), the chain's LRs are computed on the host ahead of time by running
       torch's own schedulers with the same arguments on a stand-in optimizer, for steps
@@ -2624,7 +2614,7 @@ class ChainedScheduler(_Composite):
         now = blk[2][k]
         lrs = [[0.0] * len(self.base_lrs) for _ in self._schedulers]
         for g, base in enumerate(self.base_lrs):
-            first = int(sched.desc_host[g, 3])
+            first = int(sched.desc_host[g, S.col(S.Kind.PRODUCT, "first")])
             for i in range(len(self._schedulers)):
                 lr = base
                 for j in range(len(self._schedulers)):
@@ -2743,7 +2733,7 @@ class ChainedScheduler(_Composite):
             first = comp.n + len(comp.pieces)
             for desc in descs:
                 row, _ = comp.take(desc, g)
-                row[1] = 1.0  # a factor: base_lr is the group's, once
+                row[S.Col.BASE] = 1.0  # a factor: base_lr is the group's, once
                 comp.add_piece(row, g)
             comp.groups[g] = S.product_row(base, len(descs), first)
         return comp.describe()
@@ -2828,7 +2818,7 @@ class _Stack:
     * **product** — every member is multiplicative (StepLR, MultiStepLR, ExponentialLR, ConstantLR,
       LinearLR, PolynomialLR, MultiplicativeLR, a product ChainedScheduler): the LR is
       ``base_lr * prod(member factor at that member's own step)``, one closed form on the device
-      (``KIND_PRODUCT``). The device counter holds one member's step count (the *counter member*);
+      (``Kind.PRODUCT``). The device counter holds one member's step count (the *counter member*);
       every other member's factor rows start ``counter - its step`` steps later, which the host
       keeps current (an upload only when members are not stepped in lockstep; the counter moves to
       another member when that one is stepped alone). An assigned LR scales the product, as
@@ -2879,12 +2869,12 @@ class _Stack:
                 first = comp.n + len(comp.pieces)
                 for m, desc in zip(self.members, descs):
                     row, _ = comp.take(desc, g)
-                    if int(row[0]) == S.KIND_PRODUCT:  # a product chain: its factors, appended by take
+                    if int(row[S.Col.KIND]) == S.Kind.PRODUCT:  # a product chain: its factors, appended by take
                         end = comp.n + len(comp.pieces)
-                        rows = range(end - int(row[2]), end)
+                        rows = range(end - int(row[S.col(S.Kind.PRODUCT, "count")]), end)
                     else:
                         row = list(row)
-                        row[1] = 1.0  # a factor: the group's base_lr is the product's
+                        row[S.Col.BASE] = 1.0  # a factor: the group's base_lr is the product's
                         rows = [comp.add_piece(row, g)]
                     self._pieces += [(r, m) for r in rows]
                 comp.groups[g] = S.product_row(self.members[0].base_lrs[g], comp.n + len(comp.pieces) - first, first)

@@ -49,6 +49,8 @@ Formulas (``t`` = the int64 step counter; ``warmup`` = ``base_lr * t / p0`` whil
                       (end - start) * q + start, else end + (start - end) / 2 * (cos(pi q) + 1);
                       values: base_lr -> p2 -> p3 (two phases), base_lr -> p2 -> base_lr -> p3
     KIND_PRODUCT      base_lr * prod of the p0 factor rows from row p1 (ChainedScheduler)
+    KIND_COSINE_POWER p1 + (base_lr - p1) * ((1 + cos(pi * q)) / 2) ** p2, q = min(t, T) / T,
+                      T = p0 if p0 > 0 else 1 (optax's cosine decay with an exponent)
 
 How each piece stays exact, or within a few ulp, on both the GPU and Triton's CPU interpreter:
 
@@ -97,6 +99,7 @@ __all__ = [
     "KIND_CYCLIC",
     "KIND_ONE_CYCLE",
     "KIND_PRODUCT",
+    "KIND_COSINE_POWER",
     "SUPPORTED_KINDS",
     "lr_at",
     "lr_at_kernel",
@@ -104,7 +107,15 @@ __all__ = [
 
 # Duplicated from fused_lr.schedules so that kernel files never import the host package;
 # tests/test_triton_interpreter.py checks that both sets of values agree.
+# Columns (fused_lr.schedules.Col); a kind's parameters P0..P4 are named per kind in
+# fused_lr.schedules.PARAMS (the comments at each use below repeat the names).
 DESC_WIDTH = tl.constexpr(14)
+COL_BASE = tl.constexpr(1)
+COL_P0 = tl.constexpr(2)
+COL_P1 = tl.constexpr(3)
+COL_P2 = tl.constexpr(4)
+COL_P3 = tl.constexpr(5)
+COL_P4 = tl.constexpr(6)
 COL_START = tl.constexpr(7)
 COL_EDIT_FROM = tl.constexpr(10)
 COL_EDIT_TO = tl.constexpr(11)
@@ -128,9 +139,10 @@ KIND_SEQUENTIAL = tl.constexpr(14)
 KIND_CYCLIC = tl.constexpr(15)
 KIND_ONE_CYCLE = tl.constexpr(16)
 KIND_PRODUCT = tl.constexpr(17)
+KIND_COSINE_POWER = tl.constexpr(18)
 
 # Every kind lr_at implements (the host checks a description against it before launching).
-SUPPORTED_KINDS = frozenset(range(18))
+SUPPORTED_KINDS = frozenset(range(19))
 
 @triton.jit
 def _powi(x, n):
@@ -213,17 +225,17 @@ def lr_at(step, desc_ptr, table_ptr, table_numel, group):
     count = tl.full((), 1, tl.int64)
     scale = tl.full((), 1.0, tl.float64)
     if kind == KIND_SEQUENTIAL:
-        n_pieces = tl.load(row + 2).to(tl.int64)
-        first_piece = tl.load(row + 3).to(tl.int64)
+        n_pieces = tl.load(row + COL_P0).to(tl.int64)  # count
+        first_piece = tl.load(row + COL_P1).to(tl.int64)  # first
         chosen = first_piece
         for k in range(1, n_pieces):
             piece_start = tl.load(desc_ptr + (first_piece + k) * DESC_WIDTH + COL_START)
             chosen = tl.where(t_int.to(tl.float64) >= piece_start, first_piece + k, chosen)
         first = chosen
     elif kind == KIND_PRODUCT:
-        count = tl.load(row + 2).to(tl.int64)
-        first = tl.load(row + 3).to(tl.int64)
-        scale = tl.load(row + 1)
+        count = tl.load(row + COL_P0).to(tl.int64)  # count
+        first = tl.load(row + COL_P1).to(tl.int64)  # first
+        scale = tl.load(row + COL_BASE)
     lr = scale
     for k in range(0, count):
         lr = lr * _row_lr(desc_ptr + (first + k) * DESC_WIDTH, t_int, table_ptr, table_numel)
@@ -243,9 +255,9 @@ def _row_lr(row, t_int, table_ptr, table_numel):
     kind = tl.load(row).to(tl.int32)
     # Every row runs on its local step (a piece starts later; a group's own row has start 0).
     t_int = tl.maximum(t_int - tl.load(row + COL_START).to(tl.int64), 0)
-    base = tl.load(row + 1)
-    p0 = tl.load(row + 2)
-    p1 = tl.load(row + 3)
+    base = tl.load(row + COL_BASE)
+    p0 = tl.load(row + COL_P0)
+    p1 = tl.load(row + COL_P1)
     t = t_int.to(tl.float64)
     lr = base
     if kind == KIND_STEP:
@@ -262,6 +274,12 @@ def _row_lr(row, t_int, table_ptr, table_numel):
         # (a module-level tl.constexpr times a tensor breaks the interpreter; a float literal
         # next to a float64 operand stays float64).
         lr = p1 + (base - p1) * (1.0 + tl.cos(3.141592653589793 * phase / t_max)) / 2.0
+    elif kind == KIND_COSINE_POWER:
+        # T_max = p0, eta_min = p1, exponent = p2; constant eta_min past T_max.
+        t_max = tl.where(p0 > 0, p0, 1.0)
+        q = tl.minimum(t, t_max) / t_max
+        decay = _powf((1.0 + tl.cos(3.141592653589793 * q)) / 2.0, tl.load(row + COL_P2))
+        lr = p1 + (base - p1) * decay
     elif kind == KIND_TABLE:
         length = tl.maximum(p1.to(tl.int64), 1)
         idx = p0.to(tl.int64) + tl.minimum(tl.maximum(t_int, 0), length - 1)
@@ -272,7 +290,7 @@ def _row_lr(row, t_int, table_ptr, table_numel):
     elif kind == KIND_MULTISTEP:
         # Milestones table[p1 : p1 + p2] (sorted, repeats included); count those <= t.
         first = tl.maximum(tl.ceil(p1), 0.0).to(tl.int64)
-        last = tl.minimum(tl.ceil(p1 + tl.load(row + 4)), table_numel.to(tl.float64)).to(tl.int64)
+        last = tl.minimum(tl.ceil(p1 + tl.load(row + COL_P2)), table_numel.to(tl.float64)).to(tl.int64)
         passed = tl.zeros((), tl.int64)
         for j in range(first, last):
             passed += (tl.load(table_ptr + j) <= t).to(tl.int64)
@@ -280,7 +298,7 @@ def _row_lr(row, t_int, table_ptr, table_numel):
     elif kind == KIND_CONSTANT_FACTOR:
         lr = tl.where(t < p1, base * p0, base)
     elif kind == KIND_LINEAR:
-        p2 = tl.load(row + 4)
+        p2 = tl.load(row + COL_P2)
         total = tl.where(p2 > 0, p2, 1.0)
         m = tl.minimum(total, t)
         lr = base * ((p0 * (total - m) + p1 * m) / total)
@@ -289,9 +307,9 @@ def _row_lr(row, t_int, table_ptr, table_numel):
         lr = base * _powf(1.0 - tl.minimum(total, t) / total, p1)
     elif kind >= KIND_WARMUP_COSINE and kind <= KIND_INVERSE_SQRT:
         # Shared linear warmup from 0 while t < W = p0 (W > 0).
-        p2 = tl.load(row + 4)
-        p3 = tl.load(row + 5)
-        p4 = tl.load(row + 6)
+        p2 = tl.load(row + COL_P2)
+        p3 = tl.load(row + COL_P3)
+        p4 = tl.load(row + COL_P4)
         if p0 > 0 and t < p0:
             lr = base * t / p0
         elif kind == KIND_WARMUP_COSINE:
@@ -315,7 +333,7 @@ def _row_lr(row, t_int, table_ptr, table_numel):
             w = tl.where(p0 > 0, p0, 1.0)
             lr = base * tl.sqrt(w / tl.maximum(t, 1.0))
     elif kind == KIND_COSINE_RESTARTS:
-        e = t + tl.load(row + 5)
+        e = t + tl.load(row + COL_P3)
         t0 = tl.where(p0 > 0, p0, 1.0)
         if p1 > 1:
             start = tl.zeros((), tl.float64)
@@ -327,12 +345,12 @@ def _row_lr(row, t_int, table_ptr, table_numel):
         else:
             t_i = t0
             t_cur = _fmod_floor(e, t0)
-        eta_min = tl.load(row + 4)
+        eta_min = tl.load(row + COL_P2)
         lr = eta_min + (base - eta_min) * (1.0 + tl.cos(3.141592653589793 * t_cur / t_i)) / 2.0
     elif kind == KIND_CYCLIC:
-        ratio = tl.load(row + 4)
-        mode = tl.load(row + 5)
-        gamma = tl.load(row + 6)
+        ratio = tl.load(row + COL_P2)
+        mode = tl.load(row + COL_P3)
+        gamma = tl.load(row + COL_P4)
         size = tl.where(p1 > 0, p1, 1.0)
         cycle = tl.floor(1.0 + t / size)
         x = 1.0 + t / size - cycle
@@ -345,9 +363,9 @@ def _row_lr(row, t_int, table_ptr, table_numel):
             amp = _powi(gamma, t_int)
         lr = base + (p0 - base) * f * amp
     elif kind == KIND_ONE_CYCLE:
-        peak = tl.load(row + 4)
-        final = tl.load(row + 5)
-        flags = tl.load(row + 6)
+        peak = tl.load(row + COL_P2)
+        final = tl.load(row + COL_P3)
+        flags = tl.load(row + COL_P4)
         three = flags >= 2
         linear = (flags == 1) | (flags == 3)
         e1 = p1 - 1.0

@@ -169,6 +169,9 @@ def case_lr_at() -> str:
         S.cosine_restarts_row(0.1, 3, 1, 1e-3),
         S.cosine_restarts_row(0.1, 2, 2, 0.0),
         S.cosine_restarts_row(0.2, 5, 3, 1e-4, 0.5),  # a fractional epoch from step(epoch)
+        S.cosine_power_row(0.1, 20, 1e-3, 1.0),  # optax's cosine decay: CosineAnnealingLR up to T_max
+        S.cosine_power_row(0.1, 20, 0.0, 2.5),
+        S.cosine_power_row(0.1, 7, 1e-4, 3.0),
     ]
     # A sequence (torch's SequentialLR): warmup 0..5, cosine 5..25, then StepLR; the group's row
     # points at its three piece rows, which are also evaluated on their own (at t - start).
@@ -209,17 +212,18 @@ def case_lr_at() -> str:
     K.lr_at_kernel[(len(steps), len(rows))](out, steps_t, desc, table, table.numel(), len(rows))
     ref = torch.stack([S.lr_at(torch.tensor([s]), desc, table) for s in steps])
 
-    exact_kinds = {S.KIND_CONSTANT, S.KIND_TABLE, S.KIND_DIRECT, S.KIND_CONSTANT_FACTOR, S.KIND_LINEAR}
-    cosine_kinds = {S.KIND_COSINE, S.KIND_WARMUP_COSINE, S.KIND_WSD, S.KIND_COSINE_RESTARTS, S.KIND_SEQUENTIAL,
-                    S.KIND_ONE_CYCLE}
-    missing = set(S.KIND_NAMES) - {int(k) for k in desc[:, 0].tolist()}
+    Kind, Col = S.Kind, S.Col
+    exact_kinds = {Kind.CONSTANT, Kind.TABLE, Kind.DIRECT, Kind.CONSTANT_FACTOR, Kind.LINEAR}
+    cosine_kinds = {Kind.COSINE, Kind.WARMUP_COSINE, Kind.WSD, Kind.COSINE_RESTARTS, Kind.SEQUENTIAL,
+                    Kind.ONE_CYCLE, Kind.COSINE_POWER}
+    missing = set(Kind) - {int(k) for k in desc[:, Col.KIND].tolist()}
     assert not missing, f"add rows for kinds {sorted(missing)}"
-    kinds = desc[:, 0].tolist()
+    kinds = [Kind(int(k)) for k in desc[:, Col.KIND].tolist()]
     worst = 0.0
     failures = []
     for j, kind in enumerate(kinds):
         for i, s in enumerate(steps):
-            if kind == S.KIND_ONE_CYCLE and s > desc[j, 2].item():
+            if kind == Kind.ONE_CYCLE and s > desc[j, S.col(Kind.ONE_CYCLE, "total_steps")].item():
                 continue  # past total_steps torch raises; the angle would grow without bound
             got, exp = out[i, j].item(), ref[i, j].item()
             if kind in exact_kinds:
@@ -227,15 +231,24 @@ def case_lr_at() -> str:
             else:
                 bound = LR_RTOL * abs(exp) + LR_ATOL_UNDERFLOW
                 if kind in cosine_kinds:
-                    # eta_min's column (OneCycleLR: the peak's; its floor is smaller)
-                    floor_col = 4 if kind in (S.KIND_COSINE_RESTARTS, S.KIND_ONE_CYCLE) else 3
-                    bound += LR_COSINE_ATOL_PER_AMPLITUDE * (abs(desc[j, 1].item()) + abs(desc[j, floor_col].item()))
+                    # The cosine's amplitude: |base| + |its other end| (eta_min; OneCycleLR: the
+                    # peak, its floor being smaller; the large-model schedules: base * min_lr_ratio;
+                    # a sequence's pieces share its base).
+                    base = desc[j, Col.BASE].item()
+                    other = {Kind.COSINE: lambda: desc[j, S.col(kind, "eta_min")].item(),
+                             Kind.COSINE_POWER: lambda: desc[j, S.col(kind, "eta_min")].item(),
+                             Kind.COSINE_RESTARTS: lambda: desc[j, S.col(kind, "eta_min")].item(),
+                             Kind.ONE_CYCLE: lambda: desc[j, S.col(kind, "peak")].item(),
+                             Kind.WARMUP_COSINE: lambda: base * desc[j, S.col(kind, "min_lr_ratio")].item(),
+                             Kind.WSD: lambda: base * desc[j, S.col(kind, "min_lr_ratio")].item(),
+                             Kind.SEQUENTIAL: lambda: 0.0}[kind]()
+                    bound += LR_COSINE_ATOL_PER_AMPLITUDE * (abs(base) + abs(other))
                 ok = abs(got - exp) <= bound
                 if exp != 0:
                     worst = max(worst, abs(got - exp) / abs(exp))
             if not ok:
                 failures.append(
-                    f"row {j} ({S.KIND_NAMES[int(kind)]} {desc[j, 1:4].tolist()}), step {s}: kernel {got!r}, "
+                    f"row {j} ({kind.name} {desc[j, Col.BASE:Col.P2].tolist()}), step {s}: kernel {got!r}, "
                     f"torch {exp!r}, rel {abs(got - exp) / max(abs(exp), 1e-300):.2e}"
                 )
     if failures:
@@ -359,10 +372,10 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
     ctx = TP.override_launch_config(**launch_config) if launch_config else _nullcontext()
     with ctx:
         for step in range(n_steps):
-            # KIND_DIRECT rows: the host (standing in for torch ops on the device) writes p0.
+            # Kind.DIRECT rows: the host (standing in for torch ops on the device) writes their lr.
             for k, row in enumerate(rows):
-                if row[0] == S.KIND_DIRECT:
-                    desc[k, 2] = row[1] / (1.0 + 0.3 * step)
+                if row[S.Col.KIND] == S.Kind.DIRECT:
+                    desc[k, S.col(S.Kind.DIRECT, "lr")] = row[S.Col.BASE] / (1.0 + 0.3 * step)
             # Stock gets torch's LRs; the opmath reference gets the kernel's own float64 LRs (they
             # may differ from torch's by a few ulp, see LR_RTOL, which float64 storage would show).
             lrs = S.lr_at(counter, desc, table).tolist()

@@ -174,12 +174,12 @@ def test_no_warning_in_the_right_order():
 def test_closed_forms_at_giant_steps(row, steps):
     """Giant counters: no overflow, and the closed form keeps full float64 precision."""
     desc = torch.tensor([row], dtype=torch.float64)
-    kind, base, p0, p1 = row[:4]
+    kind, base, p0, p1 = S.Kind(int(row[S.Col.KIND])), row[S.Col.BASE], row[S.Col.P0], row[S.Col.P1]
     for t in steps:
         got = S.lr_at(torch.tensor([t]), desc).item()
-        if kind == S.KIND_STEP:
+        if kind == S.Kind.STEP:
             want = base * p1 ** (t // int(p0))
-        elif kind == S.KIND_EXPONENTIAL:
+        elif kind == S.Kind.EXPONENTIAL:
             want = base * p0**t
         else:
             # Exact reduction modulo the 2*T_max period in Python integers, then the formula.
@@ -222,7 +222,7 @@ def test_scheduler_step_never_reads_the_host():
 def test_scheduler_device_path_never_reads_the_host(monkeypatch):
     """The scheduler's device work (the GPU path, forced on CPU tensors) for closed forms, a
     product, a sequence and momentum cycling, with host reads forbidden."""
-    monkeypatch.setattr(S.DeviceSchedule, "host_answers_on_cpu", False)
+    monkeypatch.setattr(S.DeviceSchedule, "_cpu_fast", lambda self: False)  # the device path, on CPU tensors
     builds = [
         lambda o: fused.CosineAnnealingLR(o, 10),
         lambda o: fused.ChainedScheduler([fused.ConstantLR(o, 0.5, total_iters=2), fused.MultiStepLR(o, [3, 5])]),
@@ -246,7 +246,8 @@ def test_cpu_shortcut_equals_the_device_path_bit_for_bit(monkeypatch, name, kwar
     must give the very same bits, every step."""
     runs = []
     for shortcut in (True, False):
-        monkeypatch.setattr(S.DeviceSchedule, "host_answers_on_cpu", shortcut)
+        if not shortcut:
+            monkeypatch.setattr(S.DeviceSchedule, "_cpu_fast", lambda self: False)
         _, b = _optimizers()
         s = getattr(fused, name)(b, **kwargs)
         lrs = []
@@ -306,8 +307,9 @@ def test_random_configurations_match_stock(config, base_lrs, steps):
         b.step()
         sa.step()
         sb.step()
-        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"{name}{kwargs} at step {t + 1}")
-    assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups], f"{name}{kwargs} after {steps}")
+        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"{name}{kwargs} at step {t + 1}", scale=max(base_lrs))
+    assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups],
+                     f"{name}{kwargs} after {steps}", scale=max(base_lrs))
 
 
 # ---------------------------------------------------------------- SequentialLR (composition on the device)

@@ -103,15 +103,18 @@ def test_grad_norm_kernels(interpreter_results):
 
 
 def test_kernel_constants_match_schedules():
-    """The kernel's duplicated KIND_* / DESC_WIDTH constants equal fused_lr.schedules's."""
+    """The kernel's duplicated kind codes, columns and DESC_WIDTH equal fused_lr.schedules's."""
     from fused_lr import schedules as S
     from fused_lr.kernels import schedule as K
 
-    names = [n for n in dir(S) if n.startswith("KIND_") and n != "KIND_NAMES"]
-    for name in ["DESC_WIDTH", *names]:
-        assert hasattr(K, name), f"kernels/schedule.py lacks {name}"
-        assert getattr(K, name).value == getattr(S, name), name
-    assert K.SUPPORTED_KINDS == set(S.KIND_NAMES), "a schedule kind the Triton lr_at does not implement"
+    assert K.DESC_WIDTH.value == S.DESC_WIDTH
+    for kind in S.Kind:
+        assert hasattr(K, f"KIND_{kind.name}"), f"kernels/schedule.py lacks KIND_{kind.name}"
+        assert getattr(K, f"KIND_{kind.name}").value == kind, kind
+    for c in S.Col.NAMES:
+        if hasattr(K, f"COL_{c}"):
+            assert getattr(K, f"COL_{c}").value == getattr(S.Col, c), c
+    assert K.SUPPORTED_KINDS == set(S.Kind), "a schedule kind the Triton lr_at does not implement"
 
 
 def test_cpu_without_interpreter_is_a_clear_error():
