@@ -1,5 +1,5 @@
 """The benchmark harness (benchmarks/harness/, benchmarks/compare_sgd.py, benchmarks/run.py) on tiny
-sets: it measures, it does the arithmetic right, it writes the
+sets: its methods compute what they name, it measures, it does the arithmetic right, it writes the
 documented JSON and never overwrites an earlier result.
 
 Fast by construction: a few hundred-element tensors, 2-5 rounds of ~10 ms, no torch.compile.
@@ -18,23 +18,27 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TRAJ_TOL, assert_close
+
 _BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 if str(_BENCH) not in sys.path:  # benchmarks/ is not a package: its modules import each other by name
     sys.path.insert(0, str(_BENCH))
 
 import compare_sgd  # noqa: E402
+import run  # noqa: E402
 from harness import cli, suite  # noqa: E402
 from harness.bandwidth import measure_copy_bandwidth  # noqa: E402
 from harness.cell import CELL_KEYS, METHOD_KEYS, measure, summarize  # noqa: E402
 from harness.env import device_slug  # noqa: E402
-from harness.methods import Method  # noqa: E402
-from harness.params import ParamSet  # noqa: E402
+from harness.methods import Method, stock  # noqa: E402
+from harness.params import ParamSet, make_params  # noqa: E402
 from harness.report import JSON_KEYS, format_table  # noqa: E402
 from harness.timing import percentile, round_order  # noqa: E402
 
 CPU = torch.device("cpu")
 TINY = ParamSet("tiny", [(64, 8), (64,), (300,)])
 METHODS, SCHEDULES = compare_sgd.METHODS, compare_sgd.SCHEDULES
+CPU_METHODS = [m for m, meth in METHODS.items() if not meth.compiled and meth.unavailable(CPU) is None]
 
 
 def _measure(methods, schedule, repeats, **kw):
@@ -62,6 +66,29 @@ def _times(factor):
 
 def _then_sleep(seconds):
     return lambda inner: lambda: (inner(), time.sleep(seconds))
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_every_method_follows_the_stock_forloop_reference(schedule):
+    """What the benchmark times is the update it names: every method's parameters and momentum
+    buffers after 45 iterations match torch.optim.SGD(foreach=False) + the stock scheduler, the
+    reference of tests/test_sgd_parity.py, within its tolerances. 45 iterations: the per-epoch
+    schedules change the LR at their third epoch (iteration 30), and the check demands a change."""
+    reference = stock("reference", "forloop")
+    ref_params = make_params(TINY.shapes)
+    ref = reference.build(ref_params, SCHEDULES[schedule], CPU, compare_sgd.HYPER)
+    for _ in range(45):
+        ref.iteration()
+    assert ref.opt.param_groups[0]["lr"] < compare_sgd.HYPER["lr"], "the schedule never moved the LR"
+    for name in CPU_METHODS:
+        params = make_params(TINY.shapes)
+        r = METHODS[name].build(params, SCHEDULES[schedule], CPU, compare_sgd.HYPER)
+        for _ in range(45):
+            r.iteration()
+        for i, (p, q) in enumerate(zip(params, ref_params)):
+            assert_close(p, q, what=f"{name}/{schedule}: param {i}", **TRAJ_TOL[torch.float32])
+            buf, ref_buf = r.opt.state[p]["momentum_buffer"], ref.opt.state[q]["momentum_buffer"]
+            assert_close(buf, ref_buf, what=f"{name}/{schedule}: buffer {i}", **TRAJ_TOL[torch.float32])
 
 
 def test_slowed_method_is_reported_slower():
@@ -156,6 +183,14 @@ def test_json_keys_and_no_overwrite(tmp_path):
     assert "fused_lr[torch]" in table and "x foreach" in table and "x fused" in table
 
 
+def test_committed_results_still_render():
+    """Result files written before the harness was split keep the schema the table reads."""
+    for path in sorted((_BENCH / "results").glob("*.json")):
+        report = json.loads(path.read_text())
+        assert set(JSON_KEYS) <= set(report), path
+        assert "stock fused" in format_table(report), path
+
+
 def test_quick_plan_is_what_the_docstring_says():
     names, skipped = cli.available_methods(compare_sgd.COMPARISON, CPU, no_compile=False)
     assert "fused_lr[triton]" in skipped and "CUDA" in skipped["fused_lr[triton]"]
@@ -170,6 +205,12 @@ def test_quick_plan_is_what_the_docstring_says():
     assert "torch.compile" not in got[("resnet50", "cosine_iter")]
     full = compare_sgd.make_plan(cli.parse_args(compare_sgd.COMPARISON, []), CPU, names)
     assert len(full.cells) == len(compare_sgd.PARAM_SETS) * len(SCHEDULES)
+
+
+def test_run_py_entry_point(capsys):
+    """benchmarks/gpu_report.sh names its folder with ``run.py --print-slug --device ...``."""
+    assert run.main(["--print-slug", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip() == device_slug(CPU)
 
 
 def test_cell_in_its_own_process():
