@@ -3,12 +3,10 @@
 Run: ``pytest benchmarks`` (which also times the step
 benchmarks). These are plain tests, not timings: ``--benchmark-only`` skips them.
 
-Method: ``torch.profiler.profile(profile_memory=True)`` around one ``opt.step()`` and, separately, one
-``sched.step()``, after warm-up steps (momentum buffers exist). Every allocation and free of the CPU
-allocator inside the window is an ``Allocation`` event in the profiler's event tree
-(``prof.profiler.kineto_results.experimental_event_tree()``, torch's own source for
-``profile_memory``), with its signed size. From those: bytes allocated (sum of allocations, frees
-ignored), the largest single allocation, and the peak of live extra bytes (running sum).
+Method: ``harness.memory.cpu_allocations`` (``torch.profiler.profile(profile_memory=True)``: every
+allocation and free of the CPU allocator inside the window, with its signed size) around one
+``opt.step()`` and, separately, one ``sched.step()``, after warm-up steps (momentum buffers exist):
+bytes allocated (frees ignored), the largest single allocation, and the peak of live extra bytes.
 
 Positive control: stock ``SGD(foreach=True)`` allocates ``grad + weight_decay * param`` for every
 parameter; the test asserts the method sees at least that (4 bytes per fp32 parameter), so "fused_lr
@@ -17,13 +15,11 @@ allocated nothing parameter-sized" is not an artefact of a profiler that sees no
 
 from __future__ import annotations
 
-import torch
 import pytest
-from torch._C._profiler import _EventType
-from torch.profiler import ProfilerActivity, profile
 
-from bench_cpu_step import make_optimizer
-from param_sets import make_params, many_small, numel, resnet50_shapes
+from bench_cpu_step import IMPLS, PARAM_SETS, make_optimizer
+from harness.memory import cpu_allocations
+from param_sets import make_params, numel
 
 # Bytes fused_lr's scheduler step may allocate beyond stock's. fused_lr.lr_scheduler.StepLR.step()
 # evaluates the closed form lr_at() in torch ops on (n_groups,)-shaped float64 tensors and writes
@@ -35,34 +31,6 @@ from param_sets import make_params, many_small, numel, resnet50_shapes
 # would be 102 MB on ResNet-50.
 SCHED_ALLOWANCE_BYTES = 1024
 
-PARAM_SETS = {
-    "resnet50": resnet50_shapes,
-    "many_small_200x1000": lambda: many_small(200, 1000),
-}
-
-
-def _walk(nodes):
-    for node in nodes:
-        yield node
-        yield from _walk(node.children)
-
-
-def allocations(fn) -> dict[str, int]:
-    """Run ``fn()`` under the profiler; the CPU allocator's traffic inside it."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    sizes = [
-        n.extra_fields.alloc_size
-        for n in _walk(prof.profiler.kineto_results.experimental_event_tree())
-        if n.tag == _EventType.Allocation and n.extra_fields.device.type == "cpu"
-    ]
-    live = peak = 0
-    for s in sizes:
-        live += s
-        peak = max(peak, live)
-    allocs = [s for s in sizes if s > 0]
-    return dict(count=len(allocs), bytes=sum(allocs), largest=max(allocs, default=0), peak=peak)
-
 
 @pytest.mark.parametrize("set_name", PARAM_SETS)
 def test_fused_step_allocates_no_per_parameter_temporaries(set_name, capsys):
@@ -70,9 +38,9 @@ def test_fused_step_allocates_no_per_parameter_temporaries(set_name, capsys):
     smallest = min(numel([s]) for s in shapes) * 4  # bytes of the smallest fp32 parameter
     n = numel(shapes)
     measured = {}
-    for impl in ("fused_lr", "stock_fused", "stock_foreach"):
+    for impl in IMPLS:
         opt, sched = make_optimizer(impl, make_params(shapes))
-        measured[impl] = {"opt.step": allocations(opt.step), "sched.step": allocations(sched.step)}
+        measured[impl] = {"opt.step": cpu_allocations(opt.step), "sched.step": cpu_allocations(sched.step)}
         del opt, sched
 
     with capsys.disabled():

@@ -3,7 +3,8 @@
 Run: ``pytest benchmarks`` (with the memory checks) or
 ``pytest benchmarks --benchmark-only`` (see benchmarks/conftest.py).
 
-Cases, each in its own ``benchmark.group`` so the three implementations line up:
+Cases, each in its own ``benchmark.group`` so the three implementations line up (the methods of
+``compare_sgd.py``, built by ``harness.methods``):
 
 * ``fused_lr``        ``fused_lr.FusedSGD(backend="torch")`` + ``fused_lr.lr_scheduler.StepLR``
 * ``stock_fused``     ``torch.optim.SGD(fused=True)``        + ``torch.optim.lr_scheduler.StepLR``
@@ -25,18 +26,16 @@ from __future__ import annotations
 import torch
 import pytest
 
-import fused_lr
-import fused_lr.lr_scheduler as fused_sched
-import torch.optim.lr_scheduler as stock_sched
-
+from compare_sgd import HYPER, METHODS
+from harness.bandwidth import SGD_MOMENTUM_FP32, gbps
+from harness.methods import Schedule
 from param_sets import make_params, many_small, numel, resnet50_shapes
 
-LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
-STEP_SIZE, GAMMA = 30, 0.9
+STEP_LR = Schedule("step_lr", "StepLR", dict(step_size=30, gamma=0.9))
 WARMUP_STEPS = 3
-BYTES_PER_PARAM = 20  # fp32 SGD with momentum: read p, g, buf (12 B), write p, buf (8 B)
 
-IMPLS = ("fused_lr", "stock_fused", "stock_foreach")
+# pytest ids (and pytest-benchmark names) -> the methods of compare_sgd.py
+IMPLS = {"fused_lr": "fused_lr[torch]", "stock_fused": "stock fused", "stock_foreach": "stock foreach"}
 PARAM_SETS = {
     "resnet50": resnet50_shapes,
     "many_small_200x1000": lambda: many_small(200, 1000),
@@ -45,22 +44,10 @@ PARAM_SETS = {
 
 def make_optimizer(impl: str, params: list[torch.Tensor]):
     """``(optimizer, StepLR)`` for ``impl`` over ``params``, after WARMUP_STEPS steady-state warm-up steps."""
-    hp = dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    if impl == "fused_lr":
-        opt = fused_lr.FusedSGD(params, backend="torch", **hp)
-        sched = fused_sched.StepLR(opt, step_size=STEP_SIZE, gamma=GAMMA)
-    elif impl == "stock_fused":
-        opt = torch.optim.SGD(params, fused=True, **hp)
-        sched = stock_sched.StepLR(opt, step_size=STEP_SIZE, gamma=GAMMA)
-    elif impl == "stock_foreach":
-        opt = torch.optim.SGD(params, foreach=True, **hp)
-        sched = stock_sched.StepLR(opt, step_size=STEP_SIZE, gamma=GAMMA)
-    else:
-        raise ValueError(impl)
+    runner = METHODS[IMPLS[impl]].build(params, STEP_LR, torch.device("cpu"), HYPER)
     for _ in range(WARMUP_STEPS):
-        opt.step()
-        sched.step()
-    return opt, sched
+        runner.iteration()
+    return runner.opt, runner.sched
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -80,5 +67,5 @@ def test_step_with_steplr(benchmark, set_name, impl):
     benchmark(step)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:  # None when benchmarks are disabled (plain `pytest benchmarks`)
-        benchmark.extra_info["GB/s at median"] = round(n * BYTES_PER_PARAM / stats.stats.median / 1e9, 2)
+        benchmark.extra_info["GB/s at median"] = round(gbps(n * SGD_MOMENTUM_FP32, stats.stats.median), 2)
     assert all(torch.isfinite(p).all() for p in params)

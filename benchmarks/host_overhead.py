@@ -1,24 +1,27 @@
 """Host-side cost of one Triton-path step, measurable without a GPU.
 
 On a GPU, small-tensor workloads (ResNet-50's 161 tensors, 1,000 small tensors) are bound by the
-Python/C++ work the host does per step, not by the kernel. This script measures that host work for
-``FusedSGD(backend="triton")`` + a fused_lr scheduler on CPU tensors, with the kernel launch
-replaced by a no-op (so neither the interpreter nor a GPU is involved), beside the torch path
-(``backend="torch"``, which does run its CPU kernel) for scale::
+Python/C++ work the host does per step, not by the kernel. This comparison measures that host work
+for ``FusedSGD(backend="triton")`` + a fused_lr ``CosineAnnealingLR`` on CPU tensors, with the kernel
+launch replaced by a no-op (so neither the interpreter nor a GPU is involved), beside the torch
+path (``backend="torch"``, which does run its CPU kernel) for scale::
 
     python benchmarks/host_overhead.py            # ResNet-50 shapes and 1,000 small tensors
+
+Both methods are the harness's (``harness.methods.fused``); the rounds alternate their order and
+the figure is the median over rounds (``harness.timing``). The first step of the Triton path is
+timed alone: it builds the launch plan.
 
 What it does not include: Triton's own launcher (argument packing, ~tens of microseconds per launch
 on a GPU, one launch per dtype per step), and whatever the GPU driver adds. It is a lower bound for
 the Triton path's per-step host cost, and shows how that cost scales with the tensor count:
-steady-state steps reuse the cached launch plan after O(1) Python work per tensor
-(``FusedSGD._fast_step``); the first step (and any step after the parameter set changes) builds it.
+steady-state steps reuse the cached launch plan after O(1) Python work per tensor; the first step
+(and any step after the parameter set changes) builds it.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,62 +30,42 @@ os.environ["TRITON_INTERPRET"] = "1"  # lets the Triton path accept CPU tensors;
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # benchmarks/ holds harness and param_sets
+    sys.path.insert(0, str(_HERE))
+
 import param_sets  # noqa: E402
+from harness import _internal  # noqa: E402
+from harness.methods import Schedule, fused  # noqa: E402
+from harness.params import make_params  # noqa: E402
+from harness.timing import interleaved_rounds, spread  # noqa: E402
 
-import fused_lr  # noqa: E402
-import fused_lr.lr_scheduler as fused  # noqa: E402
-from fused_lr import _triton_path  # noqa: E402
-
-
-class _NoLaunch:
-    """Stands in for the jitted kernel: ``kernel[grid](...)`` does nothing (named like the
-    interpreter's function type, which the device check looks for)."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
-
-
-def _setup(shapes, backend):
-    params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    opt = fused_lr.FusedSGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4, backend=backend)
-    sched = fused.CosineAnnealingLR(opt, T_max=10_000)
-    return opt, sched
+CPU = torch.device("cpu")
+HYPER = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
+COSINE = Schedule("cosine_iter", "CosineAnnealingLR", dict(T_max=10_000))
+METHODS = {"triton": fused("fused_lr[triton], launch stubbed", "triton"), "torch": fused("fused_lr[torch]", "torch")}
 
 
 def measure(shapes, rounds: int = 9, steps: int = 30) -> dict[str, float]:
     """Median microseconds per ``opt.step(); sched.step()``: first step and steady state of the
     Triton path (launch stubbed), steady state of the torch path; alternating order."""
-    if _triton_path._sgd_kernels is None:
+    if not _internal.triton_kernels_importable():
         raise SystemExit("triton is not installed")
-    real = _triton_path._sgd_kernels.sgd_kernel
-    tri = _setup(shapes, "triton")
-    torch_path = _setup(shapes, "torch")
-    _triton_path._sgd_kernels.sgd_kernel = type("InterpretedFunction", (_NoLaunch,), {})()
-    try:
+    with _internal.sgd_launch_stubbed():
+        runners = {k: m.build(make_params(shapes), COSINE, CPU, HYPER) for k, m in METHODS.items()}
         t0 = time.perf_counter()
-        tri[0].step()
-        tri[1].step()
+        runners["triton"].iteration()
         first = (time.perf_counter() - t0) * 1e6
-        times = {"triton": [], "torch": []}
-        for r in range(rounds):
-            order = (("triton", tri), ("torch", torch_path)) if r % 2 == 0 else (("torch", torch_path), ("triton", tri))
-            for name, (opt, sched) in order:
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    opt.step()
-                    sched.step()
-                times[name].append((time.perf_counter() - t0) / steps * 1e6)
-        return {
-            "triton_first_us": first,
-            "triton_steady_us": statistics.median(times["triton"]),
-            "torch_path_us": statistics.median(times["torch"]),
-            "fast_steps": tri[0]._fast_steps,
-        }
-    finally:
-        _triton_path._sgd_kernels.sgd_kernel = real
+        fast_before = _internal.fast_steps(runners["triton"].opt)
+        times, errors = interleaved_rounds({k: (r.iteration, steps) for k, r in runners.items()}, rounds, CPU)
+    if errors:
+        raise RuntimeError(errors)
+    return {
+        "triton_first_us": first,
+        "triton_steady_us": spread(times["triton"])["median_s"] * 1e6,
+        "torch_path_us": spread(times["torch"])["median_s"] * 1e6,
+        "fast_steps": _internal.fast_steps(runners["triton"].opt) - fast_before,
+    }
 
 
 def main() -> None:

@@ -12,14 +12,13 @@ tensor counts and totals are asserted against the well-known figures:
 * ``many_small(n, size)``: ``n`` flat tensors of ``size`` elements (per-tensor overhead dominates).
 * ``one_large(numel)``: one flat tensor (bandwidth dominates).
 
-``make_params(shapes)`` turns a list of shapes into fp32 CPU tensors with random gradients.
+``PARAM_SETS`` names the sets of ``compare_sgd.py`` (1,000 x 1,024 and 2**24 there).
+``make_params(shapes)`` (from ``harness.params``) turns shapes into fp32 tensors with random gradients.
 """
 
 from __future__ import annotations
 
-import math
-
-import torch
+from harness.params import Shape, make_params, numel
 
 __all__ = [
     "RESNET50_TENSORS",
@@ -39,13 +38,6 @@ RESNET50_TENSORS = 161
 RESNET50_NUMEL = 25_557_032
 GPT2_SMALL_TENSORS = 148
 GPT2_SMALL_NUMEL = 124_439_808
-
-Shape = tuple[int, ...]
-
-
-def numel(shapes: list[Shape]) -> int:
-    """Total number of elements over ``shapes``."""
-    return sum(math.prod(s) for s in shapes)
 
 
 def _bn(c: int) -> list[Shape]:
@@ -99,23 +91,10 @@ def one_large(n: int = 2**24) -> list[Shape]:
     return [(n,)]
 
 
-# Name -> factory, for benchmarks that loop over sets.
+# The sets of benchmarks/compare_sgd.py (and its result files), by name.
 PARAM_SETS = {
     "resnet50": resnet50_shapes,
     "gpt2_small": gpt2_small_shapes,
-    "many_small": many_small,
-    "one_large": one_large,
+    "many_small": lambda: many_small(1000, 1024),
+    "one_large": lambda: one_large(2**24),
 }
-
-
-def make_params(
-    shapes: list[Shape], *, seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
-) -> list[torch.Tensor]:
-    """Leaf tensors of ``shapes`` (``dtype`` on ``device``) with ``.grad`` set once to random values."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    params = []
-    for s in shapes:
-        p = torch.randn(s, generator=gen, dtype=dtype, device=device).requires_grad_(True)
-        p.grad = torch.randn(s, generator=gen, dtype=dtype, device=device)
-        params.append(p)
-    return params
