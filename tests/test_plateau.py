@@ -88,7 +88,7 @@ def _device_state(s, *more):
 def test_device_metric_never_reads_the_host(monkeypatch):
     """The accelerator path, on CPU tensors: a tensor metric is never read back, nor is the device
     state; the float LRs follow from an asynchronous copy (on CPU it has arrived at once)."""
-    monkeypatch.setattr(fused_lr.lr_scheduler, "_host_can_read", lambda t: False)
+    monkeypatch.setattr(fused_lr.lr_scheduler.plateau, "_host_can_read", lambda t: False)
     _, b = _pair()
     s = fused.ReduceLROnPlateau(b, patience=0, factor=0.5)
     metric = torch.tensor(1.0)
@@ -103,7 +103,7 @@ def test_device_metric_never_reads_the_host(monkeypatch):
 
 def test_custom_combined_metric_runs_on_the_device(monkeypatch):
     """The tutorial example: ReduceLROnPlateau(..., monitor=custom_metric); step(val_loss, val_acc)."""
-    monkeypatch.setattr(fused_lr.lr_scheduler, "_host_can_read", lambda t: False)
+    monkeypatch.setattr(fused_lr.lr_scheduler.plateau, "_host_can_read", lambda t: False)
 
     def custom_metric(val_loss, val_acc):
         return val_loss * (1 - val_acc)

@@ -89,7 +89,7 @@ def test_plateau_scalar_min_lr_covers_an_added_group(monkeypatch, device_metric)
     from conftest import ForbidReadsOf
 
     if device_metric:
-        monkeypatch.setattr(fused_lr.lr_scheduler, "_host_can_read", lambda t: False)
+        monkeypatch.setattr(fused_lr.lr_scheduler.plateau, "_host_can_read", lambda t: False)
     a, b = _pair()
     sa = stock.ReduceLROnPlateau(a, patience=1, factor=0.5, min_lr=1e-2)
     sb = fused.ReduceLROnPlateau(b, patience=1, factor=0.5, min_lr=1e-2)
