@@ -13,7 +13,8 @@ trained parameters.
   FusedSGD, and with ``optimizer_cls_and_kwargs``.
 
 The README's test command installs the ``frameworks`` extra, so these run on every landing; they
-skip only where lightning / transformers are not installed. Both are imported inside the tests, so
+skip where lightning / transformers are not installed, except under FUSED_LR_REQUIRE_FRAMEWORKS=1
+(set by .ci/run), where a missing framework fails them. Both are imported inside the tests, so
 the rest of the suite neither waits for them nor sees what they set process-wide (restored below).
 
 Tolerances: LRs LR_RTOL (tests/conftest.py); parameters TRAJ_TOL[float32]; logged losses LOSS_TOL.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib
 import json
 import math
 import os
@@ -68,6 +70,14 @@ def _process_state_restored():
     torch.set_rng_state(rngs[0])
     random.setstate(rngs[1])
     np.random.set_state(np_rng)
+
+
+def _framework(name):
+    """Import a framework inside a test: skip where it is not installed, fail in CI (.ci/run sets
+    FUSED_LR_REQUIRE_FRAMEWORKS=1) so that a broken install cannot pass as skips."""
+    if os.environ.get("FUSED_LR_REQUIRE_FRAMEWORKS") == "1":
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
 
 
 def _data(n=24):
@@ -163,7 +173,7 @@ def _lightning_run(root, use_fused, sched_name, monitor_interval="step", epochs=
     3 batches per epoch, a CSVLogger and a LearningRateMonitor (LRs, momenta, weight decays).
     Returns the parameters, each group's LR at every batch start, the logger's CSV rows and the
     monitor's ``lrs``."""
-    L = pytest.importorskip("lightning.pytorch")
+    L = _framework("lightning.pytorch")
     x, y = _data()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=False)
     interval = LIGHTNING_INTERVAL[sched_name]
@@ -316,7 +326,7 @@ def test_hf_trainer_logs_and_training_match_stock(tmp_path, monkeypatch, case):
     ``grad_norm`` at each of 9 steps (and ``eval_loss`` for plateau), and the trained parameters,
     FusedSGD against stock SGD with the same scheduler."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing here needs the hub; never reach for it
-    tf = pytest.importorskip("transformers")
+    tf = _framework("transformers")
     x, y = _data()
     make_sched, extra = HF_CASES[case]
 
