@@ -24,6 +24,7 @@ from torch.optim.sgd import sgd as _functional_sgd  # torch's functional SGD (th
 from . import _compiled_op  # noqa: F401  (registers torch.ops.fused_lr.triton_sgd_update)
 from . import _triton_path as _tp
 from . import schedules as _schedules
+from ._lr_state import GroupLRs
 from ._layout import flat_ok, is_dense, overlaps_itself, same_strides
 from ._torch_path import grad_norm_torch, norm_dtype, scaled_grads, sgd_torch, sparse_sgd
 
@@ -52,7 +53,6 @@ def _like_param(local_buf: Tensor, p: Tensor) -> Tensor:
 
 
 _BACKENDS = ("auto", "torch", "triton")
-_UNSEEN = object()  # a group "lr" fused_lr has not seen yet (after a load): taken as assigned
 # Hyper-parameters a FusedSGD group carries, in torch.optim.SGD's order.
 _HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 # Keys torch.optim.SGD adds to its groups that FusedSGD does not keep per group: it picks its own
@@ -73,15 +73,6 @@ def _as_float(name: str, value: Any) -> float:
     if math.isnan(value):
         raise ValueError(f"Invalid {name}: {value}")
     return value
-
-
-def _lr_value(lr: Any, group: int) -> float:
-    """A group's LR as a float (a tensor LR is read: a sync on an accelerator)."""
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)} (param group {group})")
-        return float(lr.detach().reshape(()).item())
-    return float(lr)
 
 
 def _split_named(params: Any) -> tuple[list, list | None]:
@@ -304,12 +295,8 @@ class FusedSGD(Optimizer):
             defaults["lr"] = lr  # torch's tensor-LR behaviour: the groups share this tensor
         self.backend = backend
         self._device: torch.device | None = None
-        self._lr_buf: Tensor | None = None
-        self._lr_views: list[Tensor] = []  # 0-dim views of _lr_buf, one per group
-        self._lr_seen: list[Any] = []  # per group: the "lr" object fused_lr last set or read
-        self._lr_owner = None  # the fused_lr scheduler driving the LRs, when one is attached
-        self._lr_watchers: list = []  # weakrefs to ReduceLROnPlateau schedulers (asynchronous LR refresh)
-        self._schedule = None  # its device schedule
+        # The groups' LRs: group["lr"] and the device buffer the schedules write (fused_lr/_lr_state.py).
+        self._lrs = GroupLRs(self, defers=self._defers_schedule)
         self._identity = None  # Triton path without a closed-form schedule: rows that read lr_buf
         self._ticket = None  # Triton path: last-program-done ticket of the write-back
         self._plan_cache = None  # Triton path: address/chunk tables per parameter set
@@ -534,94 +521,16 @@ class FusedSGD(Optimizer):
         (dtype,) = dtypes
         return dtype in FUSED_DTYPES and (params[0].device.type, dtype) not in _FUSED_BROKEN
 
+    # The LR state lives in self._lrs (GroupLRs); these names are the step path's view of it.
+    _lr_buf = property(lambda self: self._lrs.buf)
+    _lr_views = property(lambda self: self._lrs.views)
+    _schedule = property(lambda self: self._lrs.schedule)
+    _lr_owner = property(lambda self: self._lrs.owner)
+
     def _rebuild_lr_buf(self) -> None:
-        """The float64 device tensor of every group's LR, from the groups' ``"lr"`` as they are now.
-
-        ``group["lr"]`` stays what the user gave (a Python float, or a tensor as torch allows): the
-        buffer is fused_lr's device copy, which the kernels and the schedules read and write. A
-        tensor LR is read once here (a sync on an accelerator, at construction and loads only)."""
-        values = [_lr_value(g["lr"], i) for i, g in enumerate(self.param_groups)]
-        device = self._device if self._device is not None else torch.device("cpu")
-        self._lr_buf = torch.tensor(values, dtype=torch.float64, device=device)
-        self._lr_views = [self._lr_buf[i] for i in range(len(values))]
-        self._lr_seen = [g["lr"] for g in self.param_groups]
-
-    def _lr_assignments(self) -> list[tuple[int, float | Tensor]]:
-        """The groups whose ``"lr"`` was assigned since fused_lr last set or read it, with the new
-        value (a float, or a tensor LR), all checked before anything changes. Costs one identity
-        comparison per group when nothing changed; never reads the device."""
-        for ref in self._lr_watchers:
-            watcher = ref()
-            if watcher is not None:
-                watcher._refresh()  # an asynchronous copy of a device decision that has arrived
-        changes = []
-        seen = self._lr_seen
-        for i, g in enumerate(self.param_groups):
-            lr = g["lr"]
-            old = seen[i]
-            if lr is old:
-                continue
-            if isinstance(lr, Tensor):
-                if lr.numel() != 1:
-                    raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)} (param group {i})")
-                changes.append((i, lr))
-                continue
-            value = _as_float("lr", lr)
-            if value < 0.0 or math.isinf(value):
-                raise ValueError(f"Invalid learning rate: {value} (param group {i})")
-            if not isinstance(old, Tensor) and value == old:
-                seen[i] = lr  # the same value under another object: nothing to do
-                continue
-            changes.append((i, value))
-        return changes
-
-    def _apply_lr_assignments(self, changes: list[tuple[int, float | Tensor]]) -> None:
-        """Make assigned LRs take effect: through the attached fused_lr scheduler, which carries
-        them on as torch's recurrence would, or straight into the device buffer (no scheduler, a
-        stock one, ReduceLROnPlateau). A float is written without a host read; a tensor on the
-        device is copied on the device."""
-        if not changes:
-            return
-        owner = self._lr_owner
-        if owner is not None:
-            owner._lrs_assigned(changes)
-        else:
-            for i, value in changes:
-                if isinstance(value, Tensor):
-                    self._lr_views[i].copy_(value.detach().reshape(()))
-                else:
-                    self._lr_views[i].fill_(value)
-        for i, _ in changes:
-            self._lr_seen[i] = self.param_groups[i]["lr"]
-
-    def _follow_tensor_lrs(self) -> None:
-        """Tensor LRs a user may change in place (``group["lr"].mul_(0.5)``): copied into the
-        device buffer before every update that no fused_lr scheduler drives (device to device)."""
-        if self._lr_owner is None:
-            for i, g in enumerate(self.param_groups):
-                lr = g["lr"]
-                if isinstance(lr, Tensor):
-                    self._lr_views[i].copy_(lr.detach().reshape(()))
-
-    def _publish_lrs(self, values: list[float]) -> None:
-        """Set every group's ``"lr"`` to the scheduler's value, as torch's schedulers do: a float
-        replaces a float, a tensor LR is filled in place (``fill_`` of a Python number: no sync)."""
-        for i, (g, v) in enumerate(zip(self.param_groups, values)):
-            lr = g["lr"]
-            if isinstance(lr, Tensor):
-                lr.fill_(v)
-            else:
-                g["lr"] = v
-            self._lr_seen[i] = g["lr"]
-
-    def _forget_seen_lrs(self) -> None:
-        """Take every group's current ``"lr"`` as assigned at the next step (after a load)."""
-        self._lr_seen = [_UNSEEN] * len(self.param_groups)
-
-    def _attach(self, owner, schedule) -> None:
-        """``owner`` (a fused_lr scheduler) now drives the LRs through ``schedule`` (a DeviceSchedule)."""
-        self._lr_owner = owner
-        self._schedule = schedule
+        """The device LR buffer from the groups' ``"lr"`` as they are now (see GroupLRs.rebuild)."""
+        self._lrs.device = self._device
+        self._lrs.rebuild()
 
     @property
     def lr_tensor(self) -> Tensor:
@@ -986,9 +895,9 @@ class FusedSGD(Optimizer):
         if not torch.compiler.is_compiling():
             # (Inside torch.compile the float LRs are not read: a guard on them would recompile at
             # every new LR. Assignments made there are taken at the next eager step.)
-            changes = self._lr_assignments()  # checked before anything changes
-            self._apply_lr_assignments(changes)
-            self._follow_tensor_lrs()
+            changes = self._lrs.assignments()  # checked before anything changes
+            self._lrs.apply(changes)
+            self._lrs.follow_tensor_lrs()
             if self._schedule is not None and self._schedule.dirty:
                 self._schedule.sync()  # (composed schedulers stepped out of lockstep)
         if differentiable:
@@ -1025,6 +934,8 @@ class FusedSGD(Optimizer):
                 self._step_sparse(sparse, grad_scale, found_inf)
         if self._lr_log is not None:
             self._record_lr()
+        if self._lrs.has_tensor_lrs and self._lrs.owner is not None:
+            self._lrs.sync_tensor_lrs()  # tensor LRs follow the LR the kernel wrote (a deferred step)
         return loss
 
     # ------------------------------------------------------------------ clipping helpers
@@ -1512,10 +1423,10 @@ class FusedSGD(Optimizer):
         self._buf_cache.clear()
         self._fast = None  # new momentum buffers: the next step collects everything again
         self._rebuild_lr_buf()
-        if self._lr_owner is not None:
+        if self._lrs.owner is not None:
             # The loaded LRs are what torch's schedulers would continue from: the attached scheduler
             # takes them as assigned LRs at its next step (after its own load_state_dict).
-            self._forget_seen_lrs()
+            self._lrs.forget()
         if self._first_flags is not None:
             self._first_flags.zero_()  # loaded buffers carry history; missing ones get a flag when allocated
         self._flags_maybe_set = set()
@@ -1552,10 +1463,8 @@ class FusedSGD(Optimizer):
         else:
             # load_state_dict: the loaded groups are new dicts holding the loaded (float) LRs
             self.__dict__["_grad_lrs"] = {}
-        self.__dict__.setdefault("_schedule", None)
-        self.__dict__.setdefault("_lr_owner", None)
+        self.__dict__.setdefault("_lrs", GroupLRs(self, defers=self._defers_schedule))
         self._groups = self.param_groups
-        self.__dict__.setdefault("_lr_watchers", [])
         self.__dict__.setdefault("_lr_log", None)
         self.__dict__.setdefault("_fast_steps", 0)
         self._fast = None

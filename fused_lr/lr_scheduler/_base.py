@@ -16,6 +16,7 @@ import torch.optim.lr_scheduler as stock_lr_scheduler
 from torch.optim.lr_scheduler import LRScheduler
 
 from .. import schedules as S
+from .._lr_state import GroupLRs
 from ..optimizer import FusedSGD
 
 
@@ -90,17 +91,39 @@ def _stack():
     return _Stack
 
 
-def _check_optimizer(optimizer: Any, scheduler: str) -> FusedSGD:
-    if not isinstance(optimizer, FusedSGD):
-        raise TypeError(
-            f"fused_lr.lr_scheduler.{scheduler} needs a fused_lr.FusedSGD optimizer, got "
-            f"{type(optimizer).__name__}; use torch.optim.lr_scheduler.{scheduler} for other optimizers"
-        )
+def _check_optimizer(optimizer: Any, scheduler: str) -> torch.optim.Optimizer:
+    """Any torch optimizer (torch's check and message): with a fused_lr optimizer the LR is computed
+    in its update kernel; with another one, a tensor LR is written on the device and a float LR set
+    on the host, as torch's schedulers set it."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
     return optimizer
+
+
+def uses_beta1(optimizer: torch.optim.Optimizer) -> bool:
+    """torch's rule for momentum cycling (CyclicLR, OneCycleLR): ``betas[0]`` where the optimizer
+    has betas (Adam, AdamW...), else ``momentum``."""
+    return "betas" in optimizer.defaults
+
+
+def get_momentum(group: dict, beta1: bool) -> float:
+    return group["betas"][0] if beta1 else group["momentum"]
+
+
+def set_momentum(group: dict, value: float, beta1: bool) -> None:
+    if beta1:
+        group["betas"] = (value, *group["betas"][1:])
+    else:
+        group["momentum"] = value
 
 
 class _FusedLRScheduler(LRScheduler):
     """Shared machinery: a closed-form device schedule behind torch's LRScheduler interface."""
+
+    @property
+    def _lrs(self) -> GroupLRs:
+        """The optimizer's LR state (``fused_lr._lr_state``): group["lr"] and the device buffer."""
+        return GroupLRs.of(self.optimizer)
 
     # Names of the constructor arguments saved in state_dict (besides torch's bookkeeping keys).
     _arg_names: tuple[str, ...] = ()
@@ -142,7 +165,7 @@ class _FusedLRScheduler(LRScheduler):
         return self._rows(), None, None
 
     def _build_schedule(self) -> None:
-        sched = S.DeviceSchedule(self.optimizer._lr_buf.device)
+        sched = S.DeviceSchedule(self._lrs.buf.device)
         rows, table, direct, *more = self._describe()
         sched.set_rows(rows, table, direct, n_groups=len(self.optimizer.param_groups),
                        momentum_rows=more[0] if more else None)
@@ -156,11 +179,11 @@ class _FusedLRScheduler(LRScheduler):
         self._sched.set_step(max(self.last_epoch, 0))
         if keep_edits and old is not None:
             self._sched.set_edits(old.edits())
-        owner = self.optimizer._lr_owner
+        owner = self._lrs.owner
         if isinstance(owner, _stack()) and owner.has(self):
             owner.rebuild()  # the composed description holds this one's rows
         elif owner is self or owner is None:
-            self.optimizer._attach(self, self._sched)
+            self._lrs.attach(self, self._sched)
         # (else: a part of a composite, or a scheduler another one replaced: its own description only)
 
     def _grow_tables(self, epoch: int) -> bool:
@@ -171,11 +194,13 @@ class _FusedLRScheduler(LRScheduler):
         """Raise (before anything changes) when stepping to ``epoch`` is invalid (OneCycleLR)."""
 
     def _write_momenta(self) -> None:
-        """Set ``group["momentum"]`` of momentum-cycled groups for ``last_epoch`` (host floats, as
-        torch does; the Triton kernel computes the same value on the device from the schedule)."""
+        """Set ``group["momentum"]`` (or ``betas[0]``) of momentum-cycled groups for ``last_epoch``
+        (host floats, as torch does; the Triton kernel computes the same value on the device from
+        the schedule)."""
         if self._sched is not None and self._sched.momentum_rows:
+            beta1 = uses_beta1(self.optimizer)
             for g, m in self._sched.host_momenta(max(self.last_epoch, 0)).items():
-                self.optimizer.param_groups[g]["momentum"] = m
+                set_momentum(self.optimizer.param_groups[g], m, beta1)
 
     # -------------------------------------------------------------- assigned LRs
 
@@ -207,7 +232,7 @@ class _FusedLRScheduler(LRScheduler):
                 continue
             self._assign(g, k, x)
         if not self._sched.pending:  # (with a deferred step pending, the update kernel evaluates the edits)
-            self._sched.write_lr(self.optimizer._lr_buf)
+            self._lrs.write(self._sched)
 
     def _assign(self, g: int, k: int, x: float) -> None:
         kind, stop = self._edit_policy(g, k)
@@ -296,18 +321,17 @@ class _FusedLRScheduler(LRScheduler):
         if epoch is not None:
             epoch = _int_arg("epoch", epoch, 0)
         self._check_step(self.last_epoch + 1 if epoch is None else epoch)
-        opt = self.optimizer
         initial = self._sched is None
         # Everything is checked before anything changes (assigned LRs included). Inside
         # torch.compile the groups' float LRs are not read: a guard on them would recompile at
         # every new LR (an assignment made in a compiled region is taken at the next eager step).
-        changes = [] if torch.compiler.is_compiling() else opt._lr_assignments()
-        owner = opt._lr_owner
+        changes = [] if torch.compiler.is_compiling() else self._lrs.assignments()
+        owner = self._lrs.owner
         if isinstance(owner, _stack()) and owner.has(self):
             owner.member_step(self, epoch, changes)  # one of several schedulers driving these LRs
             return
         # Assignments made while another scheduler (or none) drove the LRs: taken there first.
-        opt._apply_lr_assignments(changes)
+        self._lrs.apply(changes)
         if initial:
             self.base_lrs = [_lr_value(b) for b in self.base_lrs]
             self._build_schedule()
@@ -315,7 +339,7 @@ class _FusedLRScheduler(LRScheduler):
             # Another scheduler drives these LRs now (built after this one, or a composite made of
             # this one): stepping this one chains its recurrence onto theirs, as torch's do.
             if isinstance(self._join(), _stack()):
-                opt._lr_owner.member_step(self, epoch, [])
+                self._lrs.owner.member_step(self, epoch, [])
                 return
         self._step_count += 1
         sched = self._sched
@@ -324,9 +348,9 @@ class _FusedLRScheduler(LRScheduler):
             if initial:
                 sched.set_step(self.last_epoch)
                 if isinstance(self._join(), _stack()):
-                    opt._lr_owner.initial_step(self)
+                    self._lrs.owner.initial_step(self)
                     return
-            elif opt._defers_schedule(sched):
+            elif self._lrs.defers_schedule(sched):
                 # Triton path: the next update kernel advances the counter and writes the LRs.
                 sched.defer_advance()
             else:
@@ -344,8 +368,9 @@ class _FusedLRScheduler(LRScheduler):
         """The host's part of a step: grown tables, host-driven groups, the device LRs and the float
         ``group["lr"]`` values. Python floats computed on the host: inside a compiled region this
         runs eagerly (one graph break, where stock's scheduler step is never traced at all)."""
-        opt = self.optimizer
-        previous = [_lr_value(g["lr"]) for g in opt.param_groups]
+        # (At construction a tensor LR is read, as torch's schedulers read it: the user may have
+        # changed it in place. Later steps use the value the host last set: no device read.)
+        previous = [_lr_value(g["lr"]) for g in self.optimizer.param_groups] if initial else self._lrs.current()
         if self._grow_tables(self.last_epoch):
             self._rebuild()
         sched = self._sched
@@ -354,7 +379,7 @@ class _FusedLRScheduler(LRScheduler):
         else:
             self._drive_on_host(previous)
         if not sched.pending:
-            sched.write_lr(opt._lr_buf)
+            self._lrs.write(sched)
         self._publish()
 
     def _parts(self) -> list:
@@ -375,12 +400,12 @@ class _FusedLRScheduler(LRScheduler):
         them already (not this one's own parts), as torch chains schedulers stepped on one
         optimizer. Returns the new owner (this scheduler or a _Stack)."""
         opt = self.optimizer
-        owner = opt._lr_owner
+        owner = self._lrs.owner
         parts = self._parts()
         members = owner.members if isinstance(owner, _stack()) else [] if owner is None else [owner]
         others = [m for m in members if m is not self and not any(m is p for p in parts)]
         if not others:
-            opt._attach(self, self._sched)
+            self._lrs.attach(self, self._sched)
             return self
         return _stack()(opt, others, self, owner)
 
@@ -414,7 +439,7 @@ class _FusedLRScheduler(LRScheduler):
         """``group["lr"]`` of every group from the host's closed form (no device read), as torch's
         step sets it; ``get_last_lr()`` returns the same values."""
         values = self._sched.host_lrs(max(self.last_epoch, 0))
-        self.optimizer._publish_lrs(values)
+        self._lrs.publish(values)
         self._last_lr = [
             g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else v
             for g, v in zip(self.optimizer.param_groups, values)
@@ -507,14 +532,14 @@ class _FusedLRScheduler(LRScheduler):
         self._host_driven = {}
         self._grow_tables(max(last_epoch, 0))
         self._rebuild(keep_edits=False)
-        owner = self.optimizer._lr_owner
+        owner = self._lrs.owner
         if isinstance(owner, _stack()) and owner.has(self):
             owner.rebuild(keep_edits=False)
-        self.optimizer._schedule.write_lr(self.optimizer._lr_buf)
+        self._lrs.write(self._lrs.schedule)
         # torch's load leaves group["lr"] as it is: the next step continues from it, so the
         # optimizer hands it to this scheduler as an assigned LR (an edit only if it differs from
         # the schedule's value beyond rounding).
-        self.optimizer._forget_seen_lrs()
+        self._lrs.forget()
         last = state_dict.get("_last_lr")
         self._last_lr = list(last) if isinstance(last, list) and len(last) == n else self._sched.host_lrs(max(last_epoch, 0))
         self._write_momenta()

@@ -12,8 +12,9 @@ import torch
 import torch.optim.lr_scheduler as stock_lr_scheduler
 
 from .. import schedules as S
+from .._lr_state import GroupLRs
 from ..optimizer import FusedSGD
-from ._base import _FusedLRScheduler, _check_optimizer, _int_arg, _lr_value
+from ._base import set_momentum, uses_beta1, _FusedLRScheduler, _check_optimizer, _int_arg, _lr_value
 from .closed_forms import ConstantLR, ExponentialLR, LinearLR, MultiStepLR, PolynomialLR, StepLR
 from .lambdas import LambdaLR, MultiplicativeLR
 from .plateau import ReduceLROnPlateau
@@ -104,7 +105,7 @@ class SequentialLR(_FusedLRScheduler):
         self._schedulers = schedulers
         self._milestones = [int(m) for m in milestones]
         # torch resets the LRs to initial_lr before its first piece's initial step.
-        optimizer._publish_lrs([_lr_value(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups])
+        GroupLRs.of(optimizer).publish([_lr_value(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups])
         super().__init__(optimizer, last_epoch)
 
 
@@ -190,7 +191,7 @@ class SequentialLR(_FusedLRScheduler):
         return sub._describe()
 
     def _build_schedule(self) -> None:
-        sched = S.DeviceSchedule(self.optimizer._lr_buf.device)
+        sched = S.DeviceSchedule(self._lrs.buf.device)
         rows, table, direct = self._describe()
         sched.set_rows(rows, table, direct, n_groups=len(self.optimizer.param_groups))
         self._sched = sched
@@ -220,7 +221,7 @@ class SequentialLR(_FusedLRScheduler):
             for sub, sd in zip(self._schedulers, backups):
                 sub.load_state_dict(sd)
             self._rebuild(keep_edits=False)
-            self._sched.write_lr(self.optimizer._lr_buf)
+            self._lrs.write(self._sched)
             raise
 
 
@@ -285,7 +286,7 @@ class _Composite(_FusedLRScheduler):
         self._sched = None
         self._rebuild()
         self._join()  # the parts drove the LRs until now; this composite does from here
-        self._sched.write_lr(optimizer._lr_buf)
+        self._lrs.write(self._sched)
         self._publish()
 
     def _grow_tables(self, epoch: int) -> bool:
@@ -463,7 +464,7 @@ class ChainedScheduler(_Composite):
             return cached[1]
         groups = self.optimizer.param_groups
         stand_in = torch.optim.SGD(
-            [{"params": [torch.zeros(1)], "lr": base, "momentum": g["momentum"]} for base, g in zip(self.base_lrs, groups)],
+            [{"params": [torch.zeros(1)], "lr": base, "momentum": g.get("momentum", 0.0)} for base, g in zip(self.base_lrs, groups)],
             lr=1.0,
         )
         with warnings.catch_warnings():
@@ -552,7 +553,7 @@ class PerGroupLR(_Composite):
             if not getattr(sub, "cycle_momentum", False):
                 before = [u._momenta_before[g] for u in unique if getattr(u, "cycle_momentum", False)]
                 if before:
-                    optimizer.param_groups[g]["momentum"] = before[0]
+                    set_momentum(optimizer.param_groups[g], before[0], uses_beta1(optimizer))
         self._init_from_parts(optimizer)
         self.base_lrs = [sub.base_lrs[g] for g, sub in enumerate(schedulers)]
 

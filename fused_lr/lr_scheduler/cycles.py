@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from .. import schedules as S
+from .._lr_state import GroupLRs
 from ..optimizer import FusedSGD
-from ._base import _FusedLRScheduler, _check_optimizer, _int_arg, _real_arg
+from ._base import get_momentum, set_momentum, uses_beta1, _FusedLRScheduler, _check_optimizer, _int_arg, _real_arg
 
 
 def _per_group(name: str, optimizer: FusedSGD, value: Any, *, nonnegative: bool = True) -> list[float]:
@@ -34,8 +35,8 @@ def _per_group(name: str, optimizer: FusedSGD, value: Any, *, nonnegative: bool 
     return out
 
 
-def _check_momentum_support(optimizer: FusedSGD) -> None:
-    if "momentum" not in optimizer.defaults:
+def _check_momentum_support(optimizer) -> None:
+    if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
         raise ValueError("optimizer must support momentum or beta1 with `cycle_momentum` option enabled")
 
 
@@ -46,10 +47,11 @@ class _MomentumCycler:
 
     def _start_momentum_cycle(self, optimizer, max_momentums, base_momentums, last_epoch: int) -> None:
         """torch's construction side effect: every group starts at its max momentum."""
-        self._momenta_before = [g["momentum"] for g in optimizer.param_groups]
+        self.use_beta1 = uses_beta1(optimizer)
+        self._momenta_before = [get_momentum(g, self.use_beta1) for g in optimizer.param_groups]
         if last_epoch == -1:
             for m, b, group in zip(max_momentums, base_momentums, optimizer.param_groups):
-                group["momentum"] = m
+                set_momentum(group, m, self.use_beta1)
                 group["max_momentum"] = m
                 group["base_momentum"] = b
 
@@ -112,7 +114,7 @@ class CyclicLR(_MomentumCycler, _FusedLRScheduler):
         self.horizon = _int_arg("horizon", horizon, 1)
         # Everything is valid: now the side effects torch has.
         if last_epoch == -1:
-            optimizer._publish_lrs(base_lrs)
+            GroupLRs.of(optimizer).publish(base_lrs)
         self.max_lrs = max_lrs
         self.total_size = up + down
         self.step_ratio = up / self.total_size
@@ -121,7 +123,7 @@ class CyclicLR(_MomentumCycler, _FusedLRScheduler):
         self._scale_fn_custom = scale_fn
         self.scale_mode = scale_mode if scale_fn is not None else ("iterations" if mode == "exp_range" else "cycle")
         self.cycle_momentum = cycle_momentum
-        self.use_beta1 = False
+        self.use_beta1 = uses_beta1(optimizer) if cycle_momentum else False
         if cycle_momentum:
             self.base_momentums = base_momentums
             self.max_momentums = max_momentums
@@ -132,7 +134,7 @@ class CyclicLR(_MomentumCycler, _FusedLRScheduler):
             # base_lr (torch assigns base_lrs after the initial step).
             self.base_lrs = base_lrs
             self._rebuild(keep_edits=False)
-            self._sched.write_lr(self.optimizer._lr_buf)
+            self._lrs.write(self._sched)
             self._publish()
 
     # torch's formula, on the host, for a custom scale_fn (tabulated).
@@ -174,7 +176,7 @@ class CyclicLR(_MomentumCycler, _FusedLRScheduler):
         sd = super().state_dict()
         for k in self._common_keys:
             sd[k] = getattr(self, k)
-        sd["use_beta1"] = False
+        sd["use_beta1"] = self.use_beta1
         if self.cycle_momentum:
             sd["base_momentums"] = list(self.base_momentums)
             sd["max_momentums"] = list(self.max_momentums)
@@ -303,7 +305,7 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
         self._schedule_phases = phases
         self._anneal_func_type = anneal_strategy
         self.cycle_momentum = cycle_momentum
-        self.use_beta1 = False
+        self.use_beta1 = uses_beta1(optimizer) if cycle_momentum else False
         if last_epoch == -1:
             for m, group in zip(max_lrs, optimizer.param_groups):
                 group["initial_lr"] = m / div_factor
@@ -390,7 +392,7 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd.update(total_steps=self.total_steps, _schedule_phases=[dict(p) for p in self._schedule_phases],
-                  _anneal_func_type=self._anneal_func_type, cycle_momentum=self.cycle_momentum, use_beta1=False)
+                  _anneal_func_type=self._anneal_func_type, cycle_momentum=self.cycle_momentum, use_beta1=self.use_beta1)
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

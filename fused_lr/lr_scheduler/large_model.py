@@ -32,7 +32,7 @@ class _EditableMixin:
         else:
             sched.desc[:, col].fill_(float(value))
         sched.invalidate()
-        self._sched.write_lr(self.optimizer._lr_buf)
+        self._lrs.write(self._sched)
         self._publish()
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numbers
 import warnings
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.optim.lr_scheduler as stock_lr_scheduler
 
+from .._lr_state import GroupLRs
 from ..optimizer import FusedSGD
 from ._base import _check_optimizer, _host_work, _int_arg, _lr_value, _real_arg
 
@@ -70,6 +70,11 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
     step reads its decision back to the host (a sync on an accelerator) to know whether to raise.
     """
 
+    @property
+    def _lrs(self) -> GroupLRs:
+        """The optimizer's LR state (``fused_lr._lr_state``): group["lr"] and the device buffer."""
+        return GroupLRs.of(self.optimizer)
+
     def __init__(
         self,
         optimizer: FusedSGD,
@@ -118,7 +123,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self.monitor = monitor
         self.last_epoch = 0
         self._init_is_better(mode=mode, threshold=threshold, threshold_mode=threshold_mode)
-        dev = optimizer.lr_tensor.device
+        dev = GroupLRs.of(optimizer).buf.device
         # Shape (1,), not 0-dim: torch 2.13's torch.compile drops in-place writes to a 0-dim float64
         # CPU tensor held by an object once that object's int attribute (last_epoch) has become
         # dynamic (it turns such tensors into symbolic Python floats and retraces without the write).
@@ -133,7 +138,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         self._mirror: tuple[float, int, int] | None = (self.mode_worse, 0, 0)
         self._pending: _AsyncRead | None = None
         self._last_lr = [_lr_value(g["lr"]) for g in optimizer.param_groups]
-        optimizer._lr_watchers.append(weakref.ref(self))
+        GroupLRs.of(optimizer).watch(self)
         # What _min_lrs_t was built from: (group count, min_lrs, default_min_lr). A step rebuilds it
         # when this changes (a group added, min_lrs assigned or edited in place).
         self._min_key = (n, tuple(min_lrs), default_min_lr)
@@ -251,15 +256,14 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         else:
             epoch = _int_arg("epoch", epoch, 0)
             warnings.warn(stock_lr_scheduler.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
-        opt = self.optimizer
         compiling = torch.compiler.is_compiling()
-        changes = [] if compiling else opt._lr_assignments()  # checked before anything changes
+        changes = [] if compiling else self._lrs.assignments()  # checked before anything changes
         host_metric = self._metric_value((metrics, *more))
         self._check_min_lrs(current)
         self.last_epoch = epoch
         if changes:
-            opt._apply_lr_assignments(changes)
-        if opt._lr_owner is not None:
+            self._lrs.apply(changes)
+        if self._lrs.owner is not None:
             _host_work(self._decide_composed, current)
             return
         self._decide(current)
@@ -289,7 +293,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
             self._read_state()  # on CPU the device is the host: reading it is free
         else:
             self._mirror = None
-            self._pending = _AsyncRead([self.optimizer.lr_tensor, self._best, self._num_bad, self._cooldown_counter])
+            self._pending = _AsyncRead([self._lrs.buf, self._best, self._num_bad, self._cooldown_counter])
 
     def _decide_on_host(self, current: float) -> None:
         """torch's decision on the host's copy of the state (the same comparisons in float64)."""
@@ -301,7 +305,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         if cooldown > 0:
             cooldown -= 1
             num_bad = 0
-        values = [_lr_value(g["lr"]) for g in self.optimizer.param_groups]
+        values = self._lrs.current()
         if num_bad > self.patience:
             if len(self._min_lrs) != len(values) and self.default_min_lr is not None:
                 # torch's _reduce_lr: [default_min_lr] * groups from the first reduction after a
@@ -326,16 +330,16 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
 
     def _set_lrs(self, values: list[float]) -> None:
         opt = self.optimizer
-        owner = opt._lr_owner
+        owner = self._lrs.owner
         if owner is not None:
-            current = [_lr_value(g["lr"]) for g in opt.param_groups]
+            current = self._lrs.current()
             reduced = [(g, v) for g, (v, c) in enumerate(zip(values, current)) if v != c]
             if reduced:
                 owner._lrs_assigned(reduced)  # carried on by the schedule, as torch's recurrence does
-        seen = opt._lr_seen
+        seen = self._lrs.seen
         # A group the user assigned meanwhile keeps the assigned value (it takes effect next step).
         keep = [g["lr"] is not seen[i] for i, g in enumerate(opt.param_groups)]
-        opt._publish_lrs([_lr_value(g["lr"]) if k else v for g, k, v in zip(opt.param_groups, keep, values)])
+        self._lrs.publish([_lr_value(g["lr"]) if k else v for g, k, v in zip(opt.param_groups, keep, values)])
         for i, k in enumerate(keep):
             if k:
                 seen[i] = None
@@ -343,7 +347,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
 
     def _read_state(self, values=None) -> None:
         lrs, best, num_bad, cooldown = values if values is not None else (
-            self.optimizer.lr_tensor.tolist(), self._best.item(), int(self._num_bad.item()),
+            self._lrs.buf.tolist(), self._best.item(), int(self._num_bad.item()),
             int(self._cooldown_counter.item()))
         if isinstance(best, list):
             best = best[0]
@@ -362,7 +366,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
     def _check_min_lrs(self, current: torch.Tensor) -> None:
         """Follow the groups and ``min_lrs`` as torch's ``_reduce_lr`` does, raising its error
         (before anything changes) when ``min_lrs`` does not match the groups and this step reduces."""
-        n = len(self.optimizer._groups)  # (the alias: see FusedSGD._rebuild_group_data, torch.compile)
+        n = len(self._lrs.groups)  # (the alias: see FusedSGD._rebuild_group_data, torch.compile)
         if self._expand is not None and self._expand[0] != n:
             self.min_lrs  # an expansion pending for the previous group count: settle it (host read)
         key = (n, tuple(self._min_lrs), self.default_min_lr)
@@ -414,7 +418,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         better, num_bad, reduce, in_cooldown = self._decisions(current)
         self._best.copy_(torch.where(better, current, self._best[0]))
         self._cooldown_counter.sub_(in_cooldown.to(torch.int64))
-        lr = self.optimizer.lr_tensor
+        lr = self._lrs.buf
         new_lr = torch.maximum(lr * self.factor, self._min_lrs_t)
         lr.copy_(torch.where(reduce & (lr - new_lr > self.eps), new_lr, lr))
         self._cooldown_counter.copy_(torch.where(reduce, torch.full_like(self._cooldown_counter, self.cooldown), self._cooldown_counter))

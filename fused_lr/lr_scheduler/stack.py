@@ -10,6 +10,7 @@ import torch
 import torch.optim.lr_scheduler as stock_lr_scheduler
 
 from .. import schedules as S
+from .._lr_state import GroupLRs
 from ..optimizer import FusedSGD
 from ._base import _FusedLRScheduler, _host_work, _lr_value
 from .composite import _Composer
@@ -52,6 +53,11 @@ class _Stack:
         self._sched = None
         self.rebuild()
 
+    @property
+    def _lrs(self) -> GroupLRs:
+        """The optimizer's LR state (``fused_lr._lr_state``): group["lr"] and the device buffer."""
+        return GroupLRs.of(self.optimizer)
+
     def has(self, sched: Any) -> bool:
         return any(sched is m for m in self.members)
 
@@ -90,7 +96,7 @@ class _Stack:
             # No momentum rows: each cycling member sets group["momentum"] on the host, as torch's.
             rows, table, direct, *_ = self._counter._describe()
             mom = None
-        sched = S.DeviceSchedule(opt._lr_buf.device)
+        sched = S.DeviceSchedule(self._lrs.buf.device)
         sched.set_rows(rows, table, direct, n_groups=n, momentum_rows=mom)
         self._sched = sched
         self._place_pieces()
@@ -98,7 +104,7 @@ class _Stack:
         sched.set_step(self._t0)
         sched.set_edits({g: (-math.inf, math.inf, 0.0, b) for g, b in self._mul.items()})
         self._drive({})
-        opt._attach(self, sched)
+        self._lrs.attach(self, sched)
 
     def _place_pieces(self) -> None:
         """Each factor row runs at its member's own step: start = counter - member step."""
@@ -111,7 +117,7 @@ class _Stack:
         if not self._host_driven:
             return
         t0 = self._t0
-        floats = [_lr_value(g["lr"]) for g in self.optimizer.param_groups]
+        floats = self._lrs.current()
         self._sched.set_edits({g: (t0, t0 + 1, values.get(g, floats[g]), 0.0) for g in self._host_driven})
 
     # -------------------------------------------------------------- the optimizer's interface
@@ -136,19 +142,18 @@ class _Stack:
             host[g] = x
         self._drive(host)
         if not self._sched.pending:
-            self._sched.write_lr(self.optimizer._lr_buf)
+            self._lrs.write(self._sched)
 
     # -------------------------------------------------------------- members' steps
 
     def initial_step(self, member: _FusedLRScheduler) -> None:
         """``member`` was just built: its initial step, chained onto the others' LRs."""
-        previous = [_lr_value(g["lr"]) for g in self.optimizer.param_groups]
+        previous = self._lrs.current()
         _host_work(self._after_member_step, member, previous, True)
 
     def member_step(self, member: _FusedLRScheduler, epoch: int | None, changes: list) -> None:
-        opt = self.optimizer
-        opt._apply_lr_assignments(changes)
-        previous = [_lr_value(g["lr"]) for g in opt.param_groups]
+        self._lrs.apply(changes)
+        previous = self._lrs.current()
         member._step_count += 1
         if epoch is None:
             member.last_epoch += 1
@@ -164,7 +169,7 @@ class _Stack:
             self._alone = 0
             if rebuild:
                 pass
-            elif epoch is None and opt._defers_schedule(sched):
+            elif epoch is None and self._lrs.defers_schedule(sched):
                 sched.defer_advance()  # the next update kernel advances the counter
             elif epoch is None:
                 sched.advance()
@@ -189,10 +194,10 @@ class _Stack:
             self._drive({g: values[g] for g in self._host_driven})
         sched = self._sched
         if not sched.pending:
-            sched.write_lr(self.optimizer._lr_buf)
+            self._lrs.write(sched)
         values = sched.host_lrs(self._t0)
         opt = self.optimizer
-        opt._publish_lrs(values)
+        self._lrs.publish(values)
         member._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else v
                            for g, v in zip(opt.param_groups, values)]
         member._write_momenta()
