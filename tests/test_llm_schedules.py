@@ -186,3 +186,54 @@ def test_bad_arguments(make, match):
         make(opt)
     assert torch.equal(before, opt.lr_tensor)
     assert all("initial_lr" not in g for g in opt.param_groups)
+
+
+# ---------------------------------------------------------------- CosineDecayLR (optax's cosine with an exponent)
+
+
+def ref_optax_cosine_decay(init_value, count, decay_steps, alpha, exponent):
+    """optax.cosine_decay_schedule's formula, as optax documents it (alpha: the final fraction)."""
+    count = min(count, decay_steps)
+    cosine_decay = 0.5 * (1 + math.cos(math.pi * count / decay_steps))
+    return init_value * ((1 - alpha) * cosine_decay**exponent + alpha)
+
+
+@pytest.mark.parametrize("T_max,eta_ratio,exponent", [(20, 0.0, 1.0), (20, 0.1, 2.5), (7, 0.01, 0.5)])
+def test_cosine_decay_matches_optax_formula(T_max, eta_ratio, exponent):
+    """``CosineDecayLR(T_max, eta_min=base * alpha, exponent)`` is optax's cosine_decay_schedule
+    (its formula evaluated in Python floats, a different association: a few ulp, rel 1e-13); the
+    peak at t = 0, eta_min from T_max on, non-increasing in between."""
+    opt = fused_lr.FusedSGD([{"params": [torch.nn.Parameter(torch.ones(1))], "lr": 1.0}])
+    sched = fused.CosineDecayLR(opt, T_max, eta_min=eta_ratio, exponent=exponent)
+    lrs = [lr[0] for lr in _run(sched, opt, T_max + 10)]
+    want = [ref_optax_cosine_decay(1.0, t, T_max, eta_ratio, exponent) for t in range(T_max + 10)]
+    assert lrs == pytest.approx(want, rel=1e-13, abs=1e-300)
+    assert lrs[0] == 1.0 and lrs[T_max:] == [pytest.approx(eta_ratio, abs=1e-16)] * 10
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+
+
+def test_cosine_decay_with_exponent_one_is_cosine_annealing_up_to_T_max():
+    """With exponent 1, torch's CosineAnnealingLR (stock, stepped beside it) up to T_max."""
+    ps = [torch.nn.Parameter(torch.ones(1)) for _ in range(2)]
+    a = torch.optim.SGD([ps[0]], lr=0.1)
+    b = fused_lr.FusedSGD([ps[1]], lr=0.1)
+    sa, sb = torch.optim.lr_scheduler.CosineAnnealingLR(a, 12, eta_min=1e-3), fused.CosineDecayLR(b, 12, 1e-3)
+    for t in range(12):
+        from conftest import assert_lrs_close
+
+        assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"step {t}")
+        a.step(), b.step(), sa.step(), sb.step()
+
+
+def test_cosine_decay_bad_arguments_and_resume():
+    opt = _opt()
+    for kwargs, match in ((dict(T_max=0), "T_max must be >= 1"), (dict(T_max=5, exponent=0.0), "exponent must be > 0"),
+                          (dict(T_max=5, eta_min=-1.0), "eta_min must be >= 0")):
+        with pytest.raises(ValueError, match=match):
+            fused.CosineDecayLR(opt, **kwargs)
+    a, b = _opt(), _opt()
+    sa, sb = fused.CosineDecayLR(a, 9, 0.01, 2.0), fused.CosineDecayLR(b, 9, 0.01, 2.0)
+    _run(sa, a, 4)
+    b.load_state_dict(a.state_dict())
+    sb.load_state_dict(sa.state_dict())
+    assert _run(sb, b, 8) == _run(sa, a, 8)

@@ -36,7 +36,7 @@ from .closed_forms import (
 from .composite import ChainedScheduler, PerGroupLR, SequentialLR
 from .cycles import CyclicLR, OneCycleLR
 from .lambdas import LambdaLR, MultiplicativeLR
-from .large_model import InverseSqrtLR, WarmupCosineLR, WarmupStableDecayLR
+from .large_model import CosineDecayLR, InverseSqrtLR, WarmupCosineLR, WarmupStableDecayLR
 from .plateau import ReduceLROnPlateau
 from ._base import _FusedLRScheduler  # noqa: F401  (tests and composites reach it here)
 from .stack import _Stack  # noqa: F401
@@ -44,7 +44,7 @@ from .stack import _Stack  # noqa: F401
 # The public classes live in fused_lr.lr_scheduler, whatever module defines them (messages, pickles).
 for _cls in (StepLR, MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR, CosineAnnealingLR,
              CosineAnnealingWarmRestarts, LambdaLR, MultiplicativeLR, SequentialLR, ReduceLROnPlateau, WarmupCosineLR,
-             WarmupStableDecayLR, InverseSqrtLR, CyclicLR, OneCycleLR, ChainedScheduler, PerGroupLR):
+             WarmupStableDecayLR, InverseSqrtLR, CosineDecayLR, CyclicLR, OneCycleLR, ChainedScheduler, PerGroupLR):
     _cls.__module__ = __name__
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "WarmupCosineLR",
     "WarmupStableDecayLR",
     "InverseSqrtLR",
+    "CosineDecayLR",
     "CyclicLR",
     "OneCycleLR",
     "ChainedScheduler",

@@ -1,5 +1,5 @@
 """Schedules large-model training asks for (not in torch), with mid-run edits of device data only:
-WarmupCosineLR, WarmupStableDecayLR, InverseSqrtLR."""
+WarmupCosineLR, WarmupStableDecayLR, InverseSqrtLR, CosineDecayLR (optax's cosine with an exponent)."""
 
 from __future__ import annotations
 
@@ -162,3 +162,35 @@ class InverseSqrtLR(_FusedLRScheduler):
 
     def _rows(self):
         return [S.inverse_sqrt_row(b, self.warmup_steps) for b in self.base_lrs]
+
+
+class CosineDecayLR(_FusedLRScheduler):
+    r"""optax's cosine decay with an exponent (``optax.cosine_decay_schedule``), on the device.
+
+    With ``q = min(t, T_max) / T_max``::
+
+        lr(t) = eta_min + (base_lr - eta_min) * ((1 + cos(pi * q)) / 2) ** exponent
+
+    constant ``eta_min`` past ``T_max`` (optax's ``alpha`` is ``eta_min / base_lr``). With
+    ``exponent=1`` it is ``CosineAnnealingLR`` up to ``T_max`` (which, unlike this one, rises again
+    past ``T_max``). ``T_max >= 1``, ``eta_min >= 0``, ``exponent > 0``.
+    """
+
+    _arg_names = ("T_max", "eta_min", "exponent")
+
+    def __init__(self, optimizer: FusedSGD, T_max: int, eta_min: float = 0.0, exponent: float = 1.0,
+                 last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer, "CosineDecayLR")
+        args = self._validate_args({"T_max": T_max, "eta_min": eta_min, "exponent": exponent})
+        self.T_max, self.eta_min, self.exponent = args["T_max"], args["eta_min"], args["exponent"]
+        super().__init__(optimizer, last_epoch)
+
+    def _validate_args(self, values):
+        return {
+            "T_max": _int_arg("T_max", values["T_max"], 1),
+            "eta_min": _real_arg("eta_min", values["eta_min"], nonnegative=True),
+            "exponent": _real_arg("exponent", values["exponent"], positive=True),
+        }
+
+    def _rows(self):
+        return [S.cosine_power_row(b, self.T_max, self.eta_min, self.exponent) for b in self.base_lrs]
