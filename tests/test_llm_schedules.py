@@ -132,7 +132,7 @@ def test_giant_step_counts(row, expected):
 
 def test_wsd_start_cooldown_now_edits_device_data_only(monkeypatch):
     # The device path (what runs on a GPU), on CPU tensors: the CPU shortcut is switched off.
-    monkeypatch.setattr(S.DeviceSchedule, "_cpu_fast", lambda self: False)
+    monkeypatch.setattr(S.DeviceSchedule, "_host_answers", lambda self: False)
     opt = _opt()
     sched = fused.WarmupStableDecayLR(opt, warmup_steps=2, total_steps=1000, decay_steps=8, decay_shape="linear")
     desc_before = sched._sched.desc

@@ -222,7 +222,7 @@ def test_scheduler_step_never_reads_the_host():
 def test_scheduler_device_path_never_reads_the_host(monkeypatch):
     """The scheduler's device work (the GPU path, forced on CPU tensors) for closed forms, a
     product, a sequence and momentum cycling, with host reads forbidden."""
-    monkeypatch.setattr(S.DeviceSchedule, "_cpu_fast", lambda self: False)  # the device path, on CPU tensors
+    monkeypatch.setattr(S.DeviceSchedule, "_host_answers", lambda self: False)  # the device path, on CPU tensors
     builds = [
         lambda o: fused.CosineAnnealingLR(o, 10),
         lambda o: fused.ChainedScheduler([fused.ConstantLR(o, 0.5, total_iters=2), fused.MultiStepLR(o, [3, 5])]),
@@ -247,7 +247,7 @@ def test_cpu_shortcut_equals_the_device_path_bit_for_bit(monkeypatch, name, kwar
     runs = []
     for shortcut in (True, False):
         if not shortcut:
-            monkeypatch.setattr(S.DeviceSchedule, "_cpu_fast", lambda self: False)
+            monkeypatch.setattr(S.DeviceSchedule, "_host_answers", lambda self: False)
         _, b = _optimizers()
         s = getattr(fused, name)(b, **kwargs)
         lrs = []

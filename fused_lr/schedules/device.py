@@ -67,7 +67,7 @@ class DeviceSchedule:
         self.host_step = 0
         # CPU mirror values for a block of steps (start, [block, rows] tensor, the same as lists):
         # the host answers get_last_lr(), momenta and (on a CPU device) the LR itself from it.
-        self._block: tuple[int, Tensor, list] | None = None
+        self._block: tuple[int, Tensor, list, list] | None = None
 
     def set_rows(
         self,
@@ -177,15 +177,20 @@ class DeviceSchedule:
             count = max(1, min(HOST_BLOCK, _INT64_MAX - step))
             vals = lr_table(torch.arange(step, step + count, dtype=torch.int64), self.desc_host, self.table_host,
                             self.kinds, edits=self.edited)
-            blk = self._block = (step, vals, vals.tolist())
+            blk = self._block = (step, vals, vals.tolist(), [None])
         return blk, step - blk[0]
 
-    def _cpu_fast(self) -> bool:
-        """On a CPU device the "device" is the host: no sync to avoid, so the host block answers
-        the LR (a copy of one row instead of ~12 tiny tensor ops). Not with device-mode lambdas
-        (Kind.DIRECT rows change the description every step), nor inside torch.compile (host-side
-        step numbers would be guarded on and recompile every step)."""
-        return self.device.type == "cpu" and not self.direct_fns and not torch.compiler.is_compiling()
+    def _host_answers(self) -> bool:
+        """Whether the LR is taken from the host's block of values (computed ahead from the CPU
+        mirror, ``HOST_BLOCK`` steps at a time) instead of ``lr_at``'s ~10-40 tiny ops on the
+        device counter: one copy per step (on an accelerator, of the block uploaded once per
+        ``HOST_BLOCK`` steps). Not with device-mode lambdas (Kind.DIRECT rows change the
+        description every step), inside torch.compile (host step numbers would be guarded on and
+        recompile every step), nor while a CUDA graph is being captured (replays must read the
+        device counter)."""
+        if self.direct_fns or torch.compiler.is_compiling():
+            return False
+        return self.device.type == "cpu" or (self.device.type == "cuda" and not torch.cuda.is_current_stream_capturing())
 
     def set_step(self, step: int) -> None:
         self.counter.fill_(step)
@@ -235,9 +240,14 @@ class DeviceSchedule:
         """``lr_buf[:] = lr_at(counter)`` on the device: no host read, capturable."""
         if self.dirty:
             self.sync()
-        if self._cpu_fast():
+        if self._host_answers():
             blk, k = self._host_values(self.host_step)
-            lr_buf.copy_(blk[1][k, : self.n_groups])
+            values = blk[1]
+            if self.device.type != "cpu":
+                if blk[3][0] is None:  # the block on the device: one asynchronous upload per block
+                    blk[3][0] = values.pin_memory().to(self.device, non_blocking=True)
+                values = blk[3][0]
+            lr_buf.copy_(values[k, : self.n_groups])
             return
         self._direct_values(self.desc, self.counter)
         lr_buf.copy_(lr_at(self.counter, self.desc, self.table, self.kinds, self.n_groups, self.edited))
