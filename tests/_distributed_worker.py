@@ -190,8 +190,8 @@ def case_fsdp2(rank, world, backend="torch"):
     stock_sched = getattr(stock, name)(stock_opt, **SCHEDULES[name])
     stock_steps = train_local(stock_model, stock_opt, stock_sched, range(STEPS), rank, world)
     for t, _ in zip(train_local(model, opt, sched, range(STEPS), rank, world), stock_steps):
-        # The Triton path applies a scheduler step in the next update kernel, so between the two
-        # group["lr"] still holds the last LR used (README, Backends); get_last_lr() is the new one.
+        # The Triton path applies a scheduler step in the next update kernel (docs/backends.md);
+        # get_last_lr() is the host's LR for the next step, known without reading the device.
         lrs = sched.get_last_lr() if backend == "triton" else None
         check_step(f"FSDP2 {backend} path, rank {rank} step {t}", model, opt, ref[t], lrs)
     for p, q in zip(model.parameters(), stock_model.parameters()):
@@ -290,7 +290,7 @@ def worker(rank, world, port, ckpt_dir):
                 print("fsdp2_triton: ok", flush=True)
         case_fsdp2_clip(rank, world)
         if TP.triton_available(torch.device("cpu")):
-            case_fsdp2_clip(rank, world, backend="triton")  # routed to the torch path (README)
+            case_fsdp2_clip(rank, world, backend="triton")  # routed to the torch path (docs/distributed.md)
         if rank == 0:
             print("fsdp2_clip: ok", flush=True)
         case_dcp_save_and_resume(rank, world, ckpt_dir)

@@ -8,8 +8,7 @@ torch.optim.SGD + the stock scheduler run eagerly.
 
 Backend: "aot_eager" traces through AOTAutograd, functionalization and fake tensors as inductor
 (torch.compile's default) does, without inductor's C++ compile time (~25 s for the first graph on 2
-cores, too slow for this suite; the inductor run of the same training step is in the README's
-torch.compile section). It catches what the "eager" backend does not: ``torch._fused_sgd_`` has no
+cores, too slow for this suite; the inductor runs of the same tests are in docs/torch_compile.md). It catches what the "eager" backend does not: ``torch._fused_sgd_`` has no
 fake implementation in torch 2.13 (FusedSGD now runs torch's foreach algorithm when traced), and
 in-place writes to 0-dim float64 CPU tensors were dropped from the graph once ``last_epoch`` had
 become a dynamic int (ReduceLROnPlateau's best metric; now a 1-element tensor).
@@ -173,8 +172,9 @@ def test_no_graph_breaks_inside_step():
 
 def test_triton_backend_inside_a_compiled_step():
     """FusedSGD(backend="triton") (CPU tensors, Triton's interpreter, in a child process): eager
-    steps use the kernel; inside torch.compile the update and the scheduler step are traced as torch
-    ops; the compiled step follows stock and does not recompile after its warm-up."""
+    steps use the kernel; inside torch.compile the update is the kernel called through the custom op
+    fused_lr::triton_sgd_update and the scheduler step is traced as torch ops; the compiled step
+    follows stock and does not recompile after its warm-up."""
     import subprocess
     import sys
     from pathlib import Path

@@ -1,5 +1,5 @@
 """``param_groups[i]["lr"]`` as torch users rely on it, beside stock torch on the torch path (the
-Triton path runs the same checks under the interpreter in tests/_triton_optimizer_subprocess.py,
+Triton path runs the same checks under the interpreter in tests/_triton_behaviour_subprocess.py,
 case ``assigned``).
 
 * A float given is a float kept: after every ``opt.step()`` and ``sched.step()`` it equals stock's,
