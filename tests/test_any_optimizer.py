@@ -148,3 +148,27 @@ def test_not_an_optimizer_is_torchs_error():
         fused.StepLR(object(), 3)
     with pytest.raises(ValueError, match="momentum or beta1"):
         fused.CyclicLR(torch.optim.Adagrad(_params()), 1e-3, 1e-2)
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True])
+def test_plateau_with_a_device_metric_on_a_stock_optimizer(monkeypatch, tensor_lr):
+    """The accelerator path (forced on CPU tensors): a stock optimizer reading float LRs gets the
+    decision at once (the metric is read, as torch's ReduceLROnPlateau reads it); a tensor LR gets
+    it on the device, never read back."""
+    import fused_lr.lr_scheduler.plateau as plateau_module
+
+    monkeypatch.setattr(plateau_module, "_host_can_read", lambda t: False)
+    lr_b = torch.tensor(0.01, dtype=DTYPE) if tensor_lr else 0.01
+    a = torch.optim.Adam(_params(), lr=0.01, foreach=False)
+    b = torch.optim.Adam(_params(), lr=lr_b, foreach=False)
+    sa, sb = stock.ReduceLROnPlateau(a, patience=0, factor=0.5), fused.ReduceLROnPlateau(b, patience=0, factor=0.5)
+    for t in range(6):
+        metric = torch.tensor(1.0, dtype=DTYPE)
+        sa.step(float(metric))
+        if tensor_lr:
+            with ForbidReadsOf(lr_b, metric):
+                sb.step(metric)
+        else:
+            sb.step(metric)
+        assert float(b.param_groups[0]["lr"]) == a.param_groups[0]["lr"], f"step {t}"
+    assert a.param_groups[0]["lr"] == 0.01 * 0.5**5

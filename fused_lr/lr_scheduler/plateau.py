@@ -287,13 +287,21 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
     def _after_decision(self, host_metric: float | None) -> None:
         """The host's part of a step (eager even inside a compiled region: Python floats)."""
         self._refresh()
+        lrs = self._lrs
         if host_metric is not None and self._mirror is not None:
             self._decide_on_host(host_metric)
         elif _host_can_read(self._metric):
             self._read_state()  # on CPU the device is the host: reading it is free
+        elif not lrs.device_reads_buf and not lrs.has_tensor_lrs:
+            # A stock optimizer reading float LRs: nothing on the device would use the decision, so
+            # the metric is read (one sync, as torch's ReduceLROnPlateau reads it) and the floats
+            # are exact at once.
+            self._read_state()
         else:
+            if lrs.has_tensor_lrs:
+                lrs.sync_tensor_lrs()  # tensor LRs take the decision on the device
             self._mirror = None
-            self._pending = _AsyncRead([self._lrs.buf, self._best, self._num_bad, self._cooldown_counter])
+            self._pending = _AsyncRead([lrs.buf, self._best, self._num_bad, self._cooldown_counter])
 
     def _decide_on_host(self, current: float) -> None:
         """torch's decision on the host's copy of the state (the same comparisons in float64)."""
