@@ -2,7 +2,7 @@
 
 Each scheduler turns its arguments into rows of a :class:`fused_lr.schedules.DeviceSchedule`
 (description + int64 step counter on the optimizer's device) and attaches it to a
-:class:`fused_lr.FusedSGD`. ``step()`` advances the device counter and the device recomputes every
+:class:`fused_lr.FusedSGD` or of any torch optimizer. ``step()`` advances the device counter and the device recomputes every
 group's LR with the closed form ``fused_lr.schedules.lr_at`` (torch ops, or inside the Triton update
 kernel): no value is read back to the host. The host keeps ``last_epoch`` itself and sets the float
 ``group["lr"]`` and ``get_last_lr()`` from a CPU mirror of the description, also without a sync.
@@ -23,6 +23,7 @@ LambdaLR callables run on the device one of two ways (see :class:`LambdaLR`).
 
 from torch.optim.lr_scheduler import LRScheduler
 
+from ._base import _FusedLRScheduler  # noqa: F401  (tests and composites reach it here)
 from .closed_forms import (
     ConstantLR,
     CosineAnnealingLR,
@@ -36,9 +37,13 @@ from .closed_forms import (
 from .composite import ChainedScheduler, PerGroupLR, SequentialLR
 from .cycles import CyclicLR, OneCycleLR
 from .lambdas import LambdaLR, MultiplicativeLR
-from .large_model import CosineDecayLR, InverseSqrtLR, WarmupCosineLR, WarmupStableDecayLR
+from .large_model import (
+    CosineDecayLR,
+    InverseSqrtLR,
+    WarmupCosineLR,
+    WarmupStableDecayLR,
+)
 from .plateau import ReduceLROnPlateau
-from ._base import _FusedLRScheduler  # noqa: F401  (tests and composites reach it here)
 from .stack import _Stack  # noqa: F401
 
 # The public classes live in fused_lr.lr_scheduler, whatever module defines them (messages, pickles).

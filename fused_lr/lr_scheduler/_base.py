@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 import torch.optim.lr_scheduler as stock_lr_scheduler
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .. import schedules as S
 from .._lr_state import GroupLRs
-from ..optimizer import FusedSGD
 
 
 def _int_arg(name: str, value: Any, minimum: int) -> int:
@@ -138,7 +138,7 @@ class _FusedLRScheduler(LRScheduler):
         self._ctor_args = (args, kwargs)
         return self
 
-    def __init__(self, optimizer: FusedSGD, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         last_epoch = _int_arg("last_epoch", last_epoch, -1)
         if last_epoch >= 0:
             for i, group in enumerate(optimizer.param_groups):

@@ -7,10 +7,10 @@ import math
 from collections import Counter
 from typing import Any
 
+from torch.optim import Optimizer
 
 from .. import schedules as S
-from ..optimizer import FusedSGD
-from ._base import _FusedLRScheduler, _check_optimizer, _int_arg, _real_arg
+from ._base import _check_optimizer, _FusedLRScheduler, _int_arg, _real_arg
 
 
 class StepLR(_FusedLRScheduler):
@@ -28,7 +28,7 @@ class StepLR(_FusedLRScheduler):
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
-    def __init__(self, optimizer: FusedSGD, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "StepLR")
         args = self._validate_args({"step_size": step_size, "gamma": gamma})
         self.step_size, self.gamma = args["step_size"], args["gamma"]
@@ -59,7 +59,7 @@ class ExponentialLR(_FusedLRScheduler):
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
-    def __init__(self, optimizer: FusedSGD, gamma: float, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "ExponentialLR")
         self.gamma = self._validate_args({"gamma": gamma})["gamma"]
         super().__init__(optimizer, last_epoch)
@@ -87,7 +87,7 @@ class MultiStepLR(_FusedLRScheduler):
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
-    def __init__(self, optimizer: FusedSGD, milestones, gamma: float = 0.1, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, milestones, gamma: float = 0.1, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "MultiStepLR")
         args = self._validate_args({"milestones": milestones, "gamma": gamma})
         self.milestones, self.gamma = args["milestones"], args["gamma"]
@@ -133,7 +133,7 @@ class ConstantLR(_FusedLRScheduler):
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
-    def __init__(self, optimizer: FusedSGD, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "ConstantLR")
         args = self._validate_args({"factor": factor, "total_iters": total_iters})
         self.factor, self.total_iters = args["factor"], args["total_iters"]
@@ -170,7 +170,7 @@ class LinearLR(_FusedLRScheduler):
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
     def __init__(
         self,
-        optimizer: FusedSGD,
+        optimizer: Optimizer,
         start_factor: float = 1.0 / 3,
         end_factor: float = 1.0,
         total_iters: int = 5,
@@ -209,7 +209,7 @@ class PolynomialLR(_FusedLRScheduler):
 
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return "mul", math.inf  # torch multiplies the previous LR by a ratio of the closed form
-    def __init__(self, optimizer: FusedSGD, total_iters: int = 5, power: float = 1.0, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, total_iters: int = 5, power: float = 1.0, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "PolynomialLR")
         args = self._validate_args({"total_iters": total_iters, "power": power})
         self.total_iters, self.power = args["total_iters"], args["power"]
@@ -244,7 +244,7 @@ class CosineAnnealingLR(_FusedLRScheduler):
         period = 2 * self.T_max
         to_trough = (self.T_max - step) % period
         return "host", step + 1 + (to_trough if to_trough else period)
-    def __init__(self, optimizer: FusedSGD, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "CosineAnnealingLR")
         args = self._validate_args({"T_max": T_max, "eta_min": eta_min})
         self.T_max, self.eta_min = args["T_max"], args["eta_min"]
@@ -285,7 +285,7 @@ class CosineAnnealingWarmRestarts(_FusedLRScheduler):
     _arg_names = ("T_0", "T_mult", "eta_min")
     _stock_step_warnings = False
 
-    def __init__(self, optimizer: FusedSGD, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "CosineAnnealingWarmRestarts")
         args = self._validate_args({"T_0": T_0, "T_mult": T_mult, "eta_min": eta_min})
         self.T_0, self.T_mult, self.eta_min = args["T_0"], args["T_mult"], args["eta_min"]

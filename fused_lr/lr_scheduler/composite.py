@@ -10,19 +10,31 @@ from typing import Any
 
 import torch
 import torch.optim.lr_scheduler as stock_lr_scheduler
+from torch.optim import Optimizer
 
 from .. import schedules as S
 from .._lr_state import GroupLRs
-from ..optimizer import FusedSGD
-from ._base import set_momentum, uses_beta1, _FusedLRScheduler, _check_optimizer, _int_arg, _lr_value
-from .closed_forms import ConstantLR, ExponentialLR, LinearLR, MultiStepLR, PolynomialLR, StepLR
+from ._base import (
+    _check_optimizer,
+    _FusedLRScheduler,
+    _int_arg,
+    _lr_value,
+    set_momentum,
+    uses_beta1,
+)
+from .closed_forms import (
+    ConstantLR,
+    ExponentialLR,
+    LinearLR,
+    MultiStepLR,
+    PolynomialLR,
+    StepLR,
+)
 from .lambdas import LambdaLR, MultiplicativeLR
 from .plateau import ReduceLROnPlateau
 
 
-
-
-def _check_parts(name: str, schedulers, optimizer: FusedSGD, *, reject: tuple, label: str = "scheduler at index {i}",
+def _check_parts(name: str, schedulers, optimizer: Optimizer, *, reject: tuple, label: str = "scheduler at index {i}",
                  same_step: bool = False) -> list:
     """The parts of a composite scheduler (SequentialLR, ChainedScheduler, PerGroupLR): fused_lr
     schedulers with a closed form (none of ``reject``), of ``optimizer``, at one step when
@@ -77,7 +89,7 @@ class SequentialLR(_FusedLRScheduler):
     ``ChainedScheduler`` lacks): so does this one, before anything changes.
     """
 
-    def __init__(self, optimizer: FusedSGD, schedulers, milestones, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, schedulers, milestones, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "SequentialLR")
         # Another sequence or per-group schedules have piece rows of their own that a sequence's
         # pieces cannot hold; MultiplicativeLR's product has no restart. A chain is tabulated.
@@ -273,7 +285,7 @@ class _Composite(_FusedLRScheduler):
 
     _schedulers: list
 
-    def _init_from_parts(self, optimizer: FusedSGD) -> None:
+    def _init_from_parts(self, optimizer: Optimizer) -> None:
         # No initial step of its own (torch's ChainedScheduler has none): continue at the parts' step.
         first = self._schedulers[0]
         self.optimizer = optimizer
@@ -401,7 +413,7 @@ class ChainedScheduler(_Composite):
         return lrs
 
 
-    def __init__(self, schedulers, optimizer: FusedSGD | None = None, *, horizon: int = 1024) -> None:
+    def __init__(self, schedulers, optimizer: Optimizer | None = None, *, horizon: int = 1024) -> None:
         schedulers = list(schedulers)
         if not schedulers:
             raise ValueError("ChainedScheduler expects at least one scheduler to be chained, but got no scheduler.")
@@ -534,7 +546,7 @@ class PerGroupLR(_Composite):
     back the momentum of the groups that do not follow a cycling part.
     """
 
-    def __init__(self, optimizer: FusedSGD, schedulers) -> None:
+    def __init__(self, optimizer: Optimizer, schedulers) -> None:
         _check_optimizer(optimizer, "PerGroupLR")
         schedulers = list(schedulers)
         n = len(optimizer.param_groups)

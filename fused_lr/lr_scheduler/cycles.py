@@ -8,14 +8,22 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.optim import Optimizer
 
 from .. import schedules as S
 from .._lr_state import GroupLRs
-from ..optimizer import FusedSGD
-from ._base import get_momentum, set_momentum, uses_beta1, _FusedLRScheduler, _check_optimizer, _int_arg, _real_arg
+from ._base import (
+    _check_optimizer,
+    _FusedLRScheduler,
+    _int_arg,
+    _real_arg,
+    get_momentum,
+    set_momentum,
+    uses_beta1,
+)
 
 
-def _per_group(name: str, optimizer: FusedSGD, value: Any, *, nonnegative: bool = True) -> list[float]:
+def _per_group(name: str, optimizer: Optimizer, value: Any, *, nonnegative: bool = True) -> list[float]:
     """torch's ``_format_param``: one value per group (a list must match the group count)."""
     n = len(optimizer.param_groups)
     if isinstance(value, (list, tuple)):
@@ -76,7 +84,7 @@ class CyclicLR(_MomentumCycler, _FusedLRScheduler):
 
     def __init__(
         self,
-        optimizer: FusedSGD,
+        optimizer: Optimizer,
         base_lr,
         max_lr,
         step_size_up: int = 2000,
@@ -247,7 +255,7 @@ class OneCycleLR(_MomentumCycler, _FusedLRScheduler):
 
     def __init__(
         self,
-        optimizer: FusedSGD,
+        optimizer: Optimizer,
         max_lr,
         total_steps: int | None = None,
         epochs: int | None = None,

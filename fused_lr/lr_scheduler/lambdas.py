@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.optim import Optimizer
 
 from .. import schedules as S
-from ..optimizer import FusedSGD
-from ._base import _FusedLRScheduler, _check_optimizer, _int_arg
+from ._base import _check_optimizer, _FusedLRScheduler, _int_arg
 
 
 class LambdaLR(_FusedLRScheduler):
@@ -47,7 +47,7 @@ class LambdaLR(_FusedLRScheduler):
 
     def __init__(
         self,
-        optimizer: FusedSGD,
+        optimizer: Optimizer,
         lr_lambda: Callable[[int], float] | list[Callable[[int], float]],
         last_epoch: int = -1,
         *,

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.optim import Optimizer
 
 from .. import schedules as S
-from ..optimizer import FusedSGD
-from ._base import _FusedLRScheduler, _check_optimizer, _int_arg, _real_arg
+from ._base import _check_optimizer, _FusedLRScheduler, _int_arg, _real_arg
 
 
 def _ratio_arg(name: str, value: Any) -> float:
@@ -52,7 +52,7 @@ class WarmupCosineLR(_EditableMixin, _FusedLRScheduler):
     _arg_names = ("warmup_steps", "total_steps", "min_lr_ratio")
     _kind = S.Kind.WARMUP_COSINE
 
-    def __init__(self, optimizer: FusedSGD, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
                  last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "WarmupCosineLR")
         args = self._validate_args({"warmup_steps": warmup_steps, "total_steps": total_steps, "min_lr_ratio": min_lr_ratio})
@@ -98,7 +98,7 @@ class WarmupStableDecayLR(_EditableMixin, _FusedLRScheduler):
     _arg_names = ("warmup_steps", "total_steps", "decay_steps", "min_lr_ratio", "decay_shape")
     _kind = S.Kind.WSD
 
-    def __init__(self, optimizer: FusedSGD, warmup_steps: int, total_steps: int, decay_steps: int,
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, decay_steps: int,
                  min_lr_ratio: float = 0.0, decay_shape: str = "linear", last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "WarmupStableDecayLR")
         args = self._validate_args(dict(warmup_steps=warmup_steps, total_steps=total_steps, decay_steps=decay_steps,
@@ -152,7 +152,7 @@ class InverseSqrtLR(_FusedLRScheduler):
 
     _arg_names = ("warmup_steps",)
 
-    def __init__(self, optimizer: FusedSGD, warmup_steps: int, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "InverseSqrtLR")
         self.warmup_steps = self._validate_args({"warmup_steps": warmup_steps})["warmup_steps"]
         super().__init__(optimizer, last_epoch)
@@ -178,7 +178,7 @@ class CosineDecayLR(_FusedLRScheduler):
 
     _arg_names = ("T_max", "eta_min", "exponent")
 
-    def __init__(self, optimizer: FusedSGD, T_max: int, eta_min: float = 0.0, exponent: float = 1.0,
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, exponent: float = 1.0,
                  last_epoch: int = -1) -> None:
         _check_optimizer(optimizer, "CosineDecayLR")
         args = self._validate_args({"T_max": T_max, "eta_min": eta_min, "exponent": exponent})

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 import torch.optim.lr_scheduler as stock_lr_scheduler
+from torch.optim import Optimizer
 
 from .._lr_state import GroupLRs
-from ..optimizer import FusedSGD
 from ._base import _check_optimizer, _host_work, _int_arg, _lr_value, _real_arg
 
 
@@ -77,7 +77,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
 
     def __init__(
         self,
-        optimizer: FusedSGD,
+        optimizer: Optimizer,
         mode: str = "min",
         factor: float = 0.1,
         patience: int = 10,

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 import torch.optim.lr_scheduler as stock_lr_scheduler
+from torch.optim import Optimizer
 
 from .. import schedules as S
 from .._lr_state import GroupLRs
-from ..optimizer import FusedSGD
 from ._base import _FusedLRScheduler, _host_work, _lr_value
 from .composite import _Composer
 
@@ -36,7 +36,7 @@ class _Stack:
       step; under CUDA-graph replay this form does not advance: use ChainedScheduler there).
     """
 
-    def __init__(self, optimizer: FusedSGD, others: list, new: _FusedLRScheduler, previous: Any) -> None:
+    def __init__(self, optimizer: Optimizer, others: list, new: _FusedLRScheduler, previous: Any) -> None:
         self.optimizer = optimizer
         self.members = [*others, new]
         self.product = all(m._multiplicative() for m in self.members)
