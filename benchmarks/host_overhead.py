@@ -12,7 +12,7 @@ What it does not include: Triton's own launcher (argument packing, ~tens of micr
 on a GPU, one launch per dtype per step), and whatever the GPU driver adds. It is a lower bound for
 the Triton path's per-step host cost, and shows how that cost scales with the tensor count:
 steady-state steps reuse the cached launch plan after O(1) Python work per tensor
-(``FusedSGD._fast_step``); the first step (and any step after the parameter set changes) builds it.
+(``EngineState.steady_update``); the first step (and any step after the parameter set changes) builds it.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ import param_sets  # noqa: E402
 
 import fused_lr  # noqa: E402
 import fused_lr.lr_scheduler as fused  # noqa: E402
-from fused_lr import _triton_path  # noqa: E402
+from fused_lr.engine import runtime  # noqa: E402
+from fused_lr.kernels import sgd as sgd_kernels  # noqa: E402
 
 
 class _NoLaunch:
-    """Stands in for the jitted kernel: ``kernel[grid](...)`` does nothing (named like the
-    interpreter's function type, which the device check looks for)."""
+    """Stands in for the jitted kernel: ``kernel[grid](...)`` does nothing."""
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: None
@@ -52,15 +52,30 @@ def _setup(shapes, backend):
     return opt, sched
 
 
+def _count_steady_steps(opt) -> list[bool]:
+    """Records, for each step of ``opt``, whether it took the steady-state path (wraps the
+    optimizer's ``_step_steady``, which returns True when it made the step)."""
+    took: list[bool] = []
+    steady = opt._step_steady
+
+    def counted(*args, **kwargs):
+        took.append(steady(*args, **kwargs))
+        return took[-1]
+
+    opt._step_steady = counted
+    return took
+
+
 def measure(shapes, rounds: int = 9, steps: int = 30) -> dict[str, float]:
     """Median microseconds per ``opt.step(); sched.step()``: first step and steady state of the
     Triton path (launch stubbed), steady state of the torch path; alternating order."""
-    if _triton_path._sgd_kernels is None:
+    if runtime.mt_kernels is None:
         raise SystemExit("triton is not installed")
-    real = _triton_path._sgd_kernels.sgd_kernel
+    real = sgd_kernels.sgd_kernel
     tri = _setup(shapes, "triton")
     torch_path = _setup(shapes, "torch")
-    _triton_path._sgd_kernels.sgd_kernel = type("InterpretedFunction", (_NoLaunch,), {})()
+    steady = _count_steady_steps(tri[0])
+    sgd_kernels.sgd_kernel = _NoLaunch()
     try:
         t0 = time.perf_counter()
         tri[0].step()
@@ -79,10 +94,10 @@ def measure(shapes, rounds: int = 9, steps: int = 30) -> dict[str, float]:
             "triton_first_us": first,
             "triton_steady_us": statistics.median(times["triton"]),
             "torch_path_us": statistics.median(times["torch"]),
-            "fast_steps": tri[0]._fast_steps,
+            "fast_steps": sum(steady),
         }
     finally:
-        _triton_path._sgd_kernels.sgd_kernel = real
+        sgd_kernels.sgd_kernel = real
 
 
 def main() -> None:

@@ -308,8 +308,41 @@ def _reference_step(p, g, buf, first, hyper, lr, compute_dtype):
 _SEEDS = {torch.float32: 1, torch.bfloat16: 2, torch.float64: 3, torch.float16: 4}
 
 
+class _CountPlanBuilds:
+    """Counts the engine's plan builds (wraps ``fused_lr.engine.plan.build_plan``)."""
+
+    def __init__(self):
+        from fused_lr.engine import plan as P
+
+        self.builds = 0
+        self._module, self._real = P, P.build_plan
+
+    def __enter__(self):
+        def counted(*args, **kwargs):
+            self.builds += 1
+            return self._real(*args, **kwargs)
+
+        self._module.build_plan = counted
+        return self
+
+    def __exit__(self, *exc):
+        self._module.build_plan = self._real
+
+
+def _sgd_triton_call(params, grads, bufs, first, group_of, combos, lr, cache, flags, ticket):
+    """``sgd_triton`` on the tensors ``params[i]`` of groups ``group_of[i]``: a tensor whose
+    ``first[i]`` is set gets its first-step flag (its slot is its index in these lists)."""
+    from fused_lr.functional.sgd import sgd_triton
+
+    flags[: len(first)] = torch.tensor(first, dtype=torch.int8)
+    momentum, dampening, weight_decay, nesterov, maximize = (list(c) for c in zip(*combos))
+    sgd_triton(params, grads, bufs, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+               nesterov=nesterov, maximize=maximize, group_index=group_of, first_flags=flags,
+               flag_slots=list(range(len(params))), ticket=ticket, cache=cache)
+
+
 def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None) -> str:
-    from fused_lr import _triton_path as TP
+    from fused_lr import engine
     from fused_lr import schedules as S
     from fused_lr.kernels import schedule as K
 
@@ -320,7 +353,8 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
     desc = torch.tensor(rows, dtype=torch.float64)
     table = torch.tensor(table_list, dtype=torch.float64)
     counter = torch.zeros(1, dtype=torch.int64)
-    hyper = [TP.SGDHyper(*c) for c in combos]
+    momentum_of = [c[0] for c in combos]
+    nesterov_of = [c[3] for c in combos]
 
     # Tensors: group k gets one size from the list, rotating, and even groups a second one, so
     # every size meets several option combinations and schedule kinds. Tensor "late" has no grad before step LATE (its first momentum step comes later
@@ -331,8 +365,8 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
             shapes.append(sizes[j % len(sizes)])
             group_of.append(k)
     LATE, SKIP = 7, 11
-    late_idx = next(i for i, g in enumerate(group_of) if hyper[g].momentum != 0 and shapes[i] != ())
-    skip_idx = next(i for i, g in enumerate(group_of) if hyper[g].nesterov)
+    late_idx = next(i for i, g in enumerate(group_of) if momentum_of[g] != 0 and shapes[i] != ())
+    skip_idx = next(i for i, g in enumerate(group_of) if nesterov_of[g])
 
     init = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
     kern_p = [t.clone() for t in init]
@@ -351,13 +385,14 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
         foreach=False,
     )
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    cache = TP.SGDPlanCache()
+    cache = engine.PlanCache()
+    flags, ticket = torch.zeros(len(shapes), dtype=torch.int8), torch.zeros(1, dtype=torch.int32)
     builds_when_unchanged = []
     max_abs: dict = {}
     prev_set = None
 
-    ctx = TP.override_launch_config(**launch_config) if launch_config else _nullcontext()
-    with ctx:
+    ctx = engine.override_launch_config(**launch_config) if launch_config else _nullcontext()
+    with ctx, _CountPlanBuilds() as plans:
         for step in range(n_steps):
             # KIND_DIRECT rows: the host (standing in for torch ops on the device) writes p0.
             for k, row in enumerate(rows):
@@ -376,17 +411,16 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
             idx = [i for i in range(len(shapes)) if has_grad[i]]
             firsts = []
             for i in idx:
-                first = hyper[group_of[i]].momentum != 0 and i not in kern_buf
+                first = momentum_of[group_of[i]] != 0 and i not in kern_buf
                 if first:
                     kern_buf[i] = torch.empty_like(kern_p[i])
                 firsts.append(first)
-            builds_before = cache.builds
-            TP.triton_sgd_step(
-                [kern_p[i] for i in idx], [grads[i] for i in idx], [kern_buf.get(i) for i in idx], firsts,
-                [group_of[i] for i in idx], hyper, desc, table, counter, cache=cache,
-            )
+            builds_before = plans.builds
+            _sgd_triton_call([kern_p[i] for i in idx], [grads[i] for i in idx], [kern_buf.get(i) for i in idx], firsts,
+                             [group_of[i] for i in idx], combos, engine.DeviceLR(desc, table, counter), cache, flags,
+                             ticket)
             if prev_set == (tuple(idx), tuple(sorted(kern_buf))):
-                builds_when_unchanged.append(cache.builds - builds_before)
+                builds_when_unchanged.append(plans.builds - builds_before)
             prev_set = (tuple(idx), tuple(sorted(kern_buf)))
 
             # --- references ---
@@ -413,7 +447,7 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
         _check_bf16_accuracy(shapes, kern_p, kern_buf, stock_p, stock, exact_p, exact_buf)
     n_el = sum(math.prod(s) for s in shapes)
     return (f"{dtype}: {n_groups} groups, {len(shapes)} tensors, {n_el} elements, {n_steps} steps, "
-            f"{cache.builds} plan builds")
+            f"{plans.builds} plan builds")
 
 
 class _nullcontext:
@@ -504,11 +538,11 @@ NORM_PARTIAL_RTOL = {torch.float16: 2e-6, torch.bfloat16: 2e-6, torch.float32: 2
 
 
 def case_grad_norm() -> str:
-    from fused_lr import _triton_path as TP
+    from fused_lr.engine.runtime import KERNEL_DTYPES, triton_dtype
     from fused_lr.kernels import grad_norm as N
-    from fused_lr.kernels import sgd as K
+    from fused_lr.kernels import multi_tensor as K
 
-    dtype_map = TP._torch_to_triton_dtype()
+    dtype_map = {d: triton_dtype(d) for d in KERNEL_DTYPES}
     block, chunk_blocks = 128, 2
     chunk = block * chunk_blocks
     gen = torch.Generator().manual_seed(7)
@@ -586,12 +620,13 @@ def case_grad_norm() -> str:
 def case_production_config() -> str:
     """The production BLOCK_SIZE / CHUNK_BLOCKS on a tensor spanning two chunks and a partial block,
     next to a tensor whose address is not 16-byte aligned (the ALIGNED=False specialization)."""
-    from fused_lr import _triton_path as TP
+    from fused_lr import engine
     from fused_lr import schedules as S
-    from fused_lr.kernels import sgd as K
+    from fused_lr.engine import runtime as R
+    from fused_lr.kernels import multi_tensor as K
 
-    chunk = K.BLOCK_SIZE * K.CHUNK_BLOCKS
-    big_n = 2 * chunk + K.BLOCK_SIZE + 3
+    chunk = R.BLOCK_SIZE * R.CHUNK_BLOCKS
+    big_n = 2 * chunk + R.BLOCK_SIZE + 3
     messages = []
     for dtype in (torch.float32, torch.bfloat16):
         gen = torch.Generator().manual_seed(7)
@@ -603,17 +638,19 @@ def case_production_config() -> str:
         ref = [t.clone() for t in params]
         bufs = [torch.empty_like(t) for t in params]
         ref_bufs = [None, None]
-        hyper = [TP.SGDHyper(0.9, 0.0, 1e-2, True, False)]
+        hyper = [(0.9, 0.0, 1e-2, True, False)]
         desc = torch.tensor([S.cosine_row(0.1, 2, 1e-3)], dtype=torch.float64)
         table = torch.ones(1, dtype=torch.float64)
         counter = torch.zeros(1, dtype=torch.int64)
-        cache = TP.SGDPlanCache()
+        cache = engine.PlanCache()
+        flags, ticket = torch.zeros(2, dtype=torch.int8), torch.zeros(1, dtype=torch.int32)
         for step in range(2):
             grads = [torch.randn(t.shape, generator=gen).to(dtype) for t in params]
             lr = S.lr_at(counter, desc, table).item()
-            TP.triton_sgd_step(params, grads, bufs, [step == 0] * 2, [0, 0], hyper, desc, table, counter, cache=cache)
+            _sgd_triton_call(params, grads, bufs, [step == 0] * 2, [0, 0], hyper, engine.DeviceLR(desc, table, counter),
+                             cache, flags, ticket)
             for i in range(2):
-                ref[i], ref_bufs[i] = _reference_step(ref[i], grads[i], ref_bufs[i], step == 0, tuple(hyper[0]), lr, torch.float32)
+                ref[i], ref_bufs[i] = _reference_step(ref[i], grads[i], ref_bufs[i], step == 0, hyper[0], lr, torch.float32)
                 check_equal(params[i], ref[i], f"{dtype} production config, step {step}, param {i}")
                 check_equal(bufs[i], ref_bufs[i], f"{dtype} production config, step {step}, buffer {i}")
             counter += 1

@@ -119,14 +119,19 @@ def test_cpu_without_interpreter_is_a_clear_error():
     must be refused with a RuntimeError that names TRITON_INTERPRET."""
     import torch
 
-    from fused_lr import _triton_path as TP
+    from fused_lr import engine
+    from fused_lr.functional.sgd import sgd_triton
 
-    if TP._interpreting():
+    if engine.interpreting():
         pytest.skip("this pytest process itself runs under TRITON_INTERPRET=1")
-    assert TP.triton_available() and not TP.triton_available("cpu")
+    assert engine.triton_available() and not engine.triton_available("cpu")
     p = torch.zeros(4)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        TP.triton_sgd_step(
-            [p], [torch.ones(4)], [None], [False], [0], [TP.SGDHyper()],
-            torch.zeros(1, 8, dtype=torch.float64), torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.int64),
+        sgd_triton(
+            [p], [torch.ones(4)], [None],
+            lr=engine.DeviceLR(torch.zeros(1, 8, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
+                               torch.zeros(1, dtype=torch.int64)),
+            momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+            first_flags=torch.zeros(1, dtype=torch.int8), flag_slots=[0], ticket=torch.zeros(1, dtype=torch.int32),
+            cache=engine.PlanCache(),
         )
