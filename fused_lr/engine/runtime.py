@@ -50,10 +50,12 @@ ENABLE_FP_FUSION = True
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+_TRITON_DTYPES = {} if tl is None else dict(zip(KERNEL_DTYPES, (tl.float16, tl.bfloat16, tl.float32, tl.float64)))
+
+
 def triton_dtype(dtype: torch.dtype) -> Any:
     """The Triton dtype of a storage dtype in ``KERNEL_DTYPES``."""
-    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
-            torch.float64: tl.float64}[dtype]
+    return _TRITON_DTYPES[dtype]
 
 
 def interpreting() -> bool:

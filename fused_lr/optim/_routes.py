@@ -121,8 +121,7 @@ class UpdateRoutes:
         sparse = (_pick(params, sparse_at), _pick(grads, sparse_at), [_pick(s, sparse_at) for s in states])
         return _pick(params, rest), _pick(grads, rest), [_pick(s, rest) for s in states], sparse
 
-    def _store_states(self, gi: int, owners: list[Tensor], new: list[list], old: list[list], sharded: bool = False,
-                      ) -> None:
+    def _store_states(self, gi: int, owners: list[Tensor], new: list[list], old: list[list], sharded=False) -> None:
         """Put the state tensors an update made (``new`` where it is not ``old``) in ``self.state``."""
         for key, news, olds in zip(self._kernel.state_lists, new, old):
             for p, b, was in zip(owners, news, olds):
