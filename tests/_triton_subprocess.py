@@ -661,6 +661,87 @@ def case_production_config() -> str:
     return "; ".join(messages)
 
 
+def case_engine_state_lists() -> str:
+    """The engine with another optimizer's kernel: tests/_toy_kernel.py, two state lists and one
+    hyper column, two groups (one without state), float32 and float64 tensors (two launches, the
+    last one writing back), five steps with the schedule deferred by one step each time, a step AMP
+    skips (on which a late tensor takes its first step: its flag must survive the skip) and one
+    with a loss scale. Parameters and both state lists must equal the toy's update written in torch
+    ops in the same order and precision; the counter and the LRs written back must be the step's."""
+    import _toy_kernel as T
+
+    from fused_lr import engine
+    from fused_lr import schedules as S
+
+    gen = torch.Generator().manual_seed(11)
+    desc = torch.tensor([S.step_row(0.1, 2, 0.5), S.cosine_row(0.05, 4, 1e-3)], dtype=torch.float64)
+    table, counter = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.int64)
+    lr_buf = torch.zeros(2, dtype=torch.float64)
+    scales = [0.5, 0.0]  # group 1 keeps no state
+    shapes = [((), torch.float32, 0), ((5,), torch.float32, 0), ((300,), torch.float32, 0), ((7,), torch.float32, 1),
+              ((130,), torch.float64, 0), ((33,), torch.float32, 0)]
+    LATE, SKIP, SCALED = 5, 2, 3  # tensor LATE first steps at SKIP; SCALED divides by a loss scale
+    params = [torch.randn(s, generator=gen, dtype=torch.float64).to(d) for s, d, _ in shapes]
+    refs = [p.clone() for p in params]
+    states: dict[int, tuple] = {}  # tensor index -> (sum, max)
+    ref_states: dict[int, tuple] = {}
+    flags, ticket, cache = torch.zeros(len(shapes), dtype=torch.int8), torch.zeros(1, dtype=torch.int32), engine.PlanCache()
+    with engine.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=2):
+        for t in range(5):
+            idx = [i for i in range(len(shapes)) if i != LATE or t >= SKIP]
+            grads = {i: torch.randn(shapes[i][0], generator=gen, dtype=torch.float64).to(shapes[i][1]) for i in idx}
+            for i in idx:
+                if scales[shapes[i][2]] != 0 and i not in states:
+                    states[i] = (torch.empty_like(params[i]), torch.empty_like(params[i]))
+                    flags[i] = 1
+            found_inf = torch.ones(1) if t == SKIP else None
+            grad_scale = torch.full((1,), 4.0) if t in (SKIP, SCALED) else None
+            before = ([p.clone() for p in params], {i: tuple(x.clone() for x in st) for i, st in states.items()})
+            engine.multi_tensor_update(
+                T.SPEC, [params[i] for i in idx], [grads[i] for i in idx],
+                [[states[i][k] if i in states else None for i in idx] for k in range(2)],
+                [shapes[i][2] for i in idx], [(sc,) for sc in scales],
+                engine.DeviceLR(desc, table, counter, advance=1, lr_out=lr_buf),
+                ticket=ticket, first_flags=flags, flag_slots=idx, cache=cache, grad_scale=grad_scale, found_inf=found_inf,
+            )
+            if int(counter) != t + 1:
+                raise AssertionError(f"step {t}: the counter is {int(counter)}, want {t + 1}")
+            want_lrs = S.lr_at(counter, desc, table).tolist()
+            if any(abs(a - b) > 1e-12 * abs(b) for a, b in zip(lr_buf.tolist(), want_lrs)):
+                raise AssertionError(f"step {t}: LRs written back {lr_buf.tolist()}, want {want_lrs}")
+            if t == SKIP:
+                if not all(torch.equal(a, b) for a, b in zip(before[0], params)) or any(
+                        not torch.equal(a, b) for i, st in before[1].items() for a, b in zip(st, states[i]) if i != LATE):
+                    raise AssertionError("a step AMP skipped changed a parameter or a state tensor")
+                if int(flags[LATE]) != 1:
+                    raise AssertionError("a first step AMP skipped cleared its flag")
+                continue
+            for i in idx:
+                d = torch.float64 if shapes[i][1] == torch.float64 else torch.float32
+                lr = torch.tensor(lr_buf[shapes[i][2]].item(), dtype=torch.float64).to(d)
+                scale = torch.tensor(scales[shapes[i][2]], dtype=torch.float64).to(d)
+                g = grads[i].to(d) / 4.0 if grad_scale is not None else grads[i].to(d)
+                p = refs[i].to(d)
+                if scale != 0:
+                    if i in ref_states:
+                        s, m = (x.to(d) for x in ref_states[i])
+                        s, m = s + g, torch.maximum(m, g.abs())
+                    else:
+                        s, m = g, g.abs()
+                    ref_states[i] = (s.to(shapes[i][1]), m.to(shapes[i][1]))
+                    p = p - lr * (scale * s)
+                else:
+                    p = p - lr * g
+                refs[i] = p.to(shapes[i][1])
+                check_equal(params[i], refs[i], f"toy kernel step {t}, tensor {i}: param")
+                for k, name in enumerate(("sum", "max")):
+                    if i in ref_states:
+                        check_equal(states[i][k], ref_states[i][k], f"toy kernel step {t}, tensor {i}: {name}")
+            if int(flags.sum()) != 0:
+                raise AssertionError(f"step {t}: first-step flags not cleared: {flags.tolist()}")
+    return f"{len(shapes)} tensors, 2 groups, 2 dtypes, 2 state lists, 5 steps (one skipped, one scaled)"
+
+
 CASES: dict[str, Callable[[], str]] = {
     "lr_at": case_lr_at,
     "sgd_fp32": case_sgd_fp32,
@@ -668,6 +749,7 @@ CASES: dict[str, Callable[[], str]] = {
     "sgd_fp64_fp16": case_sgd_fp64_fp16,
     "production_config": case_production_config,
     "grad_norm": case_grad_norm,
+    "engine_state_lists": case_engine_state_lists,
 }
 
 

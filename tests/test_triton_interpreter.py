@@ -24,7 +24,7 @@ SCRIPT = HERE / "_triton_subprocess.py"
 
 # Two children, balanced by measured run time (about 20-25 s each on 2 cores).
 WORKERS = (
-    ("sgd_bf16", "production_config", "grad_norm"),
+    ("sgd_bf16", "production_config", "grad_norm", "engine_state_lists"),
     ("sgd_fp32", "sgd_fp64_fp16", "lr_at"),
 )
 TIMEOUT_S = 600
@@ -100,6 +100,14 @@ def test_grad_norm_kernels(interpreter_results):
     and inf gradients, written only to the launch's slots; the finalize over more partials than one
     block, with an extra partial and a loss scale, both sides of the clamp, NaN and inf norms."""
     _report(interpreter_results, "grad_norm")
+
+
+def test_engine_runs_another_optimizers_kernel(interpreter_results):
+    """The engine knows no optimizer: a toy kernel spec with two state lists (tests/_toy_kernel.py),
+    two groups (one without state), two dtypes, deferred schedule steps written back by the last
+    launch, a step AMP skips (a first step's flag survives it) and a loss-scaled step; bitwise
+    against the toy's update in torch ops."""
+    _report(interpreter_results, "engine_state_lists")
 
 
 def test_kernel_constants_match_schedules():
