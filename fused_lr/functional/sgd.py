@@ -386,14 +386,17 @@ def hyper_row(momentum: float, dampening: float, weight_decay: float, nesterov: 
             1.0 if maximize else 0.0, float(momentum_row))
 
 
+_COLUMNS = ("momentum", "one_minus_dampening", "weight_decay", "nesterov", "maximize", "momentum_row")
+_MOMENTUM, _MOMENTUM_ROW = _COLUMNS.index("momentum"), _COLUMNS.index("momentum_row")
+
 SGD_KERNEL = engine.register(engine.KernelSpec(
     name="sgd",
     module="fused_lr.kernels.sgd",
     kernel="sgd_kernel",
     state_lists=("momentum_buffer",),
-    hyper_columns=("momentum", "one_minus_dampening", "weight_decay", "nesterov", "maximize", "momentum_row"),
-    keeps_state=lambda row: row[0] != 0,  # momentum != 0: the group has buffers
-    zero_state=lambda row: row[5] >= 0,  # a cycled momentum may be 0 on a step: its buffer stays unwritten
+    hyper_columns=_COLUMNS,
+    keeps_state=lambda row: row[_MOMENTUM] != 0,  # the group has buffers
+    zero_state=lambda row: row[_MOMENTUM_ROW] >= 0,  # a cycled momentum may be 0 on a step: its buffer stays unwritten
 ))
 
 
