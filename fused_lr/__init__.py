@@ -1,7 +1,7 @@
 """fused_lr: learning-rate-scheduled SGD for PyTorch with the schedule on the device."""
 
 from . import lr_scheduler, schedules
-from .optimizer import FusedSGD
+from .optim import FusedSGD
 from .plot import plot_schedule, schedule_values
 
 __all__ = ["FusedSGD", "lr_scheduler", "schedules", "plot_schedule", "schedule_values", "__version__"]

@@ -10,7 +10,7 @@ walked together (element k of each paired) iff they also have the same strides: 
 own multi-tensor fast path (``check_fast_path_restrictions`` in ATen/native/ForeachUtils.h), which
 ignores the strides of size-1 dims (they never move the address).
 
-Everything else takes an algorithm that follows strides (see ``fused_lr._torch_path``).
+Everything else takes an algorithm that follows strides (see ``fused_lr.functional.sgd``).
 """
 
 from __future__ import annotations

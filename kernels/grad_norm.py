@@ -5,10 +5,10 @@ without writing the gradients: these kernels compute the coefficient on the devi
 kernel (``kernels/sgd.py``, ``SCALED=True``) multiplies each gradient by it while it updates.
 
 1. ``grad_norm_partials_kernel``, one launch per storage dtype over the same tensor and chunk
-   tables as the update (``fused_lr._triton_path``): program ``i`` reduces its chunk of one
-   gradient to one partial (sum of squares for ``norm_type=2``, max ``|g|`` for ``inf``),
-   accumulated in the arithmetic type (float32 for float16 / bfloat16 / float32, float64 for
-   float64), and stores it as float64 at ``partials[offset + i]``.
+   tables as the update (built by ``fused_lr.engine``, walked as in ``kernels/multi_tensor.py``):
+   program ``i`` reduces its chunk of one gradient to one partial (sum of squares for
+   ``norm_type=2``, max ``|g|`` for ``inf``), accumulated in the arithmetic type (float32 for
+   float16 / bfloat16 / float32, float64 for float64), and stores it as float64 at ``partials[offset + i]``.
 2. ``grad_norm_finalize_kernel``, one program: reduces every partial (plus one ``extra`` partial the
    host computed with torch ops for tensors the kernels do not take) in float64, then::
 
@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from .multi_tensor import chunk_of, full_blocks, tensor_ptr
 
 __all__ = ["FINALIZE_BLOCK", "grad_norm_partials_kernel", "grad_norm_finalize_kernel"]
 
@@ -63,22 +65,15 @@ def grad_norm_partials_kernel(
     offset,  # int: slot of program 0's partial in partials_ptr (launches of other dtypes use the others)
     DTYPE: tl.constexpr,  # storage dtype of the gradients: fp16, bf16, fp32 or fp64
     COMPUTE_DTYPE: tl.constexpr,  # accumulation type: fp64 for fp64, else fp32
-    ALIGNED: tl.constexpr,  # every gradient address is a multiple of 16 bytes (16-byte vector loads)
+    ALIGNED: tl.constexpr,  # every gradient address is a multiple of ALIGNMENT bytes (16-byte vector loads)
     NORM_INF: tl.constexpr,  # max |g| instead of the sum of squares
     BLOCK_SIZE: tl.constexpr,  # elements per block (the update kernel's)
     CHUNK_BLOCKS: tl.constexpr,  # blocks per chunk (the update kernel's, so the chunk table is shared)
 ):
     """Reduce chunk ``program_id(0)`` of the gradient table to one float64 partial."""
-    pid = tl.program_id(0).to(tl.int64)
-    tensor = tl.load(chunks_ptr + 2 * pid)
-    chunk_start = tl.multiple_of(tl.load(chunks_ptr + 2 * pid + 1), BLOCK_SIZE)
-    numel = tl.load(numels_ptr + tensor)
-    g_ptr = tl.load(grad_addrs_ptr + tensor).to(tl.pointer_type(DTYPE))
-    if ALIGNED:
-        g_ptr = tl.multiple_of(g_ptr, 16)
-    chunk_end = tl.minimum(chunk_start + BLOCK_SIZE * CHUNK_BLOCKS, numel)
-    n_full = (chunk_end - chunk_start) // BLOCK_SIZE
-    full_end = tl.multiple_of(chunk_start + n_full * BLOCK_SIZE, BLOCK_SIZE)
+    tensor, chunk_start, chunk_end = chunk_of(chunks_ptr, numels_ptr, BLOCK_SIZE, CHUNK_BLOCKS)
+    g_ptr = tensor_ptr(grad_addrs_ptr, tensor, DTYPE, ALIGNED)
+    n_full, full_end = full_blocks(chunk_start, chunk_end, BLOCK_SIZE)
     lanes = tl.arange(0, BLOCK_SIZE)
     acc = tl.zeros([BLOCK_SIZE], dtype=COMPUTE_DTYPE)
     nan_seen = tl.zeros([BLOCK_SIZE], dtype=tl.int32)
@@ -92,7 +87,7 @@ def grad_norm_partials_kernel(
         partial = tl.where(tl.max(nan_seen, axis=0) != 0, float("nan"), partial)
     else:
         partial = tl.sum(acc, axis=0).to(tl.float64)
-    tl.store(partials_ptr + offset + pid, partial)
+    tl.store(partials_ptr + offset + tl.program_id(0).to(tl.int64), partial)
 
 
 @triton.jit

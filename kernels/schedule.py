@@ -100,7 +100,6 @@ __all__ = [
     "KIND_ONE_CYCLE",
     "KIND_PRODUCT",
     "KIND_COSINE_POWER",
-    "SUPPORTED_KINDS",
     "lr_at",
     "lr_at_kernel",
 ]
@@ -141,8 +140,6 @@ KIND_ONE_CYCLE = tl.constexpr(16)
 KIND_PRODUCT = tl.constexpr(17)
 KIND_COSINE_POWER = tl.constexpr(18)
 
-# Every kind lr_at implements (the host checks a description against it before launching).
-SUPPORTED_KINDS = frozenset(range(19))
 
 @triton.jit
 def _powi(x, n):

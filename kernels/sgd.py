@@ -1,10 +1,11 @@
-"""Fused multi-tensor SGD with the learning rate computed on the device: ``sgd_kernel``.
+"""torch.optim.SGD's update as a multi-tensor kernel, learning rate computed on the device: ``sgd_kernel``.
 
-One launch updates every tensor of one dtype, across parameter groups: the launcher
-(``fused_lr._triton_path``) builds int64 tables of the tensors' addresses and sizes and a chunk
-table that gives each program one chunk of one tensor. Each program
+One launch updates every tensor of one dtype, across parameter groups; the engine
+(``fused_lr.engine``) builds the address, size and chunk tables and launches it with the common
+arguments of ``kernels/multi_tensor.py`` (SGD's one state list: the momentum buffers). Each program
 
-1. reads its chunk's (tensor, offset) and the tensor's group, first-step flag and addresses;
+1. takes its chunk of one tensor and the tensor's group, first-step flag and addresses
+   (``chunk_of``, ``tensor_ptr``);
 2. computes its group's learning rate with ``lr_at`` (float64) from the device step counter, and
    its momentum the same way when the schedule cycles momentum (hyper column HYPER_MOMENTUM_ROW);
 3. applies torch.optim.SGD's update in torch's order to every element of the chunk::
@@ -17,31 +18,24 @@ table that gives each program one chunk of one tensor. Each program
            g = g + momentum * buf  if nesterov  else  buf
        p = p - lr * g
 
+4. finishes the launch through the shared ticket (``finish_launch``).
+
 Gradient scaling (``SCALED=True``; AMP's GradScaler and fused gradient clipping): each program
 reads ``found_inf`` and, when it is nonzero, stores nothing at all (parameters and momentum
 buffers keep their values; the schedule's write-back still happens). Otherwise every gradient is
 first unscaled and clipped in the arithmetic type, ``g = (g / grad_scale) * clip_coef`` (an IEEE
-division, as torch's fused kernels divide), before the update above. ``grad_scale`` is 1 without
-AMP and ``clip_coef`` is 1 without clipping, so either alone rounds exactly as it would by itself.
+division, as torch's fused kernels divide), before the update above.
 
 First-step flags live in device memory and are indexed through ``slots_ptr``, so a flag can
-outlive a launch: with ``clear_first`` set, the last program to finish (the write-back ticket)
-clears this launch's flags *only when the update happened* (``found_inf == 0``). A first step
-skipped by AMP therefore leaves the flag set, and the next real step is the tensor's first step
-(``buf = g``), as with torch.optim.SGD's for-loop, which never creates the buffer on a skipped
-step. No program reads a flag after taking its ticket, so clearing cannot race a reader.
+outlive a launch: with ``clear_first`` set, the last program to finish clears this launch's flags
+*only when the update happened* (``found_inf == 0``). A first step skipped by AMP therefore leaves
+the flag set, and the next real step is the tensor's first step (``buf = g``), as with
+torch.optim.SGD's for-loop, which never creates the buffer on a skipped step.
 
 Arithmetic is float32 for float16 / bfloat16 / float32 tensors (torch's "opmath" type, as in
 torch's own fused SGD kernel: the unrounded float32 buffer feeds the nesterov term, and parameter
 and buffer are rounded to storage once per step) and float64 for float64 tensors. bfloat16 is
-rounded to nearest-even by ``_round_to_bf16`` with integer ops: Triton's CPU interpreter
-truncates on ``.to(tl.bfloat16)``, and the explicit rounding gives the same bits on the GPU and in
-the interpreter.
-
-Vectorization: the launcher promises (``ALIGNED=True``) that every address is a multiple of 16
-bytes; chunk offsets are multiples of ``BLOCK_SIZE``. Full blocks are masked against a bound that
-is itself a multiple of ``BLOCK_SIZE``, so the compiler knows the mask is constant across a vector
-and emits 16-byte loads and stores; the last partial block of a tensor is masked element by element.
+rounded to nearest-even by ``round_to_bf16``.
 """
 
 from __future__ import annotations
@@ -49,13 +43,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .multi_tensor import amp_scaling, chunk_of, finish_launch, full_blocks, round_to_bf16, tensor_ptr
 from .schedule import lr_at
 
 __all__ = [
-    "BLOCK_SIZE",
-    "CHUNK_BLOCKS",
-    "NUM_WARPS",
-    "ENABLE_FP_FUSION",
     "HYPER_WIDTH",
     "HYPER_MOMENTUM",
     "HYPER_ONE_MINUS_DAMPENING",
@@ -63,38 +54,11 @@ __all__ = [
     "HYPER_NESTEROV",
     "HYPER_MAXIMIZE",
     "HYPER_MOMENTUM_ROW",
-    "FLAG_BLOCK",
-    "SUPPORTED_DTYPES",
-    "ALIGNMENT",
-    "compute_dtype",
-    "launch_config",
     "sgd_kernel",
 ]
 
-# --- Launch configuration: the one place block size, chunk size and warp count come from. ---
-# BLOCK_SIZE = 1024 and num_warps = 4 are the Triton tutorials' defaults (01-vector-add uses
-# BLOCK_SIZE=1024; 4 warps is Triton's default num_warps). A chunk of 64 blocks = 65536 elements
-# is torch's multi_tensor_apply chunk size (kChunkSize in ATen/native/cuda/MultiTensorApply.cuh).
-# None of the three is measured: no GPU was available when this was written. Measure before tuning.
-BLOCK_SIZE = 1024
-CHUNK_BLOCKS = 64
-NUM_WARPS = 4
-# Contract a*b + c into FMAs (Triton 3.9's default, made explicit because 3.10 flips it): torch's
-# CUDA kernels are built with nvcc's default --fmad=true, so this keeps the GPU update's rounding
-# closest to stock's there. (The interpreter never contracts; the tests account for that.)
-ENABLE_FP_FUSION = True
-
-# First-step flags cleared per iteration by the finishing program (a plain vector width; the loop
-# runs once per launch on one program, over the launch's tensors: not performance-relevant).
-FLAG_BLOCK = 128
-_FLAG_BLOCK = tl.constexpr(FLAG_BLOCK)
-
-# Bytes every parameter / grad / buffer address must be a multiple of for the ALIGNED=True
-# specialization (one 16-byte vector load).
-ALIGNMENT = 16
-_ALIGNMENT = tl.constexpr(ALIGNMENT)
-
-# Columns of the per-group hyper-parameter table (float64 [groups, HYPER_WIDTH]).
+# Columns of the per-group hyper-parameter table (float64 [groups, HYPER_WIDTH]); the SGD kernel
+# spec (fused_lr.functional.sgd) names them in this order, and the engine checks the two agree.
 HYPER_WIDTH = 8
 HYPER_MOMENTUM = 0
 HYPER_ONE_MINUS_DAMPENING = 1  # 1 - dampening, computed on the host in float64 as torch does
@@ -110,30 +74,6 @@ _HYPER_WEIGHT_DECAY = tl.constexpr(HYPER_WEIGHT_DECAY)
 _HYPER_NESTEROV = tl.constexpr(HYPER_NESTEROV)
 _HYPER_MAXIMIZE = tl.constexpr(HYPER_MAXIMIZE)
 _HYPER_MOMENTUM_ROW = tl.constexpr(HYPER_MOMENTUM_ROW)
-
-# The storage dtypes the kernel specializes for (Triton dtype names, as torch dtypes map to them).
-SUPPORTED_DTYPES = ("fp16", "bf16", "fp32", "fp64")
-
-
-def compute_dtype(dtype: tl.dtype) -> tl.dtype:
-    """The arithmetic type for storage ``dtype``: float64 for float64, float32 otherwise."""
-    return tl.float64 if dtype == tl.float64 else tl.float32
-
-
-def launch_config() -> dict:
-    """``BLOCK_SIZE``, ``CHUNK_BLOCKS``, ``num_warps`` and ``enable_fp_fusion`` of a production launch."""
-    return {"BLOCK_SIZE": BLOCK_SIZE, "CHUNK_BLOCKS": CHUNK_BLOCKS, "num_warps": NUM_WARPS,
-            "enable_fp_fusion": ENABLE_FP_FUSION}
-
-
-@triton.jit
-def _round_to_bf16(x):
-    """float32 block -> bfloat16 block, rounded to nearest, ties to even (NaN stays NaN)."""
-    bits = x.to(tl.uint32, bitcast=True)
-    rounded = bits + (0x7FFF + ((bits >> 16) & 1))
-    half = (rounded >> 16).to(tl.uint16)
-    half = tl.where(x != x, 0x7FC0, half).to(tl.uint16)
-    return half.to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit
@@ -184,8 +124,8 @@ def _sgd_block(
     g = tl.where(use_buf, tl.where(nesterov, g + momentum * buf, buf), g)
     p = p - lr * g
     if DTYPE == tl.bfloat16:
-        p_out = _round_to_bf16(p)
-        buf_out = _round_to_bf16(buf)
+        p_out = round_to_bf16(p)
+        buf_out = round_to_bf16(buf)
     else:
         p_out = p.to(DTYPE)
         buf_out = buf.to(DTYPE)
@@ -195,8 +135,8 @@ def _sgd_block(
 
 @triton.jit(do_not_specialize=["table_numel", "advance", "n_groups", "write_back", "n_tensors", "clear_first"])
 def sgd_kernel(
-    param_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each parameter (contiguous, DTYPE)
-    grad_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each gradient (contiguous, DTYPE)
+    param_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each parameter (dense, DTYPE)
+    grad_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each gradient (the parameter's strides)
     buf_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each momentum buffer, 0 if its group has momentum 0
     numels_ptr,  # *int64 [n_tensors]: elements of each tensor
     groups_ptr,  # *int32 [n_tensors]: parameter-group index of each tensor (row of hyper and desc)
@@ -210,7 +150,7 @@ def sgd_kernel(
     table_numel,  # int: elements behind table_ptr (>= 1)
     advance,  # int: scheduler steps taken since the counter was last stored; the LR is taken at *step_ptr + advance
     lr_out_ptr,  # *fp64 [n_groups]: receives every group's LR at that step (write_back only)
-    ticket_ptr,  # *int32 [1]: 0 between launches; counts finished programs (write_back only)
+    ticket_ptr,  # *int32 [1]: 0 between launches; counts finished programs (write_back or clear_first only)
     n_groups,  # int: rows of desc (and of lr_out)
     write_back,  # int: 1 on a step's final launch: the last program to finish stores the advanced counter and the LRs
     n_tensors,  # int: tensors in this launch (entries of slots_ptr)
@@ -226,25 +166,12 @@ def sgd_kernel(
     CHUNK_BLOCKS: tl.constexpr,  # blocks per chunk: chunk offsets are multiples of BLOCK_SIZE * CHUNK_BLOCKS
 ):
     """Apply one SGD step to chunk ``program_id(0)`` of the tensor table (see module docstring)."""
-    pid = tl.program_id(0).to(tl.int64)
-    tensor = tl.load(chunks_ptr + 2 * pid)
-    chunk_start = tl.multiple_of(tl.load(chunks_ptr + 2 * pid + 1), BLOCK_SIZE)
-    numel = tl.load(numels_ptr + tensor)
+    tensor, chunk_start, chunk_end = chunk_of(chunks_ptr, numels_ptr, BLOCK_SIZE, CHUNK_BLOCKS)
     group = tl.load(groups_ptr + tensor)
     first_flag = tl.load(first_step_ptr + tl.load(slots_ptr + tensor))
-
-    p_addr = tl.load(param_addrs_ptr + tensor)
-    g_addr = tl.load(grad_addrs_ptr + tensor)
-    b_addr = tl.load(buf_addrs_ptr + tensor)
-    p_ptr = p_addr.to(tl.pointer_type(DTYPE))
-    g_ptr = g_addr.to(tl.pointer_type(DTYPE))
-    b_ptr = b_addr.to(tl.pointer_type(DTYPE))
-    if ALIGNED:
-        # The hint must sit on the pointer: a hint on the int64 address does not survive the cast
-        # (Triton 3.9's axis analysis starts int_to_ptr results over; checked in the PTX).
-        p_ptr = tl.multiple_of(p_ptr, _ALIGNMENT)
-        g_ptr = tl.multiple_of(g_ptr, _ALIGNMENT)
-        b_ptr = tl.multiple_of(b_ptr, _ALIGNMENT)
+    p_ptr = tensor_ptr(param_addrs_ptr, tensor, DTYPE, ALIGNED)
+    g_ptr = tensor_ptr(grad_addrs_ptr, tensor, DTYPE, ALIGNED)
+    b_ptr = tensor_ptr(buf_addrs_ptr, tensor, DTYPE, ALIGNED)
 
     hyper = hyper_ptr + group.to(tl.int64) * _HYPER_WIDTH
     # Like torch, round the float64 scalars (lr, momentum, 1 - dampening, weight_decay) once to the
@@ -264,20 +191,11 @@ def sgd_kernel(
     first = first_flag != 0
     read_buf = use_buf & (first_flag == 0)
 
-    chunk_end = tl.minimum(chunk_start + BLOCK_SIZE * CHUNK_BLOCKS, numel)
+    grad_scale, clip_coef, updated = amp_scaling(grad_scale_ptr, found_inf_ptr, clip_coef_ptr, COMPUTE_DTYPE, SCALED)
     if SCALED:
-        grad_scale = tl.load(grad_scale_ptr).to(COMPUTE_DTYPE)
-        clip_coef = tl.load(clip_coef_ptr).to(COMPUTE_DTYPE)
-        updated = tl.load(found_inf_ptr) == 0
         # A skipped step: an empty chunk, so no block runs and nothing is stored.
         chunk_end = tl.where(updated, chunk_end, chunk_start)
-    else:
-        grad_scale = 1.0
-        clip_coef = 1.0
-        updated = True
-    n_full = (chunk_end - chunk_start) // BLOCK_SIZE
-    # A multiple of BLOCK_SIZE by construction: the hint lets full blocks use vector accesses.
-    full_end = tl.multiple_of(chunk_start + n_full * BLOCK_SIZE, BLOCK_SIZE)
+    n_full, full_end = full_blocks(chunk_start, chunk_end, BLOCK_SIZE)
     lanes = tl.arange(0, BLOCK_SIZE)
     for b in range(0, n_full):
         offs = chunk_start + b * BLOCK_SIZE + lanes
@@ -290,25 +208,5 @@ def sgd_kernel(
         _sgd_block(p_ptr, g_ptr, b_ptr, offs, chunk_end, lr, momentum, one_minus_dampening,
                    weight_decay, nesterov, maximize, use_buf, first, read_buf, grad_scale, clip_coef,
                    DTYPE, COMPUTE_DTYPE, SCALED)
-    if (write_back != 0) | (clear_first != 0):
-        # Finish the launch without racing the programs still reading the counter or the flags:
-        # every program read them above, before taking a ticket (the atomic is acq_rel, so those
-        # reads cannot move past it); the program that takes the last ticket advances the schedule
-        # (the counter and the LRs for param_groups[i]["lr"]: a skipped AMP step advances it too),
-        # clears the first-step flags of an update that happened, and resets the ticket for the
-        # next launch (launches run in stream order, so one ticket serves them all; graph replays too).
-        done = tl.atomic_add(ticket_ptr, 1)
-        if done == tl.num_programs(0) - 1:
-            if write_back != 0:
-                for g in range(0, n_groups):
-                    # As a tensor: the interpreter's range() yields Python ints, which lr_at cannot cast.
-                    row = tl.program_id(0) * 0 + g
-                    tl.store(lr_out_ptr + g, lr_at(step, desc_ptr, table_ptr, table_numel, row))
-                tl.store(step_ptr, step)
-            if (clear_first != 0) & updated:
-                flag_lanes = tl.arange(0, _FLAG_BLOCK)
-                for start in range(0, n_tensors, _FLAG_BLOCK):
-                    idx = start + flag_lanes
-                    slot = tl.load(slots_ptr + idx, mask=idx < n_tensors, other=0)
-                    tl.store(first_step_ptr + slot, tl.zeros([_FLAG_BLOCK], dtype=tl.int8), mask=idx < n_tensors)
-            tl.store(ticket_ptr, 0)
+    finish_launch(ticket_ptr, write_back, clear_first, updated, step, step_ptr, desc_ptr, table_ptr, table_numel,
+                  lr_out_ptr, n_groups, first_step_ptr, slots_ptr, n_tensors)

@@ -280,16 +280,16 @@ def worker(rank, world, port, ckpt_dir):
         case_fsdp2(rank, world)
         if rank == 0:
             print("fsdp2: ok", flush=True)
-        from fused_lr import _triton_path as TP
+        from fused_lr import engine
 
-        if TP.triton_available(torch.device("cpu")):
+        if engine.triton_available(torch.device("cpu")):
             # The Triton kernel (interpreted) on the local shards: the same code path as on CUDA.
-            with TP.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=4):
+            with engine.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=4):
                 case_fsdp2(rank, world, backend="triton")
             if rank == 0:
                 print("fsdp2_triton: ok", flush=True)
         case_fsdp2_clip(rank, world)
-        if TP.triton_available(torch.device("cpu")):
+        if engine.triton_available(torch.device("cpu")):
             case_fsdp2_clip(rank, world, backend="triton")  # routed to the torch path (docs/distributed.md)
         if rank == 0:
             print("fsdp2_clip: ok", flush=True)

@@ -110,7 +110,7 @@ def _run(cls, kwargs, backend, sched_fns, steps, leaves):
     if cls is fused_lr.FusedSGD:
         assert opt.implementation == backend
         # Not differentiable: the Triton backend's steps ran its kernel (its launch plans exist).
-        assert differentiable or backend != "triton" or opt._plan_cache is not None
+        assert differentiable or backend != "triton" or opt._engine.cache is not None
     return history, autograd, [float(g["lr"]) for g in opt.param_groups]
 
 

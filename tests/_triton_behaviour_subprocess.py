@@ -25,7 +25,7 @@ import torch.optim.lr_scheduler as stock
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-from fused_lr import _triton_path as TP
+from fused_lr import engine
 
 import _triton_optimizer_subprocess as B
 
@@ -202,8 +202,8 @@ CASES = {
 
 
 if __name__ == "__main__":
-    assert TP._interpreting(), "the kernels are not interpreted"
-    with TP.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=4):
+    assert engine.interpreting(), "the kernels are not interpreted"
+    with engine.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=4):
         for case in sys.argv[1:] or list(CASES):
             CASES[case]()
             print(f"{case}: ok", flush=True)

@@ -24,13 +24,14 @@ import copy
 import math
 import io
 import pickle
+import weakref
 
 import torch
 import torch.optim.lr_scheduler as stock
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-from fused_lr import _triton_path as TP
+from fused_lr import engine
 from fused_lr.kernels import sgd as K
 
 # fp32 against stock's for-loop: the kernel does the same float32 operations but may differ by the
@@ -46,6 +47,25 @@ FP32 = dict(rtol=1e-5, atol=1e-6)
 BF16 = dict(scaled=8 * 2**-8)
 # fp16 kernel vs the torch path: the same argument as BF16 with float16's unit roundoff (2**-11).
 FP16 = dict(scaled=8 * 2**-11)
+
+# Steps each optimizer took through the Triton path's steady state (_step_steady returned True),
+# counted by wrapping the method for the whole run.
+_STEADY_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_step_steady = fused_lr.FusedSGD._step_steady
+
+
+def _counted_step_steady(self, *args, **kwargs):
+    took = _step_steady(self, *args, **kwargs)
+    _STEADY_STEPS[self] = _STEADY_STEPS.get(self, 0) + took
+    return took
+
+
+fused_lr.FusedSGD._step_steady = _counted_step_steady
+
+
+def steady_steps(opt) -> int:
+    return _STEADY_STEPS.get(opt, 0)
+
 
 SHAPES = [(), (1,), (127,), (1025,), (3, 5)]
 STEPS = 24
@@ -255,7 +275,7 @@ def run_scheduler(name, dtype=torch.float32):
         assert int(sk.step_counter.item()) == sk.last_epoch == STEPS
     # Without AMP every first-step flag was cleared by the kernel, and the host knows it (so later
     # launches skip the flag-clearing ticket).
-    assert int(kern_opt._first_flags.sum()) == 0 and not kern_opt._flags_maybe_set
+    assert int(kern_opt._engine.first_flags.sum()) == 0 and not kern_opt._engine.flags_maybe_set
 
 
 def case_schedulers():
@@ -403,38 +423,37 @@ def case_fast_path():
     for step in range(1, 4):
         one(step)
         fast_expected += 1
-    assert k._fast_steps == fast_expected, (k._fast_steps, fast_expected)
+    assert steady_steps(k) == fast_expected, (steady_steps(k), fast_expected)
     one(4, fresh_grads=True)  # new grad addresses: still the fast path, grads re-pointed
     fast_expected += 1
-    assert k._fast_steps == fast_expected
+    assert steady_steps(k) == fast_expected
     for o in (t, k):  # a None grad: the full step
         o.param_groups[0]["params"][1].grad = None
-    gs = grads_for(30, ps)
     t.step(), k.step()
-    assert k._fast_steps == fast_expected
+    assert steady_steps(k) == fast_expected
     one(5)  # grads back: the full step once (buffers exist), then fast again
     one(6)
     fast_expected += 1
-    assert k._fast_steps == fast_expected
+    assert steady_steps(k) == fast_expected
     for qs in (t_ps, k_ps):  # a replaced storage
         qs[2].data = qs[2].data.clone()
     one(7)
-    assert k._fast_steps == fast_expected, "a replaced parameter storage must not take the cached plan"
+    assert steady_steps(k) == fast_expected, "a replaced parameter storage must not take the cached plan"
     one(8)
     fast_expected += 1
     for o in (t, k):
         o.param_groups[1]["momentum"] = 0.7
     one(9)
-    assert k._fast_steps == fast_expected, "a changed momentum must rebuild"
+    assert steady_steps(k) == fast_expected, "a changed momentum must rebuild"
     k.load_state_dict(k.state_dict())
     t.load_state_dict(t.state_dict())
     one(10)
-    assert k._fast_steps == fast_expected, "a loaded state dict must rebuild"
+    assert steady_steps(k) == fast_expected, "a loaded state dict must rebuild"
     # A bad grad once the fast path is established: a clear error, nothing changed.
     one(11)
     one(12)
     fast_expected += 2
-    assert k._fast_steps == fast_expected
+    assert steady_steps(k) == fast_expected
     before = [q.detach().clone() for q in k_ps]
     bufs = [k.state[q]["momentum_buffer"].clone() for q in k_ps]
     counter = sk.step_counter.clone()
@@ -451,7 +470,7 @@ def case_fast_path():
     assert all(torch.equal(a, k.state[q]["momentum_buffer"]) for a, q in zip(bufs, k_ps)), "a failed step changed a buffer"
     assert torch.equal(counter, sk.step_counter)
     k_ps[3].grad = good
-    return f"{k._fast_steps} fast steps"
+    return f"{steady_steps(k)} fast steps"
 
 
 CASES = {
@@ -542,7 +561,7 @@ def run_amp(dtype, max_grad_norm=None, norm_type=2.0, ref=None):
             assert len(torch_opt.state) == 0
             sd = kern_opt.state_dict()
             assert all(st.get("momentum_buffer") is None for st in sd["state"].values()), sd["state"]
-            assert int(kern_opt._first_flags.sum()) == sum(g is not None for g in gs)
+            assert int(kern_opt._engine.first_flags.sum()) == sum(g is not None for g in gs)
         for i, (p, q, r) in enumerate(zip(a_ps, t_ps, k_ps)):
             tol = {torch.bfloat16: BF16, torch.float16: FP16}.get(r.dtype, FP32)  # (float64: FP32 is looser than needed)
             check_close(r, q, tol, f"amp {dtype} step {t} param {i}: triton vs torch path")
@@ -554,9 +573,9 @@ def run_amp(dtype, max_grad_norm=None, norm_type=2.0, ref=None):
             if bk is not None:
                 check_close(bk, bt, tol, f"amp step {t} buffer {i}")
     # Under AMP the host cannot know which flags the kernel cleared: it keeps asking it to clear them.
-    assert kern_opt._flags_maybe_set and int(kern_opt._first_flags.sum()) == 0
-    print(f"amp {dtype} clip={max_grad_norm}: {kern_opt._fast_steps} of {AMP_STEPS} steps took the steady-state path")
-    assert kern_opt._fast_steps > 0, "the steady-state path must serve GradScaler steps too"
+    assert kern_opt._engine.flags_maybe_set and int(kern_opt._engine.first_flags.sum()) == 0
+    print(f"amp {dtype} clip={max_grad_norm}: {steady_steps(kern_opt)} of {AMP_STEPS} steps took the steady-state path")
+    assert steady_steps(kern_opt) > 0, "the steady-state path must serve GradScaler steps too"
     kern_opt.step(found_inf=torch.ones(1))  # a skipped step still applies the last deferred scheduler step
     assert int(scheds[2].step_counter.item()) == scheds[2].last_epoch == AMP_STEPS
     assert scheds[2].get_last_lr() == scheds[0].get_last_lr()
@@ -630,7 +649,7 @@ def case_clip_plain():
     k.step()
     sk.step()  # deferred: pending until the next launch
     snap = ([p.detach().clone() for p in ps], {i: st["momentum_buffer"].clone() for i, st in k.state_dict()["state"].items()},
-            k._first_flags.clone(), int(sk.step_counter.item()), len(k.state))
+            k._engine.first_flags.clone(), int(sk.step_counter.item()), len(k.state))
     gs = grads_for(10, ps)
     gs[0] = gs[0] * float("inf")
     _set(ps, gs)
@@ -641,7 +660,7 @@ def case_clip_plain():
     else:
         raise AssertionError("error_if_nonfinite did not raise")
     assert all(torch.equal(p, q) for p, q in zip(ps, snap[0])), "a parameter changed"
-    assert torch.equal(k._first_flags, snap[2]) and int(sk.step_counter.item()) == snap[3] and len(k.state) == snap[4]
+    assert torch.equal(k._engine.first_flags, snap[2]) and int(sk.step_counter.item()) == snap[3] and len(k.state) == snap[4]
     assert {i: st["momentum_buffer"] for i, st in k.state_dict()["state"].items()}.keys() == snap[1].keys()
     assert sk._sched.pending == 1
 
@@ -711,7 +730,7 @@ def case_layouts():
         with CountLaunches() as launches:
             _, _, b, ob = L.run(triton, dtype, "like_param", L.CONFIGS["nesterov"], close_for(dtype), names=L.DENSE)
         assert launches.n == L.STEPS, f"{launches.n} launches in {L.STEPS} steps: a dense layout left the kernel"
-        assert ob._fast_steps == L.STEPS - 1, f"{ob._fast_steps} fast steps: dense layouts fell off the fast path"
+        assert steady_steps(ob) == L.STEPS - 1, f"{steady_steps(ob)} fast steps: dense layouts fell off the fast path"
         for name, p in zip(b.names, b.params):
             buf = ob.state[p]["momentum_buffer"]
             assert buf.stride() == p.stride(), f"{name}: buffer strides {buf.stride()} vs param {p.stride()}"
@@ -730,7 +749,7 @@ def case_layouts():
         ob.step()
         close(b_p, a_p, f"grad strides {grad.stride()} at one address, step {t}")
         close(ob.state[b_p]["momentum_buffer"], oa.state[a_p]["momentum_buffer"], f"buffer, step {t}")
-    assert ob._fast_steps == 4, ob._fast_steps
+    assert steady_steps(ob) == 4, steady_steps(ob)
 
     # A parameter whose elements share memory (stride 0): refused before the kernel updates the other.
     ps = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(1).expand(3))]
@@ -750,8 +769,8 @@ CASES["layouts"] = case_layouts
 
 
 if __name__ == "__main__":
-    assert TP._interpreting(), "the kernels are not interpreted"
-    with TP.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=4):
+    assert engine.interpreting(), "the kernels are not interpreted"
+    with engine.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=4):
         for case in sys.argv[1:]:
             CASES[case]()
             print(f"{case}: ok")

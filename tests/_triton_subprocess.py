@@ -321,8 +321,41 @@ def _reference_step(p, g, buf, first, hyper, lr, compute_dtype):
 _SEEDS = {torch.float32: 1, torch.bfloat16: 2, torch.float64: 3, torch.float16: 4}
 
 
+class _CountPlanBuilds:
+    """Counts the engine's plan builds (wraps ``fused_lr.engine.plan.build_plan``)."""
+
+    def __init__(self):
+        from fused_lr.engine import plan as P
+
+        self.builds = 0
+        self._module, self._real = P, P.build_plan
+
+    def __enter__(self):
+        def counted(*args, **kwargs):
+            self.builds += 1
+            return self._real(*args, **kwargs)
+
+        self._module.build_plan = counted
+        return self
+
+    def __exit__(self, *exc):
+        self._module.build_plan = self._real
+
+
+def _sgd_triton_call(params, grads, bufs, first, group_of, combos, lr, cache, flags, ticket):
+    """``sgd_triton`` on the tensors ``params[i]`` of groups ``group_of[i]``: a tensor whose
+    ``first[i]`` is set gets its first-step flag (its slot is its index in these lists)."""
+    from fused_lr.functional.sgd import sgd_triton
+
+    flags[: len(first)] = torch.tensor(first, dtype=torch.int8)
+    momentum, dampening, weight_decay, nesterov, maximize = (list(c) for c in zip(*combos))
+    sgd_triton(params, grads, bufs, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+               nesterov=nesterov, maximize=maximize, group_index=group_of, first_flags=flags,
+               flag_slots=list(range(len(params))), ticket=ticket, cache=cache)
+
+
 def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None) -> str:
-    from fused_lr import _triton_path as TP
+    from fused_lr import engine
     from fused_lr import schedules as S
     from fused_lr.kernels import schedule as K
 
@@ -333,7 +366,8 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
     desc = torch.tensor(rows, dtype=torch.float64)
     table = torch.tensor(table_list, dtype=torch.float64)
     counter = torch.zeros(1, dtype=torch.int64)
-    hyper = [TP.SGDHyper(*c) for c in combos]
+    momentum_of = [c[0] for c in combos]
+    nesterov_of = [c[3] for c in combos]
 
     # Tensors: group k gets one size from the list, rotating, and even groups a second one, so
     # every size meets several option combinations and schedule kinds. Tensor "late" has no grad before step LATE (its first momentum step comes later
@@ -344,8 +378,8 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
             shapes.append(sizes[j % len(sizes)])
             group_of.append(k)
     LATE, SKIP = 7, 11
-    late_idx = next(i for i, g in enumerate(group_of) if hyper[g].momentum != 0 and shapes[i] != ())
-    skip_idx = next(i for i, g in enumerate(group_of) if hyper[g].nesterov)
+    late_idx = next(i for i, g in enumerate(group_of) if momentum_of[g] != 0 and shapes[i] != ())
+    skip_idx = next(i for i, g in enumerate(group_of) if nesterov_of[g])
 
     init = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
     kern_p = [t.clone() for t in init]
@@ -364,13 +398,14 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
         foreach=False,
     )
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    cache = TP.SGDPlanCache()
+    cache = engine.PlanCache()
+    flags, ticket = torch.zeros(len(shapes), dtype=torch.int8), torch.zeros(1, dtype=torch.int32)
     builds_when_unchanged = []
     max_abs: dict = {}
     prev_set = None
 
-    ctx = TP.override_launch_config(**launch_config) if launch_config else _nullcontext()
-    with ctx:
+    ctx = engine.override_launch_config(**launch_config) if launch_config else _nullcontext()
+    with ctx, _CountPlanBuilds() as plans:
         for step in range(n_steps):
             # Kind.DIRECT rows: the host (standing in for torch ops on the device) writes their lr.
             for k, row in enumerate(rows):
@@ -389,17 +424,16 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
             idx = [i for i in range(len(shapes)) if has_grad[i]]
             firsts = []
             for i in idx:
-                first = hyper[group_of[i]].momentum != 0 and i not in kern_buf
+                first = momentum_of[group_of[i]] != 0 and i not in kern_buf
                 if first:
                     kern_buf[i] = torch.empty_like(kern_p[i])
                 firsts.append(first)
-            builds_before = cache.builds
-            TP.triton_sgd_step(
-                [kern_p[i] for i in idx], [grads[i] for i in idx], [kern_buf.get(i) for i in idx], firsts,
-                [group_of[i] for i in idx], hyper, desc, table, counter, cache=cache,
-            )
+            builds_before = plans.builds
+            _sgd_triton_call([kern_p[i] for i in idx], [grads[i] for i in idx], [kern_buf.get(i) for i in idx], firsts,
+                             [group_of[i] for i in idx], combos, engine.DeviceLR(desc, table, counter), cache, flags,
+                             ticket)
             if prev_set == (tuple(idx), tuple(sorted(kern_buf))):
-                builds_when_unchanged.append(cache.builds - builds_before)
+                builds_when_unchanged.append(plans.builds - builds_before)
             prev_set = (tuple(idx), tuple(sorted(kern_buf)))
 
             # --- references ---
@@ -426,7 +460,7 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
         _check_bf16_accuracy(shapes, kern_p, kern_buf, stock_p, stock, exact_p, exact_buf)
     n_el = sum(math.prod(s) for s in shapes)
     return (f"{dtype}: {n_groups} groups, {len(shapes)} tensors, {n_el} elements, {n_steps} steps, "
-            f"{cache.builds} plan builds")
+            f"{plans.builds} plan builds")
 
 
 class _nullcontext:
@@ -517,11 +551,11 @@ NORM_PARTIAL_RTOL = {torch.float16: 2e-6, torch.bfloat16: 2e-6, torch.float32: 2
 
 
 def case_grad_norm() -> str:
-    from fused_lr import _triton_path as TP
+    from fused_lr.engine.runtime import KERNEL_DTYPES, triton_dtype
     from fused_lr.kernels import grad_norm as N
-    from fused_lr.kernels import sgd as K
+    from fused_lr.kernels import multi_tensor as K
 
-    dtype_map = TP._torch_to_triton_dtype()
+    dtype_map = {d: triton_dtype(d) for d in KERNEL_DTYPES}
     block, chunk_blocks = 128, 2
     chunk = block * chunk_blocks
     gen = torch.Generator().manual_seed(7)
@@ -599,12 +633,13 @@ def case_grad_norm() -> str:
 def case_production_config() -> str:
     """The production BLOCK_SIZE / CHUNK_BLOCKS on a tensor spanning two chunks and a partial block,
     next to a tensor whose address is not 16-byte aligned (the ALIGNED=False specialization)."""
-    from fused_lr import _triton_path as TP
+    from fused_lr import engine
     from fused_lr import schedules as S
-    from fused_lr.kernels import sgd as K
+    from fused_lr.engine import runtime as R
+    from fused_lr.kernels import multi_tensor as K
 
-    chunk = K.BLOCK_SIZE * K.CHUNK_BLOCKS
-    big_n = 2 * chunk + K.BLOCK_SIZE + 3
+    chunk = R.BLOCK_SIZE * R.CHUNK_BLOCKS
+    big_n = 2 * chunk + R.BLOCK_SIZE + 3
     messages = []
     for dtype in (torch.float32, torch.bfloat16):
         gen = torch.Generator().manual_seed(7)
@@ -616,17 +651,19 @@ def case_production_config() -> str:
         ref = [t.clone() for t in params]
         bufs = [torch.empty_like(t) for t in params]
         ref_bufs = [None, None]
-        hyper = [TP.SGDHyper(0.9, 0.0, 1e-2, True, False)]
+        hyper = [(0.9, 0.0, 1e-2, True, False)]
         desc = torch.tensor([S.cosine_row(0.1, 2, 1e-3)], dtype=torch.float64)
         table = torch.ones(1, dtype=torch.float64)
         counter = torch.zeros(1, dtype=torch.int64)
-        cache = TP.SGDPlanCache()
+        cache = engine.PlanCache()
+        flags, ticket = torch.zeros(2, dtype=torch.int8), torch.zeros(1, dtype=torch.int32)
         for step in range(2):
             grads = [torch.randn(t.shape, generator=gen).to(dtype) for t in params]
             lr = S.lr_at(counter, desc, table).item()
-            TP.triton_sgd_step(params, grads, bufs, [step == 0] * 2, [0, 0], hyper, desc, table, counter, cache=cache)
+            _sgd_triton_call(params, grads, bufs, [step == 0] * 2, [0, 0], hyper, engine.DeviceLR(desc, table, counter),
+                             cache, flags, ticket)
             for i in range(2):
-                ref[i], ref_bufs[i] = _reference_step(ref[i], grads[i], ref_bufs[i], step == 0, tuple(hyper[0]), lr, torch.float32)
+                ref[i], ref_bufs[i] = _reference_step(ref[i], grads[i], ref_bufs[i], step == 0, hyper[0], lr, torch.float32)
                 check_equal(params[i], ref[i], f"{dtype} production config, step {step}, param {i}")
                 check_equal(bufs[i], ref_bufs[i], f"{dtype} production config, step {step}, buffer {i}")
             counter += 1
@@ -637,6 +674,87 @@ def case_production_config() -> str:
     return "; ".join(messages)
 
 
+def case_engine_state_lists() -> str:
+    """The engine with another optimizer's kernel: tests/_toy_kernel.py, two state lists and one
+    hyper column, two groups (one without state), float32 and float64 tensors (two launches, the
+    last one writing back), five steps with the schedule deferred by one step each time, a step AMP
+    skips (on which a late tensor takes its first step: its flag must survive the skip) and one
+    with a loss scale. Parameters and both state lists must equal the toy's update written in torch
+    ops in the same order and precision; the counter and the LRs written back must be the step's."""
+    import _toy_kernel as T
+
+    from fused_lr import engine
+    from fused_lr import schedules as S
+
+    gen = torch.Generator().manual_seed(11)
+    desc = torch.tensor([S.step_row(0.1, 2, 0.5), S.cosine_row(0.05, 4, 1e-3)], dtype=torch.float64)
+    table, counter = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.int64)
+    lr_buf = torch.zeros(2, dtype=torch.float64)
+    scales = [0.5, 0.0]  # group 1 keeps no state
+    shapes = [((), torch.float32, 0), ((5,), torch.float32, 0), ((300,), torch.float32, 0), ((7,), torch.float32, 1),
+              ((130,), torch.float64, 0), ((33,), torch.float32, 0)]
+    LATE, SKIP, SCALED = 5, 2, 3  # tensor LATE first steps at SKIP; SCALED divides by a loss scale
+    params = [torch.randn(s, generator=gen, dtype=torch.float64).to(d) for s, d, _ in shapes]
+    refs = [p.clone() for p in params]
+    states: dict[int, tuple] = {}  # tensor index -> (sum, max)
+    ref_states: dict[int, tuple] = {}
+    flags, ticket, cache = torch.zeros(len(shapes), dtype=torch.int8), torch.zeros(1, dtype=torch.int32), engine.PlanCache()
+    with engine.override_launch_config(BLOCK_SIZE=128, CHUNK_BLOCKS=2):
+        for t in range(5):
+            idx = [i for i in range(len(shapes)) if i != LATE or t >= SKIP]
+            grads = {i: torch.randn(shapes[i][0], generator=gen, dtype=torch.float64).to(shapes[i][1]) for i in idx}
+            for i in idx:
+                if scales[shapes[i][2]] != 0 and i not in states:
+                    states[i] = (torch.empty_like(params[i]), torch.empty_like(params[i]))
+                    flags[i] = 1
+            found_inf = torch.ones(1) if t == SKIP else None
+            grad_scale = torch.full((1,), 4.0) if t in (SKIP, SCALED) else None
+            before = ([p.clone() for p in params], {i: tuple(x.clone() for x in st) for i, st in states.items()})
+            engine.multi_tensor_update(
+                T.SPEC, [params[i] for i in idx], [grads[i] for i in idx],
+                [[states[i][k] if i in states else None for i in idx] for k in range(2)],
+                [shapes[i][2] for i in idx], [(sc,) for sc in scales],
+                engine.DeviceLR(desc, table, counter, advance=1, lr_out=lr_buf),
+                ticket=ticket, first_flags=flags, flag_slots=idx, cache=cache, grad_scale=grad_scale, found_inf=found_inf,
+            )
+            if int(counter) != t + 1:
+                raise AssertionError(f"step {t}: the counter is {int(counter)}, want {t + 1}")
+            want_lrs = S.lr_at(counter, desc, table).tolist()
+            if any(abs(a - b) > 1e-12 * abs(b) for a, b in zip(lr_buf.tolist(), want_lrs)):
+                raise AssertionError(f"step {t}: LRs written back {lr_buf.tolist()}, want {want_lrs}")
+            if t == SKIP:
+                if not all(torch.equal(a, b) for a, b in zip(before[0], params)) or any(
+                        not torch.equal(a, b) for i, st in before[1].items() for a, b in zip(st, states[i]) if i != LATE):
+                    raise AssertionError("a step AMP skipped changed a parameter or a state tensor")
+                if int(flags[LATE]) != 1:
+                    raise AssertionError("a first step AMP skipped cleared its flag")
+                continue
+            for i in idx:
+                d = torch.float64 if shapes[i][1] == torch.float64 else torch.float32
+                lr = torch.tensor(lr_buf[shapes[i][2]].item(), dtype=torch.float64).to(d)
+                scale = torch.tensor(scales[shapes[i][2]], dtype=torch.float64).to(d)
+                g = grads[i].to(d) / 4.0 if grad_scale is not None else grads[i].to(d)
+                p = refs[i].to(d)
+                if scale != 0:
+                    if i in ref_states:
+                        s, m = (x.to(d) for x in ref_states[i])
+                        s, m = s + g, torch.maximum(m, g.abs())
+                    else:
+                        s, m = g, g.abs()
+                    ref_states[i] = (s.to(shapes[i][1]), m.to(shapes[i][1]))
+                    p = p - lr * (scale * s)
+                else:
+                    p = p - lr * g
+                refs[i] = p.to(shapes[i][1])
+                check_equal(params[i], refs[i], f"toy kernel step {t}, tensor {i}: param")
+                for k, name in enumerate(("sum", "max")):
+                    if i in ref_states:
+                        check_equal(states[i][k], ref_states[i][k], f"toy kernel step {t}, tensor {i}: {name}")
+            if int(flags.sum()) != 0:
+                raise AssertionError(f"step {t}: first-step flags not cleared: {flags.tolist()}")
+    return f"{len(shapes)} tensors, 2 groups, 2 dtypes, 2 state lists, 5 steps (one skipped, one scaled)"
+
+
 CASES: dict[str, Callable[[], str]] = {
     "lr_at": case_lr_at,
     "sgd_fp32": case_sgd_fp32,
@@ -644,6 +762,7 @@ CASES: dict[str, Callable[[], str]] = {
     "sgd_fp64_fp16": case_sgd_fp64_fp16,
     "production_config": case_production_config,
     "grad_norm": case_grad_norm,
+    "engine_state_lists": case_engine_state_lists,
 }
 
 

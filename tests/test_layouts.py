@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fused_lr
-from fused_lr import _torch_path
+from fused_lr.functional import sgd as functional_sgd
 
 import _layout_cases as L
 from conftest import TRAJ_TOL, assert_close
@@ -62,7 +62,7 @@ def test_dense_layouts_take_the_fused_kernel(dtype, monkeypatch):
     def no_loop(*args, **kwargs):
         raise AssertionError("a dense layout fell back to the for-loop")
 
-    monkeypatch.setattr(_torch_path, "_loop_sgd", no_loop)
+    monkeypatch.setattr(functional_sgd, "sgd_loop", no_loop)
     calls = []
     real = torch._fused_sgd_
     monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
@@ -93,11 +93,11 @@ def test_fused_call_stages_any_layout_through_dense_stand_ins(grad_layout, dtype
         oa.step()
         stepping = [i for i, p in enumerate(b.params) if p.grad is not None]
         calls = [(False, [i for i in stepping if bufs[i] is not None]), (True, [i for i in stepping if bufs[i] is None])]
-        for i in calls[1][1]:  # as sgd_torch makes them
+        for i in calls[1][1]:  # as sgd makes them
             bufs[i] = torch.empty_like(b.params[i], memory_format=torch.preserve_format)
         with torch.no_grad():
             for first, idx in calls:
-                _torch_path._fused_call([b.params[i] for i in idx], [b.params[i].grad for i in idx],
+                functional_sgd._fused_call([b.params[i] for i in idx], [b.params[i].grad for i in idx],
                                         [bufs[i] for i in idx], is_first_step=first, **hp)
         b.check_untouched(f"_fused_call, grads {grad_layout} step {t}")
         for name, p, q, buf in zip(a.names, a.params, b.params, bufs):

@@ -15,7 +15,6 @@ import torch
 import fused_lr
 import fused_lr.lr_scheduler as fused
 from fused_lr import schedules as S
-from fused_lr.schedules import _ForbidHostReads
 
 from conftest import ForbidReadsOf
 

@@ -314,7 +314,6 @@ def test_random_configurations_match_stock(config, base_lrs, steps):
 
 # ---------------------------------------------------------------- SequentialLR (composition on the device)
 
-import warnings  # noqa: E402
 
 SEQUENCES = {
     "warmup-cosine": lambda M, o: M.SequentialLR(o, [M.LinearLR(o, 0.01, total_iters=5), M.CosineAnnealingLR(o, 20, 1e-4)], [5]),

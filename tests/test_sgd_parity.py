@@ -158,7 +158,7 @@ def test_stock_cpu_fused_sgd_is_wrong_for_half_precision(dtype):
     torch.optim.SGD([p], lr=0.1, fused=True).step()
     torch.optim.SGD([q], lr=0.1, foreach=False).step()
     if (p.float() - q.float()).abs().max() < 0.05:
-        pytest.skip("this torch's CPU fused SGD is right for half precision: the foreach workaround in _torch_path can go")
+        pytest.skip("this torch's CPU fused SGD is right for half precision: the foreach workaround in fused_lr.functional.sgd can go")
     assert (p.float() - q.float()).abs().max() > 0.1
 
 

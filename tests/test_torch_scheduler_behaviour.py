@@ -20,7 +20,6 @@ same behaviours runs under the interpreter in tests/_triton_behaviour_subprocess
 
 from __future__ import annotations
 
-import math
 import os
 import pathlib
 import random
@@ -35,7 +34,6 @@ import torch.optim.lr_scheduler as stock
 import fused_lr
 import fused_lr.lr_scheduler as fused
 from fused_lr import schedules as S
-from fused_lr.schedules import _ForbidHostReads
 
 from conftest import assert_lrs_close
 

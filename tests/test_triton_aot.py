@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of every Triton kernel specialization for sm_80 and sm_90, no GPU needed.
 
-``fused_lr._triton_path.kernel_specializations()`` lists every (dtype, constexpr) combination the
-launcher can use. Each is compiled with ``triton.compile`` for ``GPUTarget("cuda", cc, 32)``,
+``fused_lr.engine.kernel_specializations()`` lists every (dtype, constexpr) combination the
+engine can launch. Each is compiled with ``triton.compile`` for ``GPUTarget("cuda", cc, 32)``,
 cc in (80, 90) (ptxas ships with Triton), and the PTX of the update's hot loop (the loop over full
 blocks) is checked for what the design promises:
 
@@ -76,11 +76,11 @@ def _child(out_path: str) -> None:
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from fused_lr import _triton_path as TP
+    from fused_lr import engine
 
-    assert not TP._interpreting(), "the AOT child must run without TRITON_INTERPRET"
+    assert not engine.interpreting(), "the AOT child must run without TRITON_INTERPRET"
     report = {}
-    for spec in TP.kernel_specializations():
+    for spec in engine.kernel_specializations():
         report[spec["name"]] = entry = {}
         for cc in CAPABILITIES:
             src = triton.compiler.ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"])
@@ -137,9 +137,9 @@ def aot_report(tmp_path_factory) -> dict:
 
 
 def test_every_specialization_compiles(aot_report):
-    from fused_lr import _triton_path as TP
+    from fused_lr import engine
 
-    names = [s["name"] for s in TP.kernel_specializations()]
+    names = [s["name"] for s in engine.kernel_specializations()]
     # At the production launch configuration: the update, 4 dtypes x ALIGNED x SCALED (16); the
     # norm partials, 4 dtypes x ALIGNED x NORM_INF (16); the norm finalize, 2 norm dtypes x NORM_INF (4).
     assert len(names) == 36 and len(set(names)) == 36 and sorted(names) == sorted(aot_report)

@@ -24,7 +24,7 @@ SCRIPT = HERE / "_triton_subprocess.py"
 
 # Two children, balanced by measured run time (about 20-25 s each on 2 cores).
 WORKERS = (
-    ("sgd_bf16", "production_config", "grad_norm"),
+    ("sgd_bf16", "production_config", "grad_norm", "engine_state_lists"),
     ("sgd_fp32", "sgd_fp64_fp16", "lr_at"),
 )
 TIMEOUT_S = 600
@@ -102,6 +102,14 @@ def test_grad_norm_kernels(interpreter_results):
     _report(interpreter_results, "grad_norm")
 
 
+def test_engine_runs_another_optimizers_kernel(interpreter_results):
+    """The engine knows no optimizer: a toy kernel spec with two state lists (tests/_toy_kernel.py),
+    two groups (one without state), two dtypes, deferred schedule steps written back by the last
+    launch, a step AMP skips (a first step's flag survives it) and a loss-scaled step; bitwise
+    against the toy's update in torch ops."""
+    _report(interpreter_results, "engine_state_lists")
+
+
 def test_kernel_constants_match_schedules():
     """The kernel's duplicated kind codes, columns and DESC_WIDTH equal fused_lr.schedules's."""
     from fused_lr import schedules as S
@@ -114,7 +122,6 @@ def test_kernel_constants_match_schedules():
     for c in S.Col.NAMES:
         if hasattr(K, f"COL_{c}"):
             assert getattr(K, f"COL_{c}").value == getattr(S.Col, c), c
-    assert K.SUPPORTED_KINDS == set(S.Kind), "a schedule kind the Triton lr_at does not implement"
 
 
 def test_cpu_without_interpreter_is_a_clear_error():
@@ -122,14 +129,19 @@ def test_cpu_without_interpreter_is_a_clear_error():
     must be refused with a RuntimeError that names TRITON_INTERPRET."""
     import torch
 
-    from fused_lr import _triton_path as TP
+    from fused_lr import engine
+    from fused_lr.functional.sgd import sgd_triton
 
-    if TP._interpreting():
+    if engine.interpreting():
         pytest.skip("this pytest process itself runs under TRITON_INTERPRET=1")
-    assert TP.triton_available() and not TP.triton_available("cpu")
+    assert engine.triton_available() and not engine.triton_available("cpu")
     p = torch.zeros(4)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        TP.triton_sgd_step(
-            [p], [torch.ones(4)], [None], [False], [0], [TP.SGDHyper()],
-            torch.zeros(1, 8, dtype=torch.float64), torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.int64),
+        sgd_triton(
+            [p], [torch.ones(4)], [None],
+            lr=engine.DeviceLR(torch.zeros(1, 8, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
+                               torch.zeros(1, dtype=torch.int64)),
+            momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+            first_flags=torch.zeros(1, dtype=torch.int8), flag_slots=[0], ticket=torch.zeros(1, dtype=torch.int32),
+            cache=engine.PlanCache(),
         )

@@ -89,9 +89,9 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
     import torch
 
     import fused_lr
-    from fused_lr import _triton_path as TP
+    from fused_lr import engine
 
-    if TP._interpreting():
+    if engine.interpreting():
         pytest.skip("this pytest process runs under TRITON_INTERPRET=1")
     p = torch.nn.Parameter(torch.ones(3))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):

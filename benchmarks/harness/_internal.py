@@ -21,27 +21,37 @@ class _NoLaunch:
 
 def triton_kernels_importable() -> bool:
     """Whether fused_lr found Triton (and so has an SGD kernel to launch)."""
-    from fused_lr import _triton_path
+    from fused_lr.engine import runtime
 
-    return _triton_path._sgd_kernels is not None
+    return runtime.mt_kernels is not None
 
 
 @contextlib.contextmanager
 def sgd_launch_stubbed() -> Iterator[None]:
-    """Inside: launching the Triton SGD kernel does nothing. The stand-in is named like the
-    interpreter's function type, which fused_lr's device check looks for, so CPU tensors pass it
-    (with ``TRITON_INTERPRET=1`` set before triton is imported)."""
-    from fused_lr import _triton_path
+    """Inside: launching the Triton SGD kernel does nothing. fused_lr's device check asks whether
+    the kernels were built by the interpreter, so CPU tensors pass it when ``TRITON_INTERPRET=1``
+    was set before triton is imported."""
+    from fused_lr.kernels import sgd as sgd_kernels
 
-    kernels = _triton_path._sgd_kernels
-    real = kernels.sgd_kernel
-    kernels.sgd_kernel = type("InterpretedFunction", (_NoLaunch,), {})()
+    real = sgd_kernels.sgd_kernel
+    sgd_kernels.sgd_kernel = _NoLaunch()
     try:
         yield
     finally:
-        kernels.sgd_kernel = real
+        sgd_kernels.sgd_kernel = real
 
 
-def fast_steps(opt) -> int:
-    """Steps of a ``FusedSGD`` that reused its cached launch plan (the steady-state path)."""
-    return opt._fast_steps
+def count_steady_steps(opt) -> list[bool]:
+    """Starts recording, for each step of a ``FusedSGD``, whether it reused its cached launch plan
+    (the steady-state path); returns the list it appends to. Wraps the optimizer's
+    ``_step_steady``, which returns True when it made the step."""
+    took: list[bool] = []
+    steady = opt._step_steady
+
+    def counted(*args, **kwargs):
+        result = steady(*args, **kwargs)
+        took.append(result)
+        return result
+
+    opt._step_steady = counted
+    return took

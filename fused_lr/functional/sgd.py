@@ -1,6 +1,11 @@
-"""The pure-PyTorch update path: torch.optim.SGD's algorithm on the fastest stock primitive.
+"""SGD's functional forms: ``sgd`` (torch ops), ``sgd_loop`` (torch's for-loop) and ``sgd_triton`` (the kernel).
 
-``sgd_torch`` applies one SGD step to a list of tensors that share one parameter group's
+All three take torch's ``sgd(params, grads, momentum_buffers, *, lr, weight_decay, momentum,
+dampening, nesterov, maximize)`` keywords; ``lr`` is where each reads the learning rate: a device
+tensor (``sgd``), a float or a device tensor (``sgd_loop``), the device schedule (``sgd_triton``,
+which computes it in the kernel). This module also registers SGD's kernel spec with the engine.
+
+The torch path. ``sgd`` applies one SGD step to a list of tensors that share one parameter group's
 hyper-parameters, with the learning rate given as a float64 tensor on the parameters' device
 (a view into the optimizer's LR buffer, written by the device schedule). It never reads that tensor
 back to the host on an accelerator.
@@ -37,22 +42,22 @@ maximize and weight decay). ``torch._fused_sgd_`` takes one ``is_first_step`` fl
 tensors that already have a buffer and tensors stepping for the first time (a parameter that was
 frozen, then unfrozen) are sent in two calls; stock fused SGD cannot mix them in one group.
 
-AMP and clipping (``scaled_grads``, ``grad_norm_torch``): the update never writes the user's
-gradients. With a ``grad_scale`` and/or a clipping coefficient, ``scaled_grads`` makes one
-temporary copy, ``(g / grad_scale) * clip_coef`` (each op rounded once to the grad's dtype, as
-GradScaler.unscale_ followed by clip_grad_norm_ round), and the update runs on it. (Passing
-``grad_scale`` to ``torch._fused_sgd_`` instead would write the unscaled gradient back into
-``p.grad``.) The Triton path needs no temporary: its kernel unscales and clips in registers.
+The Triton path. ``sgd_triton`` updates the tensors of any number of groups in one launch per dtype
+through the engine (``fused_lr.engine``) and ``kernels/sgd.py``: SGD's kernel spec names the
+momentum buffers as its one state list and the columns of its hyper row (``hyper_row``).
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+from collections.abc import Sequence
+
 import torch
+from torch import Tensor
 
-from ._layout import flat_ok, is_dense, same_strides
+from .. import engine
+from .._layout import flat_ok, is_dense, same_strides
 
-__all__ = ["sgd_torch", "sparse_sgd", "FUSED_DTYPES", "scaled_grads", "grad_norm_torch", "norm_dtype"]
+__all__ = ["sgd", "sgd_loop", "sgd_triton", "SGD_KERNEL", "hyper_row", "takes_single_call"]
 
 # Dtypes the stock fused kernel handles (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16)).
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -62,56 +67,11 @@ def _real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def norm_dtype(grads: list[Tensor]) -> torch.dtype:
-    """The dtype of the total gradient norm: float64 when a gradient is float64 / complex128
-    (torch's clip_grad_norm_ stacks the per-tensor norms, which promotes), else float32. (torch
-    keeps float16 / bfloat16 norms in half precision, where AMP-scaled norms overflow; fused_lr
-    accumulates and returns them in float32.)"""
-    return torch.float64 if any(g.dtype in (torch.float64, torch.complex128) for g in grads) else torch.float32
-
-
-def grad_norm_torch(grads: list[Tensor], norm_inf: bool) -> Tensor:
-    """Total norm of ``grads`` (0-dim, ``norm_dtype(grads)``), torch.nn.utils.get_total_norm's
-    formula: per-tensor norms (``torch._foreach_norm``, accumulated in float32 / float64), then
-    the norm of their stack. Device ops only: no host sync. NaN anywhere gives NaN, inf gives inf."""
-    ord_ = float("inf") if norm_inf else 2.0
-    out = norm_dtype(grads)
-    if not grads:
-        return torch.zeros((), dtype=out)
-    by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for g in grads:
-        by_dtype.setdefault(g.dtype, []).append(g)
-    norms: list[Tensor] = []
-    for dtype, gs in by_dtype.items():
-        if dtype.is_complex:
-            # |z| per element (the real view's inf-norm would be max(|re|, |im|)); float32/64 result.
-            norms.extend(torch._foreach_norm(gs, ord_))
-        else:
-            acc = torch.float64 if dtype == torch.float64 else torch.float32
-            norms.extend(torch._foreach_norm(gs, ord_, dtype=acc))
-    return torch.linalg.vector_norm(torch.stack([n.to(out) for n in norms]), ord_)
-
-
-def scaled_grads(grads: list[Tensor], grad_scale: Tensor | None, clip_coef: Tensor | None) -> list[Tensor]:
-    """New tensors ``(g / grad_scale) * clip_coef`` in each grad's dtype; the grads are not modified."""
-    out = list(grads)
-    if grad_scale is not None:
-        out = list(torch._foreach_div(out, grad_scale))
-    if clip_coef is not None:
-        if grad_scale is not None:
-            torch._foreach_mul_(out, clip_coef)
-        else:
-            out = list(torch._foreach_mul(out, clip_coef))
-    # A 0-dim gradient and a 0-dim scale promote (float16 / 1-element float32 -> float32): the
-    # value was computed in float32 either way, so casting back is the same single rounding.
-    return [o if o.dtype == g.dtype else o.to(g.dtype) for o, g in zip(out, grads)]
-
-
 # (device type, dtype) pairs where torch._fused_sgd_ is wrong and the for-loop algorithm is used.
 _FUSED_BROKEN = {("cpu", torch.float16), ("cpu", torch.bfloat16)}
 
 
-def _loop_sgd(
+def sgd_loop(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor | None],
@@ -127,7 +87,7 @@ def _loop_sgd(
 
     Op for op matters in half precision: torch's foreach kernels round differently from the
     for-loop on some shapes (a 0-dim float16 buffer came out 1 ulp apart), and the for-loop is
-    what torch.optim.SGD runs on CPU. It serves sparse gradients too (``sparse_sgd``): every op
+    what torch.optim.SGD runs on CPU. It serves sparse gradients too (FusedSGD's sparse route): every op
     here takes them as torch's for-loop does.
 
     ``lr``: a float (torch's ``p.add_(g, alpha=-lr)``), or a 0-dim tensor on the params' device,
@@ -155,11 +115,6 @@ def _loop_sgd(
         else:
             p.add_(g, alpha=-lr)
     return out_bufs
-
-
-# Sparse gradients (nn.Embedding(sparse=True)) take torch's for-loop: torch's fused and foreach
-# kernels do not accept sparse tensors, and torch.optim.SGD runs its for-loop for them.
-sparse_sgd = _loop_sgd
 
 
 def _foreach_sgd(
@@ -268,7 +223,7 @@ def _contiguous(tensors) -> bool:
     return all(map(Tensor.is_contiguous, tensors))
 
 
-def sgd_torch(
+def sgd(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor | None],
@@ -304,7 +259,7 @@ def sgd_torch(
     if not params:
         return []
     if found_inf is not None and (lr.device.type == "cpu" or any(b is None for b in momentum_buffers)):
-        raise ValueError("sgd_torch takes found_inf only on CUDA with every momentum buffer present")
+        raise ValueError("sgd takes found_inf only on CUDA with every momentum buffer present")
     if torch.compiler.is_compiling():
         if found_inf is not None:
             raise NotImplementedError(
@@ -349,14 +304,14 @@ def sgd_torch(
         idx_bad = [i for i, b in enumerate(loop) if b]
         idx_ok = [i for i, b in enumerate(loop) if not b]
         kw = dict(weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize)
-        bad_bufs = _loop_sgd(
+        bad_bufs = sgd_loop(
             [params[i] for i in idx_bad],
             [grads[i] for i in idx_bad],
             [momentum_buffers[i] for i in idx_bad] if momentum != 0 else [None] * len(idx_bad),
             lr=float(lr),
             **kw,
         )
-        ok_bufs = sgd_torch(
+        ok_bufs = sgd(
             [params[i] for i in idx_ok],
             [grads[i] for i in idx_ok],
             [momentum_buffers[i] for i in idx_ok] if momentum != 0 else [],
@@ -406,3 +361,91 @@ def sgd_torch(
     _fused_call(old_p, old_g, old_b, is_first_step=False, found_inf=found_inf, **hp)
     _fused_call(new_p, new_g, new_b, is_first_step=True, **hp)
     return out_bufs
+
+
+def takes_single_call(params: list[Tensor]) -> bool:
+    """One real dtype that the stock fused kernel handles correctly: ``sgd``'s single-call fast
+    path (its ``uniform``) may apply to these parameters."""
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) != 1:
+        return False
+    (dtype,) = dtypes
+    return dtype in FUSED_DTYPES and (params[0].device.type, dtype) not in _FUSED_BROKEN
+
+
+# --- The Triton path ----------------------------------------------------------------------------
+
+
+def hyper_row(momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
+              momentum_row: int = -1) -> tuple[float, ...]:
+    """One group's row of SGD's hyper table, in ``SGD_KERNEL.hyper_columns`` order. ``momentum_row``
+    >= 0: the kernel takes the momentum from that schedule row at each step (CyclicLR / OneCycleLR
+    cycling it); ``momentum`` is then only a nonzero marker that the group keeps buffers."""
+    # torch computes 1 - dampening in Python (float64) and rounds it once to the opmath type.
+    return (float(momentum), 1.0 - float(dampening), float(weight_decay), 1.0 if nesterov else 0.0,
+            1.0 if maximize else 0.0, float(momentum_row))
+
+
+_COLUMNS = ("momentum", "one_minus_dampening", "weight_decay", "nesterov", "maximize", "momentum_row")
+_MOMENTUM, _MOMENTUM_ROW = _COLUMNS.index("momentum"), _COLUMNS.index("momentum_row")
+
+SGD_KERNEL = engine.register(engine.KernelSpec(
+    name="sgd",
+    module="fused_lr.kernels.sgd",
+    kernel="sgd_kernel",
+    state_lists=("momentum_buffer",),
+    hyper_columns=_COLUMNS,
+    keeps_state=lambda row: row[_MOMENTUM] != 0,  # the group has buffers
+    zero_state=lambda row: row[_MOMENTUM_ROW] >= 0,  # a cycled momentum may be 0 on a step: its buffer stays unwritten
+))
+
+
+def sgd_triton(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor | None],
+    *,
+    lr: engine.DeviceLR,
+    weight_decay: float | Sequence[float],
+    momentum: float | Sequence[float],
+    dampening: float | Sequence[float],
+    nesterov: bool | Sequence[bool],
+    maximize: bool | Sequence[bool],
+    momentum_row: int | Sequence[int] | None = None,
+    group_index: Sequence[int] | None = None,
+    first_flags: Tensor,
+    flag_slots: Sequence[int],
+    ticket: Tensor,
+    cache: engine.PlanCache,
+    clear_first: bool = True,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    clip: engine.ClipSpec | None = None,
+) -> bool:
+    """One torch.optim.SGD step of every tensor of ``params``, in place, in one launch per dtype,
+    each group's LR computed in the kernel from the device schedule ``lr``.
+
+    ``group_index`` None: one group, and the hyper-parameters are numbers. Otherwise
+    ``group_index[i]`` is ``params[i]``'s group, and each hyper-parameter holds one value per group
+    (``momentum_row``, see ``hyper_row``, may be None: no group cycles its momentum).
+    ``momentum_buffers[i]`` is required (allocated with the param's strides; its contents ignored
+    while ``first_flags[flag_slots[i]]`` is set: ``buf = g``) where the group's momentum is nonzero.
+    The remaining arguments are the engine's (``fused_lr.engine.multi_tensor_update``). Returns
+    whether a launch wrote back the schedule (``lr.lr_out`` given).
+    """
+    hypers = (momentum, dampening, weight_decay, nesterov, maximize)
+    if group_index is None:
+        group_index = [0] * len(params)
+        columns = [[v] for v in hypers] + [[-1 if momentum_row is None else momentum_row]]
+    else:
+        columns = [list(v) for v in hypers]
+        columns.append([-1] * len(columns[0]) if momentum_row is None else list(momentum_row))
+    if len({len(c) for c in columns}) != 1:
+        raise ValueError(f"every hyper-parameter must hold one value per group, got {[len(c) for c in columns]}")
+    rows = [hyper_row(*values) for values in zip(*columns)]
+    return engine.multi_tensor_update(
+        SGD_KERNEL, params, grads, [momentum_buffers], group_index, rows, lr,
+        ticket=ticket, first_flags=first_flags, flag_slots=flag_slots, cache=cache, clear_first=clear_first,
+        grad_scale=grad_scale, found_inf=found_inf, clip=clip,
+    )
+

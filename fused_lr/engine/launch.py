@@ -1,0 +1,274 @@
+"""One multi-tensor update on the device: argument checks, the plan, the norm and update launches.
+
+``multi_tensor_update`` applies one optimizer step (its kernel spec) to flat lists of tensors from
+any number of parameter groups, with each group's learning rate computed on the device from the
+schedule rows (``fused_lr.schedules``) and the step counter. It launches the spec's kernel once per
+storage dtype and reads nothing back from the device. A steady-state call does O(n) C-level work
+(``data_ptr()``/``numel()``/``stride()`` of each tensor to form the plan key, ``is_contiguous()`` of
+each grad: ``map`` calls), a few dict/tuple comparisons and one launch per dtype; no per-tensor
+Python loop and no allocation.
+
+Gradient clipping (``ClipSpec``): a partials launch per dtype over the plan's grad and chunk tables
+into the plan's float64 partials buffer, then one finalize program (``kernels/grad_norm.py``); the
+update launches then read the coefficient from device memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import runtime
+from .plan import Plan, PlanCache, has_grads, set_grads
+from .spec import KernelSpec
+
+__all__ = ["ClipSpec", "DeviceLR", "multi_tensor_update", "launch"]
+
+
+class ClipSpec(NamedTuple):
+    """Fused gradient clipping (``torch.nn.utils.clip_grad_norm_``'s formula).
+
+    max_norm: float64 [1] on the device. norm_inf: the inf-norm, else the 2-norm. norm_out: float32
+    [1] (float64 [1] when any gradient is float64) receiving the total norm of the unscaled
+    gradients. clip_coef: float64 [1] receiving the coefficient. extra: float64 [1] or None: one
+    more partial (sum of squares, or max |g|) of gradients the kernels do not see. check: None, or
+    called with ``norm_out`` on the host after the norm launches and before the update launches
+    (``error_if_nonfinite``, which reads the norm); if it raises, nothing has been updated.
+    """
+
+    max_norm: Tensor
+    norm_inf: bool
+    norm_out: Tensor
+    clip_coef: Tensor
+    extra: Tensor | None = None
+    check: Callable[[Tensor], None] | None = None
+
+
+class DeviceLR(NamedTuple):
+    """Where an update kernel takes its learning rates: the schedule on the device.
+
+    desc: float64 ``[rows, DESC_WIDTH]`` schedule rows (``fused_lr.schedules``): one per group (row
+    ``g`` for group ``g``), then the pieces of composite schedules. table: float64 ``[table_len]``
+    tabulated multipliers (``KIND_TABLE`` rows; any 1-element tensor when no row uses it). step:
+    int64 ``[1]`` step counter; the LRs are taken at ``step + advance``. advance: scheduler steps
+    taken on the host since the counter was last stored (deferred so that ``opt.step();
+    sched.step()`` costs one launch). lr_out: float64 ``[groups]`` or None; when given, the step's
+    final launch writes back: its last program stores ``step += advance`` and every group's LR at
+    that step into ``lr_out`` (a step skipped by ``found_inf`` writes back too).
+    """
+
+    desc: Tensor
+    table: Tensor
+    step: Tensor
+    advance: int = 0
+    lr_out: Tensor | None = None
+
+
+def _check_one(t: Tensor | None, what: str, dtypes: tuple) -> None:
+    if t is not None and (t.dtype not in dtypes or t.numel() != 1):
+        raise ValueError(f"{what} must be a one-element {' or '.join(map(str, dtypes))} tensor, got {t.dtype} {tuple(t.shape)}")
+
+
+def multi_tensor_update(
+    spec: KernelSpec,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    states: Sequence[Sequence[Tensor | None]],
+    group_index: Sequence[int],
+    hyper: Sequence[tuple],
+    lr: DeviceLR,
+    *,
+    ticket: Tensor,
+    first_flags: Tensor,
+    flag_slots: Sequence[int],
+    cache: PlanCache,
+    clear_first: bool = True,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    clip: ClipSpec | None = None,
+) -> bool:
+    """One optimizer step (``spec``'s kernel) on every tensor of ``params``, in place.
+
+    Args:
+        params: the parameters to update (only those with a grad this step), dense (contiguous in
+            some dim order, see ``fused_lr._layout``), float16 / bfloat16 / float32 / float64, all on
+            one device. Updated in place.
+        grads: ``grads[i]`` is ``params[i]``'s gradient: same dtype, shape, device and strides.
+            Never written.
+        states: one list per ``spec.state_lists``: ``states[k][i]`` is ``params[i]``'s tensor,
+            required (with the param's strides) where its group keeps state, ignored (may be
+            ``None``) otherwise. A state tensor's contents are ignored on the tensor's first step.
+        group_index: ``group_index[i]`` is the parameter group of ``params[i]``: the row of
+            ``hyper`` and of ``lr.desc``.
+        hyper: one row per group, in ``spec.hyper_columns`` order (``len(hyper) <= lr.desc.shape[0]``).
+        lr: the device schedule the kernel reads (see ``DeviceLR``).
+        ticket: int32 ``[1]`` zeros on the device (one per optimizer): the last-program-done ticket.
+        first_flags: int8 ``[n_slots]`` on the device, 1 while a tensor has no state history. The
+            kernel reads ``first_flags[flag_slots[i]]`` for ``params[i]`` and, after an update that
+            happened, clears the flags of the updated tensors (not on a step skipped by
+            ``found_inf``). The caller sets a flag when it allocates a tensor's state.
+        flag_slots: ``params[i]``'s index into ``first_flags`` (host ints).
+        cache: where plans are kept; one per optimizer.
+        clear_first: False when the caller knows every flag of these tensors is already 0 (then no
+            program takes a ticket unless it writes back).
+        grad_scale: float32 ``[1]`` on the device or ``None``: AMP's loss scale; every gradient is
+            divided by it (in the arithmetic type) before the update and the norm.
+        found_inf: float32 ``[1]`` on the device or ``None``: when nonzero at run time, the kernels
+            store no parameter and no state (the schedule still advances).
+        clip: ``ClipSpec`` or ``None``: clip the unscaled gradients to ``clip.max_norm`` as
+            ``torch.nn.utils.clip_grad_norm_`` does, without writing them; the norm and the
+            coefficient land in ``clip.norm_out`` and ``clip.clip_coef``. For complex parameters
+            passed as real views the inf-norm would be the max over components: route them elsewhere.
+
+    Returns:
+        True when a launch wrote back (``lr.lr_out`` given and at least one non-empty tensor);
+        when it returns False with ``lr_out`` given, the caller must advance the counter itself.
+
+    Raises:
+        RuntimeError: Triton cannot run on the tensors' device (CPU without ``TRITON_INTERPRET=1``,
+            CUDA with it).
+        ValueError / TypeError: inconsistent lists, devices, dtypes, sizes or layouts.
+    """
+    n = len(params)
+    if len(states) != len(spec.state_lists):
+        raise ValueError(f"{spec.name} takes {len(spec.state_lists)} state lists {spec.state_lists}, got {len(states)}")
+    if not (len(grads) == len(flag_slots) == len(group_index) == n and all(len(s) == n for s in states)):
+        raise ValueError(
+            f"params, grads, each state list, flag_slots and group_index must have one entry per param: got {n}, "
+            f"{len(grads)}, {[len(s) for s in states]}, {len(flag_slots)}, {len(group_index)}"
+        )
+    if n == 0:
+        return False
+    hyper = tuple(tuple(h) for h in hyper)
+    if any(len(h) != len(spec.hyper_columns) for h in hyper):
+        raise ValueError(f"each hyper row must hold {len(spec.hyper_columns)} values {spec.hyper_columns}")
+    desc, table, step, _, lr_out = lr
+    if desc.dim() != 2 or desc.shape[0] < len(hyper) or desc.dtype != torch.float64:
+        raise ValueError(
+            f"desc must be float64 [>= {len(hyper)} rows (groups, then pieces), DESC_WIDTH], got {desc.dtype} {tuple(desc.shape)}"
+        )
+    if not (table.dtype == torch.float64 and 1 <= table.numel() < 2**31 and table.is_contiguous()):
+        raise ValueError("table must be a contiguous float64 tensor with 1 <= numel < 2**31")
+    if step.dtype != torch.int64 or step.numel() != 1:
+        raise ValueError(f"step must be an int64 tensor with one element, got {step.dtype} {tuple(step.shape)}")
+    if lr_out is not None and (lr_out.dtype != torch.float64 or lr_out.numel() != len(hyper) or not lr_out.is_contiguous()):
+        raise ValueError(f"lr_out must be a contiguous float64 tensor of {len(hyper)} elements")
+    if ticket is None or ticket.dtype != torch.int32 or ticket.numel() != 1:
+        raise ValueError("ticket must be an int32 tensor with one element, zero")
+    if first_flags.dtype != torch.int8 or not first_flags.is_contiguous():
+        raise ValueError(f"first_flags must be a contiguous int8 tensor, got {first_flags.dtype}")
+    if flag_slots and max(flag_slots) >= first_flags.numel():  # (C-level: no per-tensor Python loop)
+        raise ValueError(f"flag_slots must index first_flags ({first_flags.numel()} entries), got {max(flag_slots)}")
+    _check_one(grad_scale, "grad_scale", (torch.float32,))
+    _check_one(found_inf, "found_inf", (torch.float32,))
+    if clip is not None:
+        clip = ClipSpec(*clip)
+        _check_one(clip.max_norm, "clip.max_norm", (torch.float64,))
+        _check_one(clip.norm_out, "clip.norm_out", (torch.float32, torch.float64))
+        _check_one(clip.clip_coef, "clip.clip_coef", (torch.float64,))
+        _check_one(clip.extra, "clip.extra", (torch.float64,))
+
+    plan = cache.get(spec, params, states, tuple(group_index), hyper, tuple(flag_slots))
+    extra_tensors = [(desc, "desc"), (table, "table"), (step, "step"), (grad_scale, "grad_scale"),
+                     (found_inf, "found_inf"), (first_flags, "first_flags")]
+    if clip is not None:
+        extra_tensors += [(clip.max_norm, "clip.max_norm"), (clip.norm_out, "clip.norm_out"),
+                          (clip.clip_coef, "clip.clip_coef"), (clip.extra, "clip.extra")]
+    for t, what in extra_tensors:
+        if t is not None and t.device != plan.device:
+            raise ValueError(f"{what} is on {t.device}, params on {plan.device}")
+    grad_key = tuple(map(Tensor.data_ptr, grads))
+    if not has_grads(plan, grads, grad_key):
+        set_grads(plan, grads, params, grad_key)
+    return launch(spec, plan, lr, ticket, first_flags, n_groups=len(hyper), clear_first=clear_first,
+                  grad_scale=grad_scale, found_inf=found_inf, clip=clip)
+
+
+def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_flags: Tensor, *, n_groups: int,
+           clear_first: bool, grad_scale: Tensor | None, found_inf: Tensor | None, clip: ClipSpec | None) -> bool:
+    """Launch ``plan`` (its grads already set; arguments checked); see ``multi_tensor_update``."""
+    cfg = runtime.launch_config()
+    kernel = spec.jit()
+    compute_dtype = runtime.mt_kernels.compute_dtype
+    desc, table, step, advance, lr_out = lr
+    desc = desc if desc.is_contiguous() else desc.contiguous()
+    scaled = grad_scale is not None or found_inf is not None or clip is not None
+    scale_arg = grad_scale if grad_scale is not None else plan.one32
+    inf_arg = found_inf if found_inf is not None else plan.zero32
+    coef_arg = clip.clip_coef if clip is not None else plan.one64
+    if clip is not None:
+        norm = runtime.norm_kernels
+        for part in plan.launches:
+            tl_dtype = runtime.triton_dtype(part.dtype)
+            norm.grad_norm_partials_kernel[(part.n_chunks,)](
+                part.grad_addrs,
+                part.numels,
+                part.chunks,
+                plan.partials,
+                part.partial_offset,
+                DTYPE=tl_dtype,
+                COMPUTE_DTYPE=compute_dtype(tl_dtype),
+                ALIGNED=part.grads_aligned,
+                NORM_INF=bool(clip.norm_inf),
+                BLOCK_SIZE=cfg["BLOCK_SIZE"],
+                CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
+                num_warps=cfg["num_warps"],
+            )
+        norm.grad_norm_finalize_kernel[(1,)](
+            plan.partials,
+            sum(l.n_chunks for l in plan.launches),
+            clip.extra if clip.extra is not None else plan.zero64,
+            scale_arg,
+            clip.max_norm,
+            clip.norm_out,
+            clip.clip_coef,
+            NORM_INF=bool(clip.norm_inf),
+            NORM_DTYPE=runtime.triton_dtype(clip.norm_out.dtype),
+            BLOCK=norm.FINALIZE_BLOCK,
+            num_warps=cfg["num_warps"],
+        )
+    if clip is not None and clip.check is not None:
+        clip.check(clip.norm_out)
+    # Launches run in stream order: only the last one advances the counter, so the earlier ones
+    # (other dtypes) read it unchanged.
+    last = len(plan.launches) - 1
+    for k, part in enumerate(plan.launches):
+        write_back = 1 if (lr_out is not None and k == last) else 0
+        tl_dtype = runtime.triton_dtype(part.dtype)
+        kernel[(part.n_chunks,)](
+            part.param_addrs,
+            part.grad_addrs,
+            *part.state_addrs,
+            part.numels,
+            part.groups,
+            first_flags,
+            part.slots,
+            part.chunks,
+            plan.hyper_table,
+            step,
+            desc,
+            table,
+            table.numel(),
+            int(advance),
+            lr_out if lr_out is not None else desc,
+            ticket,
+            n_groups,
+            write_back,
+            len(part.positions),
+            1 if clear_first else 0,
+            scale_arg,
+            inf_arg,
+            coef_arg,
+            DTYPE=tl_dtype,
+            COMPUTE_DTYPE=compute_dtype(tl_dtype),
+            ALIGNED=part.static_aligned and part.grads_aligned,
+            SCALED=scaled,
+            BLOCK_SIZE=cfg["BLOCK_SIZE"],
+            CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
+            num_warps=cfg["num_warps"],
+            enable_fp_fusion=cfg["enable_fp_fusion"],
+        )
+    return lr_out is not None and bool(plan.launches)

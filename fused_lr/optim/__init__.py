@@ -1,0 +1,10 @@
+"""fused_lr's optimizers: torch.optim's arguments and behaviour, learning rates on the device.
+
+``FusedOptimizer`` (``base``) holds what every optimizer shares; each optimizer module holds only
+what is its own (``sgd``: ``FusedSGD``).
+"""
+
+from .base import FusedOptimizer
+from .sgd import FusedSGD
+
+__all__ = ["FusedOptimizer", "FusedSGD"]
