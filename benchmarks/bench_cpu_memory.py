@@ -16,7 +16,6 @@ allocated nothing parameter-sized" is not an artefact of a profiler that sees no
 from __future__ import annotations
 
 import pytest
-
 from bench_cpu_step import IMPLS, PARAM_SETS, make_optimizer
 from harness.memory import cpu_allocations
 from param_sets import make_params, numel

@@ -23,9 +23,8 @@ down for reasons unrelated to the code under test.
 
 from __future__ import annotations
 
-import torch
 import pytest
-
+import torch
 from compare_sgd import HYPER, METHODS
 from harness.bandwidth import SGD_MOMENTUM_FP32, gbps
 from harness.methods import Schedule

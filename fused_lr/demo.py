@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.optim.lr_scheduler as stock_sched
 from torch import nn
 
 import fused_lr
 import fused_lr.lr_scheduler as fused_sched
-import torch.optim.lr_scheduler as stock_sched
 
 __all__ = ["SCHEDULES", "PARAM_TOL", "run_demo", "main"]
 

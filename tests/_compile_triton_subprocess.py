@@ -3,8 +3,9 @@ before triton is imported, hence a child process; run by tests/test_compile.py).
 
 Inside a compiled region the update is the Triton kernel called through the custom op
 ``fused_lr::multi_tensor_update`` (opaque to the compiler) and the scheduler advances its counter
-with torch ops; eager steps before and after use the kernel with its deferred scheduler step. The compiled training step must follow stock torch.optim.SGD +
-the stock scheduler (eager) and must not recompile after its warm-up steps. Prints "ok".
+with torch ops; eager steps before and after use the kernel with its deferred scheduler step.
+The compiled training step must follow stock torch.optim.SGD + the stock scheduler (eager) and
+must not recompile after its warm-up steps. Prints "ok".
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import torch.optim.lr_scheduler as stock  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import TRAJ_TOL, assert_close, assert_lrs_close  # noqa: E402
-
-import fused_lr  # noqa: E402
-import fused_lr.lr_scheduler as fused  # noqa: E402
 from test_compile import OPT_KW  # noqa: E402  (the in-process compile tests' model and data)
 from test_compile import _batch as batch  # noqa: E402
 from test_compile import _groups as groups  # noqa: E402
 from test_compile import _model as model  # noqa: E402
+
+import fused_lr  # noqa: E402
+import fused_lr.lr_scheduler as fused  # noqa: E402
 
 STEPS, WARMUP, EAGER_FIRST = 12, 2, 2  # eager, compiled warm-up, compiled without recompiles, eager
 

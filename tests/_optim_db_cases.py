@@ -24,11 +24,10 @@ import re
 import warnings
 
 import torch
+from conftest import TRAJ_TOL, assert_close
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 import fused_lr
-
-from conftest import TRAJ_TOL, assert_close
 
 DTYPE = torch.float32
 SHAPES = ((4, 3), (4,), ())  # a weight, a bias, a 0-dim parameter

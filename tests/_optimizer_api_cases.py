@@ -16,11 +16,10 @@ import warnings
 
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import TRAJ_TOL, assert_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-
-from conftest import TRAJ_TOL, assert_close
 
 TOL = TRAJ_TOL[torch.float32]
 
@@ -278,7 +277,9 @@ def check_state_keys_and_hooks(backend):
             return d
 
         opt.register_load_state_dict_pre_hook(load_pre)
-        opt.register_load_state_dict_post_hook(lambda o: log.append(("load_post", float(o.param_groups[0]["lr"]), o.state.get("note"))))
+        opt.register_load_state_dict_post_hook(
+            lambda o: log.append(("load_post", float(o.param_groups[0]["lr"]), o.state.get("note")))
+        )
         opt.load_state_dict(sd)
         log.append(("after", float(opt.param_groups[0]["lr"]), opt.state["note"]))
     assert seen[fused_lr.FusedSGD] == seen[torch.optim.SGD], f"fused {seen[fused_lr.FusedSGD]}\nstock {seen[torch.optim.SGD]}"
@@ -310,8 +311,9 @@ def check_state_keys_and_hooks(backend):
 def check_deepcopy_and_pickle(backend):
     for what, twin in (("deepcopy", copy.deepcopy), ("pickle", lambda o: pickle.loads(pickle.dumps(o)))):
         m = _model()
-        opt = fused_lr.FusedSGD(m.parameters(), lr=0.1, momentum=0.9, backend=backend, max_grad_norm=0.5,
-                                norm_type="inf", error_if_nonfinite=True)
+        opt = fused_lr.FusedSGD(
+            m.parameters(), lr=0.1, momentum=0.9, backend=backend, max_grad_norm=0.5, norm_type="inf", error_if_nonfinite=True
+        )
         ps = list(m.parameters())
         _set(ps, _grads_for(0, ps))
         opt.step()
@@ -339,8 +341,13 @@ def _embedding_pair(backend, seed=0, fused_only=None, **kw):
     la = torch.nn.Linear(3, 2)
     eb, lb = copy.deepcopy(ea), copy.deepcopy(la)
     a = torch.optim.SGD([{"params": ea.parameters()}, {"params": la.parameters(), "lr": 0.05}], lr=0.1, **kw)
-    b = fused_lr.FusedSGD([{"params": eb.parameters()}, {"params": lb.parameters(), "lr": 0.05}], lr=0.1,
-                          backend=backend, **kw, **(fused_only or {}))
+    b = fused_lr.FusedSGD(
+        [{"params": eb.parameters()}, {"params": lb.parameters(), "lr": 0.05}],
+        lr=0.1,
+        backend=backend,
+        **kw,
+        **(fused_only or {}),
+    )
     return (ea, la, a), (eb, lb, b)
 
 
@@ -351,8 +358,13 @@ def _embedding_step(emb, lin, opt, t):
 
 
 def check_sparse_gradients(backend):
-    configs = [{}, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.3}, {"momentum": 0.9, "nesterov": True},
-               {"maximize": True, "momentum": 0.5}]
+    configs = [
+        {},
+        {"momentum": 0.9},
+        {"momentum": 0.9, "dampening": 0.3},
+        {"momentum": 0.9, "nesterov": True},
+        {"maximize": True, "momentum": 0.5},
+    ]
     for kw in configs:
         (ea, la, a), (eb, lb, b) = _embedding_pair(backend, **kw)
         sa, sb = stock.StepLR(a, 2, 0.5), fused.StepLR(b, 2, 0.5)  # the LR the schedule sets
@@ -380,7 +392,9 @@ def check_sparse_gradients(backend):
     for t in range(2, 4):
         _embedding_step(ec, lc, c, t), _embedding_step(eb, lb, b, t)
         c.step(), b.step()
-        _compare([*ec.parameters(), *lc.parameters()], c, [*eb.parameters(), *lb.parameters()], b, f"sparse loaded into stock step {t}")
+        _compare(
+            [*ec.parameters(), *lc.parameters()], c, [*eb.parameters(), *lb.parameters()], b, f"sparse loaded into stock step {t}"
+        )
 
     # AMP: the loss scale divides the sparse gradient; a found inf skips the step.
     (ea, la, a), (eb, lb, b) = _embedding_pair(backend, momentum=0.9)

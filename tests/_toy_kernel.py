@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-
-from fused_lr import engine
 from fused_lr.kernels.multi_tensor import amp_scaling, chunk_of, finish_launch, full_blocks, tensor_ptr
 from fused_lr.kernels.schedule import lr_at
+
+from fused_lr import engine
 
 HYPER_WIDTH = 1
 HYPER_SCALE = 0

@@ -20,14 +20,13 @@ if __name__ == "__main__":
 
 import copy
 
+import _triton_optimizer_subprocess as B
 import torch
 import torch.optim.lr_scheduler as stock
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
 from fused_lr import engine
-
-import _triton_optimizer_subprocess as B
 
 KW = dict(lr=0.1, momentum=0.9)
 TABLE = [0.9**k for k in range(6)]
@@ -48,7 +47,7 @@ class Run:
     def opt_step(self, what):
         gs = B.grads_for(self.t, self.ref)
         B._set(self.a_ps, gs), B._set(self.k_ps, gs)
-        for o, ps in ((self.a, self.a_ps), (self.k, self.k_ps)):  # params of groups added later
+        for o, _ps in ((self.a, self.a_ps), (self.k, self.k_ps)):  # params of groups added later
             for g in o.param_groups[2:]:
                 for p in g["params"]:
                     p.grad = torch.full_like(p, 0.5)

@@ -21,18 +21,18 @@ if __name__ == "__main__":
     os.environ["TRITON_INTERPRET"] = "1"
 
 import copy
-import math
 import io
+import math
 import pickle
 import weakref
 
 import torch
 import torch.optim.lr_scheduler as stock
+from fused_lr.kernels import sgd as K
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
 from fused_lr import engine
-from fused_lr.kernels import sgd as K
 
 # fp32 against stock's for-loop: the kernel does the same float32 operations but may differ by the
 # rounding of lr (float64 -> float32 once) and, unlike the for-loop, keeps the nesterov term's
@@ -693,11 +693,12 @@ def case_optim_db():
 
 CASES["api"] = case_api
 CASES["optim_db"] = case_optim_db
-CASES.update({"amp": case_amp, "amp_bf16": case_amp_bf16, "amp_mixed": case_amp_mixed, "amp_fp16": case_amp_fp16, "clip": case_clip, "clip_plain": case_clip_plain})
-
+CASES.update({"amp": case_amp, "amp_bf16": case_amp_bf16, "amp_mixed": case_amp_mixed, "amp_fp16": case_amp_fp16,
+              "clip": case_clip, "clip_plain": case_clip_plain})
 
 
 # --- Layouts ---------------------------------------------------------------------------------------
+
 
 def case_layouts():
     """Every parameter and gradient layout of tests/_layout_cases.py on the Triton path vs stock

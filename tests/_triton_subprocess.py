@@ -131,8 +131,9 @@ def check_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, at
 
 
 def case_lr_at() -> str:
-    from fused_lr import schedules as S
     from fused_lr.kernels import schedule as K
+
+    from fused_lr import schedules as S
 
     rows = [
         S.constant_row(0.1),
@@ -355,9 +356,10 @@ def _sgd_triton_call(params, grads, bufs, first, group_of, combos, lr, cache, fl
 
 
 def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None) -> str:
+    from fused_lr.kernels import schedule as K
+
     from fused_lr import engine
     from fused_lr import schedules as S
-    from fused_lr.kernels import schedule as K
 
     gen = torch.Generator().manual_seed(_SEEDS[dtype])
     combos = _option_combinations()
@@ -370,11 +372,12 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
     nesterov_of = [c[3] for c in combos]
 
     # Tensors: group k gets one size from the list, rotating, and even groups a second one, so
-    # every size meets several option combinations and schedule kinds. Tensor "late" has no grad before step LATE (its first momentum step comes later
-    # than everyone else's); tensor "skip" has no grad at step SKIP (a None grad mid-run).
+    # every size meets several option combinations and schedule kinds. Tensor "late" has no grad
+    # before step LATE (its first momentum step comes later than everyone else's); tensor "skip"
+    # has no grad at step SKIP (a None grad mid-run).
     shapes, group_of = [], []
     for k in range(n_groups):
-        for j in ((k, k + 2) if k % 2 == 0 else (k,)):
+        for j in (k, k + 2) if k % 2 == 0 else (k,):
             shapes.append(sizes[j % len(sizes)])
             group_of.append(k)
     LATE, SKIP = 7, 11
@@ -391,8 +394,15 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
     stock_p = [t.clone().requires_grad_(True) for t in init]
     stock = torch.optim.SGD(
         [
-            dict(params=[stock_p[i] for i in range(len(shapes)) if group_of[i] == k], lr=0.1,
-                 momentum=c[0], dampening=c[1], weight_decay=c[2], nesterov=c[3], maximize=c[4])
+            dict(
+                params=[stock_p[i] for i in range(len(shapes)) if group_of[i] == k],
+                lr=0.1,
+                momentum=c[0],
+                dampening=c[1],
+                weight_decay=c[2],
+                nesterov=c[3],
+                maximize=c[4],
+            )
             for k, c in enumerate(combos)
         ],
         foreach=False,
@@ -418,7 +428,9 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
             K.lr_at_kernel[(1, n_groups)](kernel_lrs, counter, desc, table, table.numel(), n_groups)
             kernel_lrs = kernel_lrs[0].tolist()
             has_grad = [not ((i == late_idx and step < LATE) or (i == skip_idx and step == SKIP)) for i in range(len(shapes))]
-            grads = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) if h else None for s, h in zip(shapes, has_grad)]
+            grads = [
+                torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) if h else None for s, h in zip(shapes, has_grad)
+            ]
 
             # --- kernel ---
             idx = [i for i in range(len(shapes)) if has_grad[i]]
@@ -429,9 +441,18 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
                     kern_buf[i] = torch.empty_like(kern_p[i])
                 firsts.append(first)
             builds_before = plans.builds
-            _sgd_triton_call([kern_p[i] for i in idx], [grads[i] for i in idx], [kern_buf.get(i) for i in idx], firsts,
-                             [group_of[i] for i in idx], combos, engine.DeviceLR(desc, table, counter), cache, flags,
-                             ticket)
+            _sgd_triton_call(
+                [kern_p[i] for i in idx],
+                [grads[i] for i in idx],
+                [kern_buf.get(i) for i in idx],
+                firsts,
+                [group_of[i] for i in idx],
+                combos,
+                engine.DeviceLR(desc, table, counter),
+                cache,
+                flags,
+                ticket,
+            )
             if prev_set == (tuple(idx), tuple(sorted(kern_buf))):
                 builds_when_unchanged.append(plans.builds - builds_before)
             prev_set = (tuple(idx), tuple(sorted(kern_buf)))
@@ -459,8 +480,7 @@ def _run_sgd(dtype: torch.dtype, n_steps: int, sizes, launch_config: dict | None
     if dtype == torch.bfloat16:
         _check_bf16_accuracy(shapes, kern_p, kern_buf, stock_p, stock, exact_p, exact_buf)
     n_el = sum(math.prod(s) for s in shapes)
-    return (f"{dtype}: {n_groups} groups, {len(shapes)} tensors, {n_el} elements, {n_steps} steps, "
-            f"{plans.builds} plan builds")
+    return f"{dtype}: {n_groups} groups, {len(shapes)} tensors, {n_el} elements, {n_steps} steps, {plans.builds} plan builds"
 
 
 class _nullcontext:
@@ -490,11 +510,21 @@ def _compare(dtype, step, shapes, group_of, combos, kern_p, kern_buf, ref_p, ref
             if i in kern_buf:
                 check_close(kern_buf[i], stock_buf, rtol=rtol, atol=atol, what=f"momentum buffer vs stock SGD, {what}")
         elif dtype == torch.bfloat16:
-            check_close(kern_p[i], stock_p[i], rtol=0.0, atol=BF16_STOCK_FRACTION_OF_MAX * max_abs[("p", i)],
-                        what=f"bf16 param vs stock SGD, {what}")
+            check_close(
+                kern_p[i],
+                stock_p[i],
+                rtol=0.0,
+                atol=BF16_STOCK_FRACTION_OF_MAX * max_abs[("p", i)],
+                what=f"bf16 param vs stock SGD, {what}",
+            )
             if i in kern_buf:
-                check_close(kern_buf[i], stock_buf, rtol=0.0, atol=BF16_STOCK_FRACTION_OF_MAX * max_abs[("buf", i)],
-                            what=f"bf16 momentum buffer vs stock SGD, {what}")
+                check_close(
+                    kern_buf[i],
+                    stock_buf,
+                    rtol=0.0,
+                    atol=BF16_STOCK_FRACTION_OF_MAX * max_abs[("buf", i)],
+                    what=f"bf16 momentum buffer vs stock SGD, {what}",
+                )
 
 
 def _check_bf16_accuracy(shapes, kern_p, kern_buf, stock_p, stock, exact_p, exact_buf):
@@ -551,9 +581,10 @@ NORM_PARTIAL_RTOL = {torch.float16: 2e-6, torch.bfloat16: 2e-6, torch.float32: 2
 
 
 def case_grad_norm() -> str:
-    from fused_lr.engine.runtime import KERNEL_DTYPES, triton_dtype
     from fused_lr.kernels import grad_norm as N
     from fused_lr.kernels import multi_tensor as K
+
+    from fused_lr.engine.runtime import KERNEL_DTYPES, triton_dtype
 
     dtype_map = {d: triton_dtype(d) for d in KERNEL_DTYPES}
     block, chunk_blocks = 128, 2
@@ -573,14 +604,22 @@ def case_grad_norm() -> str:
             offset = 3
             partials = torch.full((offset + len(chunks),), -1.0, dtype=torch.float64)
             N.grad_norm_partials_kernel[(len(chunks),)](
-                addrs, numels, table, partials, offset, DTYPE=dtype_map[dtype],
-                COMPUTE_DTYPE=K.compute_dtype(dtype_map[dtype]), ALIGNED=False, NORM_INF=norm_inf,
-                BLOCK_SIZE=block, CHUNK_BLOCKS=chunk_blocks,
+                addrs,
+                numels,
+                table,
+                partials,
+                offset,
+                DTYPE=dtype_map[dtype],
+                COMPUTE_DTYPE=K.compute_dtype(dtype_map[dtype]),
+                ALIGNED=False,
+                NORM_INF=norm_inf,
+                BLOCK_SIZE=block,
+                CHUNK_BLOCKS=chunk_blocks,
             )
             if partials[:offset].tolist() != [-1.0] * offset:
                 raise AssertionError("partials written outside this launch's slots")
             for i, (k, st) in enumerate(chunks):
-                x = grads[k][st: st + chunk].double()
+                x = grads[k][st : st + chunk].double()
                 want = x.abs().max() if norm_inf else x.square().sum()
                 got = partials[offset + i]
                 if want.isnan() or got.isnan():
@@ -608,10 +647,18 @@ def case_grad_norm() -> str:
                 norm_out = torch.zeros(1, dtype=norm_dtype)
                 coef = torch.zeros(1, dtype=torch.float64)
                 N.grad_norm_finalize_kernel[(1,)](
-                    partials, n, extra, scale, torch.tensor([max_norm], dtype=torch.float64), norm_out, coef,
-                    NORM_INF=norm_inf, NORM_DTYPE=dtype_map[norm_dtype], BLOCK=N.FINALIZE_BLOCK,
+                    partials,
+                    n,
+                    extra,
+                    scale,
+                    torch.tensor([max_norm], dtype=torch.float64),
+                    norm_out,
+                    coef,
+                    NORM_INF=norm_inf,
+                    NORM_DTYPE=dtype_map[norm_dtype],
+                    BLOCK=N.FINALIZE_BLOCK,
                 )
-                ref64 = (torch.maximum(partials.max(), extra[0]) if norm_inf else (partials.sum() + extra[0]).sqrt())
+                ref64 = torch.maximum(partials.max(), extra[0]) if norm_inf else (partials.sum() + extra[0]).sqrt()
                 want = (ref64.to(norm_dtype) / scale.to(norm_dtype)).reshape(())
                 got = norm_out.reshape(())
                 what = f"finalize {norm_dtype} inf={norm_inf} max_norm={max_norm} poison={poison}"
@@ -621,8 +668,7 @@ def case_grad_norm() -> str:
                 elif abs(got.item() - want.item()) > torch.finfo(norm_dtype).eps * want.item():
                     raise AssertionError(f"{what}: norm {got.item()!r} vs {want.item()!r}")
                 want_coef = torch.clamp(max_norm / (got + 1e-6), max=1.0)
-                if not (torch.equal(coef.reshape(()).to(norm_dtype), want_coef)
-                        or (want_coef.isnan() and coef.isnan().all())):
+                if not (torch.equal(coef.reshape(()).to(norm_dtype), want_coef) or (want_coef.isnan() and coef.isnan().all())):
                     raise AssertionError(f"{what}: coef {coef.item()!r} vs {want_coef.item()!r}")
                 if not coef.isnan().all() and coef.to(norm_dtype).reshape(()).item() != coef.item():
                     raise AssertionError(f"{what}: coef not exactly representable in the norm dtype")
@@ -633,10 +679,11 @@ def case_grad_norm() -> str:
 def case_production_config() -> str:
     """The production BLOCK_SIZE / CHUNK_BLOCKS on a tensor spanning two chunks and a partial block,
     next to a tensor whose address is not 16-byte aligned (the ALIGNED=False specialization)."""
+    from fused_lr.kernels import multi_tensor as K
+
     from fused_lr import engine
     from fused_lr import schedules as S
     from fused_lr.engine import runtime as R
-    from fused_lr.kernels import multi_tensor as K
 
     chunk = R.BLOCK_SIZE * R.CHUNK_BLOCKS
     big_n = 2 * chunk + R.BLOCK_SIZE + 3
@@ -660,8 +707,9 @@ def case_production_config() -> str:
         for step in range(2):
             grads = [torch.randn(t.shape, generator=gen).to(dtype) for t in params]
             lr = S.lr_at(counter, desc, table).item()
-            _sgd_triton_call(params, grads, bufs, [step == 0] * 2, [0, 0], hyper, engine.DeviceLR(desc, table, counter),
-                             cache, flags, ticket)
+            _sgd_triton_call(
+                params, grads, bufs, [step == 0] * 2, [0, 0], hyper, engine.DeviceLR(desc, table, counter), cache, flags, ticket
+            )
             for i in range(2):
                 ref[i], ref_bufs[i] = _reference_step(ref[i], grads[i], ref_bufs[i], step == 0, hyper[0], lr, torch.float32)
                 check_equal(params[i], ref[i], f"{dtype} production config, step {step}, param {i}")
@@ -691,8 +739,14 @@ def case_engine_state_lists() -> str:
     table, counter = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.int64)
     lr_buf = torch.zeros(2, dtype=torch.float64)
     scales = [0.5, 0.0]  # group 1 keeps no state
-    shapes = [((), torch.float32, 0), ((5,), torch.float32, 0), ((300,), torch.float32, 0), ((7,), torch.float32, 1),
-              ((130,), torch.float64, 0), ((33,), torch.float32, 0)]
+    shapes = [
+        ((), torch.float32, 0),
+        ((5,), torch.float32, 0),
+        ((300,), torch.float32, 0),
+        ((7,), torch.float32, 1),
+        ((130,), torch.float64, 0),
+        ((33,), torch.float32, 0),
+    ]
     LATE, SKIP, SCALED = 5, 2, 3  # tensor LATE first steps at SKIP; SCALED divides by a loss scale
     params = [torch.randn(s, generator=gen, dtype=torch.float64).to(d) for s, d, _ in shapes]
     refs = [p.clone() for p in params]
@@ -711,11 +765,19 @@ def case_engine_state_lists() -> str:
             grad_scale = torch.full((1,), 4.0) if t in (SKIP, SCALED) else None
             before = ([p.clone() for p in params], {i: tuple(x.clone() for x in st) for i, st in states.items()})
             engine.multi_tensor_update(
-                T.SPEC, [params[i] for i in idx], [grads[i] for i in idx],
+                T.SPEC,
+                [params[i] for i in idx],
+                [grads[i] for i in idx],
                 [[states[i][k] if i in states else None for i in idx] for k in range(2)],
-                [shapes[i][2] for i in idx], [(sc,) for sc in scales],
+                [shapes[i][2] for i in idx],
+                [(sc,) for sc in scales],
                 engine.DeviceLR(desc, table, counter, advance=1, lr_out=lr_buf),
-                ticket=ticket, first_flags=flags, flag_slots=idx, cache=cache, grad_scale=grad_scale, found_inf=found_inf,
+                ticket=ticket,
+                first_flags=flags,
+                flag_slots=idx,
+                cache=cache,
+                grad_scale=grad_scale,
+                found_inf=found_inf,
             )
             if int(counter) != t + 1:
                 raise AssertionError(f"step {t}: the counter is {int(counter)}, want {t + 1}")
@@ -724,7 +786,8 @@ def case_engine_state_lists() -> str:
                 raise AssertionError(f"step {t}: LRs written back {lr_buf.tolist()}, want {want_lrs}")
             if t == SKIP:
                 if not all(torch.equal(a, b) for a, b in zip(before[0], params)) or any(
-                        not torch.equal(a, b) for i, st in before[1].items() for a, b in zip(st, states[i]) if i != LATE):
+                    not torch.equal(a, b) for i, st in before[1].items() for a, b in zip(st, states[i]) if i != LATE
+                ):
                     raise AssertionError("a step AMP skipped changed a parameter or a state tensor")
                 if int(flags[LATE]) != 1:
                     raise AssertionError("a first step AMP skipped cleared its flag")

@@ -16,10 +16,10 @@ import math
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock_sched
+from conftest import TRAJ_TOL, assert_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused_sched
-from conftest import TRAJ_TOL, assert_close
 
 SHAPES = [(), (7,), (33,), (4, 5)]
 INF = float("inf")

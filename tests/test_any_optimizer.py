@@ -18,10 +18,9 @@ import warnings
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import TRAJ_TOL, ForbidReadsOf, assert_close, assert_lrs_close
 
 import fused_lr.lr_scheduler as fused
-
-from conftest import ForbidReadsOf, TRAJ_TOL, assert_close, assert_lrs_close
 
 DTYPE = torch.float64
 OPTIMIZERS = {
@@ -108,7 +107,7 @@ def test_tensor_lrs_are_written_on_the_device(name):
         sa, sb = SCHEDULES[name](stock, a), SCHEDULES[name](fused, b)
     lrs = fused._base.GroupLRs.of(b)
     for t in range(12):
-        for o, s in ((a, sa), (b, sb)):
+        for o, _s in ((a, sa), (b, sb)):
             _grads(t, o)
             o.step()
         _step(sa, t)

@@ -149,7 +149,10 @@ def test_assigned_negative_lr_raises_before_any_update():
         (lambda sd: sd["param_groups"][1]["params"].append(99), "param group 1 has 2 parameters"),
         (lambda sd: sd["param_groups"][0].__setitem__("lr", -3.0), "Invalid learning rate: -3.0 \\(loaded param group 0\\)"),
         (lambda sd: sd["param_groups"][1].__setitem__("momentum", -1.0), "Invalid momentum value"),
-        (lambda sd: sd["state"][0].__setitem__("momentum_buffer", torch.zeros(5)), "has shape \\(5,\\), the parameter has shape \\(4,\\)"),
+        (
+            lambda sd: sd["state"][0].__setitem__("momentum_buffer", torch.zeros(5)),
+            "has shape \\(5,\\), the parameter has shape \\(4,\\)",
+        ),
         (lambda sd: sd["state"].__setitem__(42, {"momentum_buffer": torch.zeros(1)}), "unknown parameter id 42"),
         (lambda sd: sd.pop("state"), "'state' and 'param_groups'"),
     ],
@@ -285,25 +288,47 @@ def _stepped(sched):
 @pytest.mark.parametrize(
     "make,exc,match",
     [
-        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ExponentialLR(o, 0.9)], []), ValueError,
-         "number of schedulers 2 and the number of milestones to be equal to 0"),
-        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ExponentialLR(o, 0.9), fused.StepLR(o, 3)], [5, 3]),
-         ValueError, "strictly increasing, got \\[5, 3\\]"),
-        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ReduceLROnPlateau(o)], [3]), ValueError,
-         "does not support `ReduceLROnPlateau`"),
-        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), torch.optim.lr_scheduler.StepLR(o, 3)], [3]), TypeError,
-         "scheduler at index 1 is a torch.optim.lr_scheduler.StepLR"),
-        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.StepLR(_stepped_opt()[1], 3)], [3]), ValueError,
-         "same optimizer"),
+        (
+            lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ExponentialLR(o, 0.9)], []),
+            ValueError,
+            "number of schedulers 2 and the number of milestones to be equal to 0",
+        ),
+        (
+            lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ExponentialLR(o, 0.9), fused.StepLR(o, 3)], [5, 3]),
+            ValueError,
+            "strictly increasing, got \\[5, 3\\]",
+        ),
+        (
+            lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.ReduceLROnPlateau(o)], [3]),
+            ValueError,
+            "does not support `ReduceLROnPlateau`",
+        ),
+        (
+            lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), torch.optim.lr_scheduler.StepLR(o, 3)], [3]),
+            TypeError,
+            "scheduler at index 1 is a torch.optim.lr_scheduler.StepLR",
+        ),
+        (
+            lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.StepLR(_stepped_opt()[1], 3)], [3]),
+            ValueError,
+            "same optimizer",
+        ),
         (lambda o: fused.SequentialLR(o, [], []), ValueError, "at least one scheduler"),
         # A per-group part (its own piece rows) used to crash with an IndexError while building. (A
         # ChainedScheduler part is accepted, as torch's: tests/test_torch_scheduler_behaviour.py.)
-        (lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.PerGroupLR(o, [fused.StepLR(o, 2)] * 2)], [3]),
-         TypeError, "scheduler at index 1 is a fused_lr.lr_scheduler.PerGroupLR"),
+        (
+            lambda o: fused.SequentialLR(o, [fused.StepLR(o, 2), fused.PerGroupLR(o, [fused.StepLR(o, 2)] * 2)], [3]),
+            TypeError,
+            "scheduler at index 1 is a fused_lr.lr_scheduler.PerGroupLR",
+        ),
         # The chain is re-run by torch's own schedulers from their construction: fresh parts only.
-        (lambda o: fused.SequentialLR(o, [fused.ChainedScheduler([_stepped(fused.ExponentialLR(o, 0.9))]),
-                                          fused.StepLR(o, 2)], [3]),
-         ValueError, "the ChainedScheduler at index 0: scheduler at index 0 is at step 1"),
+        (
+            lambda o: fused.SequentialLR(
+                o, [fused.ChainedScheduler([_stepped(fused.ExponentialLR(o, 0.9))]), fused.StepLR(o, 2)], [3]
+            ),
+            ValueError,
+            "the ChainedScheduler at index 0: scheduler at index 0 is at step 1",
+        ),
     ],
 )
 def test_sequential_rejects(make, exc, match):
@@ -346,8 +371,12 @@ def test_clipping_arguments_accepted_forms():
 @pytest.mark.parametrize(
     "kwargs,exc,match",
     [
-        (dict(grad_scale=torch.tensor(2.0, dtype=torch.float64)), ValueError,
-         r"grad_scale must be a float32 tensor with one element on cpu \(the parameters' device\), got torch.float64 of shape \(\) on cpu"),
+        (
+            dict(grad_scale=torch.tensor(2.0, dtype=torch.float64)),
+            ValueError,
+            r"grad_scale must be a float32 tensor with one element on cpu \(the parameters' device\), "
+            r"got torch.float64 of shape \(\) on cpu",
+        ),
         (dict(grad_scale=torch.ones(2)), ValueError, r"grad_scale must be .* got torch.float32 of shape \(2,\)"),
         (dict(grad_scale=torch.ones(1, device="meta")), ValueError, r"grad_scale must be .* on meta"),
         (dict(grad_scale=2.0), TypeError, "grad_scale must be a tensor or None, got float"),

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TRAJ_TOL, assert_close
 
 _BENCH = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -17,11 +17,10 @@ import warnings
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-
-from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 DTYPE = torch.float64
 SHAPES = [(), (5,), (3, 4)]
@@ -104,7 +103,11 @@ def _weights_only_roundtrip(obj):
 
 
 def _state(ps, opt):
-    return [p.detach().clone() for p in ps], [opt.state[p]["momentum_buffer"].clone() for p in ps], [float(g["lr"]) for g in opt.param_groups]
+    return (
+        [p.detach().clone() for p in ps],
+        [opt.state[p]["momentum_buffer"].clone() for p in ps],
+        [float(g["lr"]) for g in opt.param_groups],
+    )
 
 
 def _run_with_checkpoint(make_opt_a, Ma, make_opt_b, Mb, builder):
@@ -116,7 +119,9 @@ def _run_with_checkpoint(make_opt_a, Ma, make_opt_b, Mb, builder):
     out = []
     for t in range(STEPS):
         if t == SAVE_AT:
-            ckpt = _weights_only_roundtrip({"params": [p.detach() for p in ps], "opt": opt.state_dict(), "sched": sched.state_dict()})
+            ckpt = _weights_only_roundtrip(
+                {"params": [p.detach() for p in ps], "opt": opt.state_dict(), "sched": sched.state_dict()}
+            )
             ps = [torch.nn.Parameter(v.clone()) for v in ckpt["params"]]
             opt = make_opt_b(_groups(ps))
             sched = _build(builder, Mb, opt)
@@ -212,7 +217,7 @@ def test_dcp_state_dict_helpers_keep_the_lr():
         sched = (stock if make is _stock_opt else fused).StepLR(opt, 2, 0.5)
         sd = dcp_sd.get_optimizer_state_dict(model, opt)
         assert sd["param_groups"][0]["lr"] == 0.1
-        for t in range(5):
+        for _t in range(5):
             opt.zero_grad()
             model(torch.ones(4, 3, dtype=DTYPE)).sum().backward()
             opt.step()

@@ -8,10 +8,11 @@ torch.optim.SGD + the stock scheduler run eagerly.
 
 Backend: "aot_eager" traces through AOTAutograd, functionalization and fake tensors as inductor
 (torch.compile's default) does, without inductor's C++ compile time (~25 s for the first graph on 2
-cores, too slow for this suite; the inductor runs of the same tests are in docs/torch_compile.md). It catches what the "eager" backend does not: ``torch._fused_sgd_`` has no
-fake implementation in torch 2.13 (FusedSGD now runs torch's foreach algorithm when traced), and
-in-place writes to 0-dim float64 CPU tensors were dropped from the graph once ``last_epoch`` had
-become a dynamic int (ReduceLROnPlateau's best metric; now a 1-element tensor).
+cores, too slow for this suite; the inductor runs of the same tests are in docs/torch_compile.md).
+It catches what the "eager" backend does not: ``torch._fused_sgd_`` has no fake implementation in
+torch 2.13 (FusedSGD now runs torch's foreach algorithm when traced), and in-place writes to 0-dim
+float64 CPU tensors were dropped from the graph once ``last_epoch`` had become a dynamic int
+(ReduceLROnPlateau's best metric; now a 1-element tensor).
 
 Tolerance: TRAJ_TOL[float32] (tests/conftest.py). Under compile the update runs torch's foreach
 algorithm (``p += grad * -lr``), which rounds ``grad * lr`` once more than the for-loop's
@@ -23,11 +24,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-
-from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 WARMUP = 2  # steps allowed to compile; the rest may not recompile
 STEPS = 14

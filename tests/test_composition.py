@@ -15,11 +15,10 @@ import warnings
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-
-from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 DTYPE = torch.float64
 BASES = (0.1, 0.05)

@@ -14,13 +14,12 @@ import warnings
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-
-from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 BASE_LRS = (0.1, 0.05, 0.3)
 

@@ -35,11 +35,10 @@ import numpy as np
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-
-from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 TOL = TRAJ_TOL[torch.float32]
 # A logged loss (and HF's grad_norm) is computed from parameters that agree to TOL on fixed data;

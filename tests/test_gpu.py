@@ -10,11 +10,10 @@ import copy
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import assert_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-
-from conftest import assert_close
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -11,14 +11,13 @@ parameter's gradient changes layout every step.
 
 from __future__ import annotations
 
+import _layout_cases as L
 import pytest
 import torch
+from conftest import TRAJ_TOL, assert_close
 
 import fused_lr
 from fused_lr.functional import sgd as functional_sgd
-
-import _layout_cases as L
-from conftest import TRAJ_TOL, assert_close
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}
 

@@ -11,12 +11,11 @@ import math
 
 import pytest
 import torch
+from conftest import ForbidReadsOf
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
 from fused_lr import schedules as S
-
-from conftest import ForbidReadsOf
 
 BASES = (1.0, 0.3)
 
@@ -67,15 +66,26 @@ def _run(sched, opt, steps):
 
 
 CASES = [
-    ("WarmupCosineLR", dict(warmup_steps=10, total_steps=50, min_lr_ratio=0.1), lambda b, t: ref_warmup_cosine(b, t, 10, 50, 0.1)),
+    (
+        "WarmupCosineLR",
+        dict(warmup_steps=10, total_steps=50, min_lr_ratio=0.1),
+        lambda b, t: ref_warmup_cosine(b, t, 10, 50, 0.1),
+    ),
     ("WarmupCosineLR", dict(warmup_steps=0, total_steps=7, min_lr_ratio=0.0), lambda b, t: ref_warmup_cosine(b, t, 0, 7, 0.0)),
     ("WarmupCosineLR", dict(warmup_steps=5, total_steps=5, min_lr_ratio=0.2), lambda b, t: ref_warmup_cosine(b, t, 5, 5, 0.2)),
     *[
-        ("WarmupStableDecayLR", dict(warmup_steps=4, total_steps=40, decay_steps=10, min_lr_ratio=0.05, decay_shape=sh),
-         (lambda sh: lambda b, t: ref_wsd(b, t, 4, 40, 10, 0.05, sh))(sh))
+        (
+            "WarmupStableDecayLR",
+            dict(warmup_steps=4, total_steps=40, decay_steps=10, min_lr_ratio=0.05, decay_shape=sh),
+            (lambda sh: lambda b, t: ref_wsd(b, t, 4, 40, 10, 0.05, sh))(sh),
+        )
         for sh in ("linear", "cosine", "1-sqrt")
     ],
-    ("WarmupStableDecayLR", dict(warmup_steps=0, total_steps=9, decay_steps=0), lambda b, t: ref_wsd(b, t, 0, 9, 0, 0.0, "linear")),
+    (
+        "WarmupStableDecayLR",
+        dict(warmup_steps=0, total_steps=9, decay_steps=0),
+        lambda b, t: ref_wsd(b, t, 0, 9, 0, 0.0, "linear"),
+    ),
     ("InverseSqrtLR", dict(warmup_steps=8), lambda b, t: ref_inverse_sqrt(b, t, 8)),
     ("InverseSqrtLR", dict(warmup_steps=0), lambda b, t: ref_inverse_sqrt(b, t, 0)),
 ]
@@ -91,11 +101,14 @@ def test_matches_formula_step_by_step(name, kwargs, ref):
         assert lrs == pytest.approx([ref(b, t) for b in BASES], rel=1e-13, abs=1e-300), f"step {t}"
 
 
-@pytest.mark.parametrize("name,kwargs", [
-    ("WarmupCosineLR", dict(warmup_steps=10, total_steps=60, min_lr_ratio=0.1)),
-    ("WarmupStableDecayLR", dict(warmup_steps=10, total_steps=60, decay_steps=20, min_lr_ratio=0.1, decay_shape="1-sqrt")),
-    ("InverseSqrtLR", dict(warmup_steps=10)),
-])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("WarmupCosineLR", dict(warmup_steps=10, total_steps=60, min_lr_ratio=0.1)),
+        ("WarmupStableDecayLR", dict(warmup_steps=10, total_steps=60, decay_steps=20, min_lr_ratio=0.1, decay_shape="1-sqrt")),
+        ("InverseSqrtLR", dict(warmup_steps=10)),
+    ],
+)
 def test_boundaries_and_monotone_phases(name, kwargs):
     opt = _opt()
     sched = getattr(fused, name)(opt, **kwargs)
@@ -173,7 +186,10 @@ def test_state_dict_resume(name, kwargs):
         (lambda o: fused.WarmupCosineLR(o, 10, 5), "warmup_steps \\(10\\) must be <= total_steps \\(5\\)"),
         (lambda o: fused.WarmupCosineLR(o, 0, 0), "total_steps must be >= 1, got 0"),
         (lambda o: fused.WarmupCosineLR(o, 0, 10, min_lr_ratio=1.5), "min_lr_ratio must be between 0 and 1, got 1.5"),
-        (lambda o: fused.WarmupStableDecayLR(o, 5, 10, 6), "warmup_steps \\+ decay_steps \\(5 \\+ 6\\) must be <= total_steps \\(10\\)"),
+        (
+            lambda o: fused.WarmupStableDecayLR(o, 5, 10, 6),
+            "warmup_steps \\+ decay_steps \\(5 \\+ 6\\) must be <= total_steps \\(10\\)",
+        ),
         (lambda o: fused.WarmupStableDecayLR(o, 0, 10, 2, decay_shape="exp"), "decay_shape must be one of"),
         (lambda o: fused.InverseSqrtLR(o, -1), "warmup_steps must be >= 0, got -1"),
     ],
@@ -226,8 +242,11 @@ def test_cosine_decay_with_exponent_one_is_cosine_annealing_up_to_T_max():
 
 def test_cosine_decay_bad_arguments_and_resume():
     opt = _opt()
-    for kwargs, match in ((dict(T_max=0), "T_max must be >= 1"), (dict(T_max=5, exponent=0.0), "exponent must be > 0"),
-                          (dict(T_max=5, eta_min=-1.0), "eta_min must be >= 0")):
+    for kwargs, match in (
+        (dict(T_max=0), "T_max must be >= 1"),
+        (dict(T_max=5, exponent=0.0), "exponent must be > 0"),
+        (dict(T_max=5, eta_min=-1.0), "eta_min must be >= 0"),
+    ):
         with pytest.raises(ValueError, match=match):
             fused.CosineDecayLR(opt, **kwargs)
     a, b = _opt(), _opt()

@@ -27,11 +27,10 @@ import warnings
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-
-from conftest import TRAJ_TOL, assert_close, assert_lrs_close
 
 DTYPE = torch.float64
 BASES = (0.1, 0.05)
@@ -305,7 +304,7 @@ def test_plateau_floats_with_a_float_metric_are_exact():
     a, b = _pair()
     sa, sb = stock.ReduceLROnPlateau(a, patience=0, factor=0.5, min_lr=[0.0, 0.02]), fused.ReduceLROnPlateau(
         b, patience=0, factor=0.5, min_lr=[0.0, 0.02])
-    for t in range(10):
+    for _t in range(10):
         for s in (sa, sb):
             s.step(1.0)
         assert _lrs(b) == _lrs(a)

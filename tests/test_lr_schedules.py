@@ -8,12 +8,11 @@ import warnings
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import assert_lrs_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
 from fused_lr import schedules as S
-
-from conftest import assert_lrs_close
 
 BASE_LRS = (0.1, 0.05, 0.3)
 
@@ -138,7 +137,8 @@ def test_warm_restarts_fractional_epochs(T_0, T_mult):
                 a.step(), b.step()
                 sa.step(epoch + i / iters)
                 sb.step(epoch + i / iters)
-                assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups], f"epoch {epoch}+{i}/{iters}")
+                where = f"epoch {epoch}+{i}/{iters}"
+                assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups], where)
     for _ in range(5):  # plain steps afterwards keep the fraction, as torch's do
         sa.step()
         sb.step()
@@ -190,8 +190,14 @@ def test_closed_forms_at_giant_steps(row, steps):
 def test_lr_at_never_reads_the_host():
     """lr_at runs with every host read forbidden (what would be a sync on CUDA)."""
     desc = torch.tensor(
-        [S.step_row(0.1, 3, 0.5), S.exponential_row(0.2, 0.9), S.cosine_row(0.3, 5, 0.0), S.table_row(0.4, 0, 3),
-         S.direct_row(0.5, 0.25), S.constant_row(0.6)],
+        [
+            S.step_row(0.1, 3, 0.5),
+            S.exponential_row(0.2, 0.9),
+            S.cosine_row(0.3, 5, 0.0),
+            S.table_row(0.4, 0, 3),
+            S.direct_row(0.5, 0.25),
+            S.constant_row(0.6),
+        ],
         dtype=torch.float64,
     )
     table = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
@@ -261,7 +267,8 @@ def test_cpu_shortcut_equals_the_device_path_bit_for_bit(monkeypatch, name, kwar
 
 # ---------------------------------------------------------------- random configurations (hypothesis)
 
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 _base_lrs = st.lists(st.floats(1e-5, 10.0), min_size=1, max_size=3)
 _configs = st.one_of(
@@ -269,7 +276,9 @@ _configs = st.one_of(
     st.tuples(st.just("ExponentialLR"), st.fixed_dictionaries({"gamma": st.floats(0.5, 1.1)})),
     st.tuples(
         st.just("MultiStepLR"),
-        st.fixed_dictionaries({"milestones": st.lists(st.integers(0, 120), max_size=6).map(sorted), "gamma": st.floats(0.05, 1.5)}),
+        st.fixed_dictionaries(
+            {"milestones": st.lists(st.integers(0, 120), max_size=6).map(sorted), "gamma": st.floats(0.05, 1.5)}
+        ),
     ),
     st.tuples(st.just("ConstantLR"), st.fixed_dictionaries({"factor": st.floats(0.01, 1.0), "total_iters": st.integers(0, 60)})),
     st.tuples(
@@ -308,8 +317,12 @@ def test_random_configurations_match_stock(config, base_lrs, steps):
         sa.step()
         sb.step()
         assert_lrs_close(sb.get_last_lr(), sa.get_last_lr(), f"{name}{kwargs} at step {t + 1}", scale=max(base_lrs))
-    assert_lrs_close([float(g["lr"]) for g in b.param_groups], [g["lr"] for g in a.param_groups],
-                     f"{name}{kwargs} after {steps}", scale=max(base_lrs))
+    assert_lrs_close(
+        [float(g["lr"]) for g in b.param_groups],
+        [g["lr"] for g in a.param_groups],
+        f"{name}{kwargs} after {steps}",
+        scale=max(base_lrs),
+    )
 
 
 # ---------------------------------------------------------------- SequentialLR (composition on the device)
@@ -326,8 +339,12 @@ SEQUENCES = {
     ),
     # A tabulated lambda piece run far past its horizon (8): the table must grow with the run.
     "warmup-lambda-table": lambda M, o: M.SequentialLR(
-        o, [M.LinearLR(o, 0.1, total_iters=3),
-            M.LambdaLR(o, lambda e: 0.99**e if e < 30 else 0.5, **({"horizon": 8} if M is fused else {}))], [3]
+        o,
+        [
+            M.LinearLR(o, 0.1, total_iters=3),
+            M.LambdaLR(o, lambda e: 0.99**e if e < 30 else 0.5, **({"horizon": 8} if M is fused else {})),
+        ],
+        [3],
     ),
 }
 

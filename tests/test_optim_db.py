@@ -4,9 +4,8 @@ backend. See tests/_optim_db_cases.py."""
 
 from __future__ import annotations
 
-import pytest
-
 import _optim_db_cases as db
+import pytest
 
 
 @pytest.fixture(scope="module")

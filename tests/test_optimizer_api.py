@@ -10,7 +10,6 @@ backend runs the same checks under the interpreter in a child process (tests/tes
 from __future__ import annotations
 
 import pytest
-
 from _optimizer_api_cases import CHECKS
 
 

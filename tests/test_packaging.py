@@ -8,10 +8,10 @@ import subprocess
 import sys
 import zipfile
 
+import fused_lr.kernels
 import pytest
 
 import fused_lr
-import fused_lr.kernels
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

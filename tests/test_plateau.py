@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
-from hypothesis import given, settings, strategies as st
+from conftest import ForbidReadsOf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
 from fused_lr.schedules import _ForbidHostReads  # noqa: F401
-
-from conftest import ForbidReadsOf
 
 BASE = (0.1, 0.02)
 
@@ -28,7 +28,9 @@ def _assert_same_state(sa, sb, where):
     # Decisions are made with the same float64 comparisons and products on both sides: the LRs and
     # the counters must be *equal*, not merely close.
     assert sb.get_last_lr() == [g["lr"] for g in sa.optimizer.param_groups], where
-    assert (sb.num_bad_epochs, sb.cooldown_counter, sb.last_epoch) == (sa.num_bad_epochs, sa.cooldown_counter, sa.last_epoch), where
+    assert (sb.num_bad_epochs, sb.cooldown_counter, sb.last_epoch) == (sa.num_bad_epochs, sa.cooldown_counter, sa.last_epoch), (
+        where
+    )
     assert (sb.best == sa.best) or (math.isnan(sb.best) and math.isnan(sa.best)), where
 
 

@@ -11,7 +11,9 @@ import fused_lr.lr_scheduler as fused
 
 
 def _opt(cls=fused_lr.FusedSGD):
-    return cls([{"params": [torch.nn.Parameter(torch.ones(1))], "lr": 0.1}, {"params": [torch.nn.Parameter(torch.ones(1))], "lr": 0.02}])
+    return cls(
+        [{"params": [torch.nn.Parameter(torch.ones(1))], "lr": 0.1}, {"params": [torch.nn.Parameter(torch.ones(1))], "lr": 0.02}]
+    )
 
 
 @pytest.mark.parametrize(
@@ -24,9 +26,12 @@ def _opt(cls=fused_lr.FusedSGD):
         # Tabulated parts with a small horizon: the values must run past it (the table grows).
         lambda o: fused.MultiplicativeLR(o, lambda e: 0.97, horizon=8),
         lambda o: fused.ChainedScheduler([fused.LinearLR(o, 0.1, total_iters=5), fused.CosineAnnealingLR(o, 20)], horizon=8),
-        lambda o: fused.SequentialLR(o, [fused.LinearLR(o, 0.1, total_iters=3),
-                                         fused.LambdaLR(o, lambda e: 0.99**e if e < 30 else 0.5, horizon=8)], [3]),
-        lambda o: fused.PerGroupLR(o, [fused.OneCycleLR(o, 0.5, total_steps=60), fused.CyclicLR(o, 0.01, 0.1, 4, cycle_momentum=False)]),
+        lambda o: fused.SequentialLR(
+            o, [fused.LinearLR(o, 0.1, total_iters=3), fused.LambdaLR(o, lambda e: 0.99**e if e < 30 else 0.5, horizon=8)], [3]
+        ),
+        lambda o: fused.PerGroupLR(
+            o, [fused.OneCycleLR(o, 0.5, total_steps=60), fused.CyclicLR(o, 0.01, 0.1, 4, cycle_momentum=False)]
+        ),
     ],
 )
 def test_values_equal_a_real_run_and_leave_the_scheduler_alone(make):

@@ -15,11 +15,10 @@ import itertools
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import TRAJ_TOL, assert_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
-
-from conftest import TRAJ_TOL, assert_close
 
 SHAPES = [(), (1,), (7,), (3, 5), (127,), (2, 3, 4), (1025,)]
 STEPS = 25
@@ -158,7 +157,8 @@ def test_stock_cpu_fused_sgd_is_wrong_for_half_precision(dtype):
     torch.optim.SGD([p], lr=0.1, fused=True).step()
     torch.optim.SGD([q], lr=0.1, foreach=False).step()
     if (p.float() - q.float()).abs().max() < 0.05:
-        pytest.skip("this torch's CPU fused SGD is right for half precision: the foreach workaround in fused_lr.functional.sgd can go")
+        pytest.skip("this torch's CPU fused SGD is right for half precision: "
+                    "the foreach workaround in fused_lr.functional.sgd can go")
     assert (p.float() - q.float()).abs().max() > 0.1
 
 
@@ -168,14 +168,22 @@ def test_frozen_then_unfrozen_param_gets_first_step_buffer():
     Stock SGD(fused=True) raises a TypeError on this pattern (a None buffer beside existing ones);
     FusedSGD, which runs the same fused kernel, sends the late tensor in a first-step call.
     """
-    pa, oa, _, pb, ob, _ = _run_pair(dict(momentum=0.9, dampening=0.3, nesterov=False, weight_decay=0.0, maximize=False),
-                                     torch.float32, "step", steps=UNFREEZE_STEP + 1)
+    pa, oa, _, pb, ob, _ = _run_pair(
+        dict(momentum=0.9, dampening=0.3, nesterov=False, weight_decay=0.0, maximize=False),
+        torch.float32,
+        "step",
+        steps=UNFREEZE_STEP + 1,
+    )
     late_a, late_b = pa[4], pb[4]
     assert oa.state[late_a]["momentum_buffer"] is not None
-    assert_close(ob.state[late_b]["momentum_buffer"], oa.state[late_a]["momentum_buffer"], what="late buffer", **TRAJ_TOL[torch.float32])
+    assert_close(
+        ob.state[late_b]["momentum_buffer"], oa.state[late_a]["momentum_buffer"], what="late buffer", **TRAJ_TOL[torch.float32]
+    )
     # The parameter that never had a gradient has no state and did not move.
     assert pb[-1] not in ob.state
-    stock_fused = torch.optim.SGD([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9, fused=True)
+    stock_fused = torch.optim.SGD(
+        [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9, fused=True
+    )
     p0, p1 = stock_fused.param_groups[0]["params"]
     p0.grad = torch.ones(2)
     stock_fused.step()
@@ -186,13 +194,16 @@ def test_frozen_then_unfrozen_param_gets_first_step_buffer():
 
 def test_complex_params_match_stock():
     g = torch.Generator().manual_seed(3)
-    pa = [torch.nn.Parameter(torch.randn(5, dtype=torch.complex64, generator=g)), torch.nn.Parameter(torch.randn(3, dtype=torch.float32, generator=g))]
+    pa = [
+        torch.nn.Parameter(torch.randn(5, dtype=torch.complex64, generator=g)),
+        torch.nn.Parameter(torch.randn(3, dtype=torch.float32, generator=g)),
+    ]
     pb = copy.deepcopy(pa)
     kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
     oa = torch.optim.SGD(pa, foreach=False, **kw)
     ob = fused_lr.FusedSGD(pb, **kw)
     sa, sb = stock.ExponentialLR(oa, 0.9), fused.ExponentialLR(ob, 0.9)
-    for t in range(20):
+    for _t in range(20):
         grads = [torch.randn(p.shape, dtype=p.dtype, generator=g) for p in pa]
         _set_grads(pa, grads)
         _set_grads(pb, grads)
@@ -210,7 +221,7 @@ def test_same_kernel_as_stock_fused_is_bitwise_equal():
     oa = torch.optim.SGD(pa[:-1], fused=True, **kw)
     ob = fused_lr.FusedSGD(pb[:-1], **kw)
     sa, sb = stock.StepLR(oa, 3, 0.5), fused.StepLR(ob, 3, 0.5)
-    for t in range(12):
+    for _t in range(12):
         grads = [torch.randn(p.shape) for p in pa[:-1]]
         _set_grads(pa[:-1], grads)
         _set_grads(pb[:-1], grads)
@@ -244,7 +255,9 @@ def test_state_dict_midway_continues_exactly(sched_key):
     s_run = getattr(fused, name)(o_run, **kw)
     for t in range(STEPS):
         if t == 12:
-            ckpt = _roundtrip({"model": [p.detach().clone() for p in run], "opt": o_run.state_dict(), "sched": s_run.state_dict()})
+            ckpt = _roundtrip(
+                {"model": [p.detach().clone() for p in run], "opt": o_run.state_dict(), "sched": s_run.state_dict()}
+            )
             run = [torch.nn.Parameter(v) for v in ckpt["model"]]
             o_run = fused_lr.FusedSGD(_groups(run, opts), lr=0.1, **opts)
             s_run = getattr(fused, name)(o_run, **kw)
@@ -358,9 +371,18 @@ def _train(model, opt, sched, steps, per_epoch=1, manual=None):
 
 
 TUTORIALS = {
-    "StepLR(step_size=10, gamma=0.1)": (lambda o: stock.StepLR(o, step_size=10, gamma=0.1), lambda o: fused.StepLR(o, step_size=10, gamma=0.1)),
-    "LambdaLR(0.1 * 0.95 ** epoch)": (lambda o: stock.LambdaLR(o, lambda epoch: 0.1 * 0.95**epoch), lambda o: fused.LambdaLR(o, lambda epoch: 0.1 * 0.95**epoch)),
-    "CosineAnnealingLR(T_max=10)": (lambda o: stock.CosineAnnealingLR(o, T_max=10), lambda o: fused.CosineAnnealingLR(o, T_max=10)),
+    "StepLR(step_size=10, gamma=0.1)": (
+        lambda o: stock.StepLR(o, step_size=10, gamma=0.1),
+        lambda o: fused.StepLR(o, step_size=10, gamma=0.1),
+    ),
+    "LambdaLR(0.1 * 0.95 ** epoch)": (
+        lambda o: stock.LambdaLR(o, lambda epoch: 0.1 * 0.95**epoch),
+        lambda o: fused.LambdaLR(o, lambda epoch: 0.1 * 0.95**epoch),
+    ),
+    "CosineAnnealingLR(T_max=10)": (
+        lambda o: stock.CosineAnnealingLR(o, T_max=10),
+        lambda o: fused.CosineAnnealingLR(o, T_max=10),
+    ),
 }
 
 

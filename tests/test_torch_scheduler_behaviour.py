@@ -30,12 +30,11 @@ import warnings
 import pytest
 import torch
 import torch.optim.lr_scheduler as stock
+from conftest import assert_lrs_close
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
 from fused_lr import schedules as S
-
-from conftest import assert_lrs_close
 
 BASE = (0.1, 0.02)
 

@@ -57,8 +57,8 @@ def _loops(ptx: str) -> list[list[str]]:
 
 
 def _global_accesses(lines: list[str]) -> tuple[list[str], list[str]]:
-    loads = [m.group(0) for l in lines for m in [re.search(r"ld\.global[.\w]*", l)] if m]
-    stores = [m.group(0) for l in lines for m in [re.search(r"st\.global[.\w]*", l)] if m]
+    loads = [m.group(0) for line in lines for m in [re.search(r"ld\.global[.\w]*", line)] if m]
+    stores = [m.group(0) for line in lines for m in [re.search(r"st\.global[.\w]*", line)] if m]
     return loads, stores
 
 
@@ -106,8 +106,8 @@ def _child(out_path: str) -> None:
             entry[str(cc)] = dict(
                 kind="sgd",
                 scaled=spec["constexprs"]["SCALED"],
-                div_rn=any(re.search(r"\bdiv\.rn\.f(32|64)", l) for l in hot),
-                div_approx=any(re.search(r"\bdiv\.(full|approx)\.", l) for l in hot),
+                div_rn=any(re.search(r"\bdiv\.rn\.f(32|64)", line) for line in hot),
+                div_approx=any(re.search(r"\bdiv\.(full|approx)\.", line) for line in hot),
                 loads=loads,
                 stores=stores,
                 itemsize=spec["dtype"].itemsize,

@@ -112,8 +112,9 @@ def test_engine_runs_another_optimizers_kernel(interpreter_results):
 
 def test_kernel_constants_match_schedules():
     """The kernel's duplicated kind codes, columns and DESC_WIDTH equal fused_lr.schedules's."""
-    from fused_lr import schedules as S
     from fused_lr.kernels import schedule as K
+
+    from fused_lr import schedules as S
 
     assert K.DESC_WIDTH.value == S.DESC_WIDTH
     for kind in S.Kind:

@@ -20,13 +20,12 @@ spec next to its functional form (``fused_lr/functional/<name>.py``); the optimi
 (``fused_lr/optim/<name>.py``) names the spec and builds each group's hyper row.
 """
 
+from . import compiled  # noqa: E402,F401  (registers torch.ops.fused_lr.multi_tensor_update)
 from .launch import ClipSpec, DeviceLR, multi_tensor_update
 from .plan import PlanCache
 from .runtime import KERNEL_DTYPES, check_device, interpreting, launch_config, override_launch_config, triton_available
 from .spec import KernelSpec, kernel_specializations, lookup, register, registered
 from .state import EngineState
-
-from . import compiled  # noqa: E402,F401  (registers torch.ops.fused_lr.multi_tensor_update)
 
 __all__ = [
     "KernelSpec",

@@ -12,7 +12,6 @@ as it stands (``advance=0``) and writes nothing back.
 to build the operator schema.)
 """
 
-from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -30,17 +29,17 @@ _CACHE = PlanCache(max_plans=4)
 @torch.library.custom_op("fused_lr::multi_tensor_update", mutates_args=("params", "states", "first_flags", "ticket"))
 def multi_tensor_update_op(
     spec: str,
-    params: List[Tensor],
-    grads: List[Tensor],
-    states: List[Optional[Tensor]],
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[Tensor | None],
     first_flags: Tensor,
     ticket: Tensor,
     desc: Tensor,
     table: Tensor,
     step: Tensor,
-    hyper: List[float],
-    group_index: List[int],
-    slots: List[int],
+    hyper: list[float],
+    group_index: list[int],
+    slots: list[int],
     clear_first: bool,
 ) -> None:
     """One update of ``params`` by the kernel of the registered spec named ``spec`` (see

@@ -219,7 +219,7 @@ def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_fla
             )
         norm.grad_norm_finalize_kernel[(1,)](
             plan.partials,
-            sum(l.n_chunks for l in plan.launches),
+            sum(x.n_chunks for x in plan.launches),
             clip.extra if clip.extra is not None else plan.zero64,
             scale_arg,
             clip.max_norm,

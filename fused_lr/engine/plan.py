@@ -158,9 +158,9 @@ def build_plan(
         launch.grad_addrs = None
         launch.grads_aligned = False
         launch.slots = torch.tensor([flag_slots[i] for i in positions], dtype=torch.int32, device=device)
-        launch.partial_offset = sum(l.n_chunks for l in plan.launches)
+        launch.partial_offset = sum(x.n_chunks for x in plan.launches)
         plan.launches.append(launch)
-    plan.partials = torch.zeros(max(1, sum(l.n_chunks for l in plan.launches)), dtype=torch.float64, device=device)
+    plan.partials = torch.zeros(max(1, sum(x.n_chunks for x in plan.launches)), dtype=torch.float64, device=device)
 
     width = spec.hyper_width()
     rows = [[float(x) for x in h] + [0.0] * (width - len(h)) for h in hyper]

@@ -476,7 +476,10 @@ class ChainedScheduler(_Composite):
             return cached[1]
         groups = self.optimizer.param_groups
         stand_in = torch.optim.SGD(
-            [{"params": [torch.zeros(1)], "lr": base, "momentum": g.get("momentum", 0.0)} for base, g in zip(self.base_lrs, groups)],
+            [
+                {"params": [torch.zeros(1)], "lr": base, "momentum": g.get("momentum", 0.0)}
+                for base, g in zip(self.base_lrs, groups)
+            ],
             lr=1.0,
         )
         with warnings.catch_warnings():
@@ -552,8 +555,9 @@ class PerGroupLR(_Composite):
         n = len(optimizer.param_groups)
         if len(schedulers) != n:
             raise ValueError(f"PerGroupLR needs one scheduler per param group: {n} groups, got {len(schedulers)} schedulers")
-        _check_parts("PerGroupLR", schedulers, optimizer, reject=(PerGroupLR,), label="the scheduler for group {i}",
-                     same_step=True)
+        _check_parts(
+            "PerGroupLR", schedulers, optimizer, reject=(PerGroupLR,), label="the scheduler for group {i}", same_step=True
+        )
         self._group_schedulers = schedulers
         unique: list = []
         for sub in schedulers:
@@ -569,12 +573,12 @@ class PerGroupLR(_Composite):
         self._init_from_parts(optimizer)
         self.base_lrs = [sub.base_lrs[g] for g, sub in enumerate(schedulers)]
 
-
     def _edit_policy(self, group: int, step: int) -> tuple[str, float]:
         return self._group_schedulers[group]._edit_policy(group, step)
 
     def _torch_step_lrs(self, lrs: list[float], epoch: int, initial: bool = False) -> list[float]:
         return [sub._torch_step_lrs(lrs, epoch, initial)[g] for g, sub in enumerate(self._group_schedulers)]
+
     def _describe(self):
         comp = _Composer(len(self._group_schedulers))
         cache: dict[int, Any] = {}
@@ -588,4 +592,12 @@ class PerGroupLR(_Composite):
         self.base_lrs = [sub.base_lrs[g] for g, sub in enumerate(self._group_schedulers)]
 
 
-ChainedScheduler._MULTIPLICATIVE_PARTS = (StepLR, MultiStepLR, ExponentialLR, ConstantLR, LinearLR, PolynomialLR, MultiplicativeLR)
+ChainedScheduler._MULTIPLICATIVE_PARTS = (
+    StepLR,
+    MultiStepLR,
+    ExponentialLR,
+    ConstantLR,
+    LinearLR,
+    PolynomialLR,
+    MultiplicativeLR,
+)

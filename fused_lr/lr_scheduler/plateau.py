@@ -376,7 +376,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         (before anything changes) when ``min_lrs`` does not match the groups and this step reduces."""
         n = len(self._lrs.groups)  # (the alias: see FusedSGD._rebuild_group_data, torch.compile)
         if self._expand is not None and self._expand[0] != n:
-            self.min_lrs  # an expansion pending for the previous group count: settle it (host read)
+            _ = self.min_lrs  # an expansion pending for the previous group count: settle it (host read)
         key = (n, tuple(self._min_lrs), self.default_min_lr)
         if key != self._min_key:
             values = [_real_arg(f"min_lrs[{i}]", v, nonnegative=True) for i, v in enumerate(self._min_lrs)]
@@ -429,13 +429,17 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
         lr = self._lrs.buf
         new_lr = torch.maximum(lr * self.factor, self._min_lrs_t)
         lr.copy_(torch.where(reduce & (lr - new_lr > self.eps), new_lr, lr))
-        self._cooldown_counter.copy_(torch.where(reduce, torch.full_like(self._cooldown_counter, self.cooldown), self._cooldown_counter))
+        cooldown = torch.full_like(self._cooldown_counter, self.cooldown)
+        self._cooldown_counter.copy_(torch.where(reduce, cooldown, self._cooldown_counter))
         self._num_bad.copy_(torch.where(reduce, torch.zeros_like(num_bad), num_bad))
         if self._expand is not None:
             self._expand[1].logical_or_(reduce)
 
+    # torch's state_dict keys. A loaded dict needs all but the last two: mode_worse follows from mode,
+    # default_min_lr is absent from state dicts of torch versions before it existed.
     _STATE_KEYS = ("factor", "min_lrs", "patience", "cooldown", "eps", "last_epoch", "mode", "threshold",
                    "threshold_mode", "best", "cooldown_counter", "num_bad_epochs", "mode_worse", "default_min_lr")
+    _REQUIRED_KEYS = _STATE_KEYS[:-2]
 
     def state_dict(self) -> dict[str, Any]:
         """torch's keys and value types (reads the device state: a sync on an accelerator)."""
@@ -446,9 +450,7 @@ class ReduceLROnPlateau(stock_lr_scheduler.ReduceLROnPlateau):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a fused_lr or stock ReduceLROnPlateau state dict; checks before changing anything."""
-        missing = [k for k in ("factor", "min_lrs", "patience", "cooldown", "eps", "last_epoch", "mode",
-                               "threshold", "threshold_mode", "best", "cooldown_counter", "num_bad_epochs")
-                   if k not in state_dict]
+        missing = [k for k in self._REQUIRED_KEYS if k not in state_dict]
         if missing:
             raise KeyError(f"ReduceLROnPlateau state_dict is missing {missing}")
         probe = ReduceLROnPlateau(

@@ -304,7 +304,7 @@ class UpdateRoutes:
         new_state = []  # (param, key, tensor, group, sharded): stored only once the launch is under way
         new_slots = []
         leftovers = []  # tensors the kernel does not take (layouts it cannot walk flat, exotic dtypes): torch path
-        for gi, (group, (ps, gs, ss)) in enumerate(zip(self._groups, work)):
+        for gi, (_group, (ps, gs, ss)) in enumerate(zip(self._groups, work)):
             keeps = spec.keeps_state(hyper[gi])  # (a cycled momentum lives in the schedule: always kept)
             zeros = found_inf is not None or spec.zero_state(hyper[gi])
             rest = ([], [], [[] for _ in keys])
@@ -423,7 +423,7 @@ class UpdateRoutes:
         eng.ensure(self._device)
         params, grads, slots, gidx = [], [], [], []
         states = [[] for _ in spec.state_lists]
-        for gi, (group, (ps, gs, ss)) in enumerate(zip(self._groups, work)):
+        for gi, (ps, gs, ss) in enumerate(work):
             keeps = spec.keeps_state(hyper[gi])
             for j, (p, g) in enumerate(zip(ps, gs)):
                 bs = [s[j] if (keeps and s) else None for s in ss]
