@@ -3,10 +3,11 @@
 ``multi_tensor_update`` applies one optimizer step (its kernel spec) to flat lists of tensors from
 any number of parameter groups, with each group's learning rate computed on the device from the
 schedule rows (``fused_lr.schedules``) and the step counter. It launches the spec's kernel once per
-storage dtype and reads nothing back from the device. A steady-state call does O(n) C-level work
-(``data_ptr()``/``numel()``/``stride()`` of each tensor to form the plan key, ``is_contiguous()`` of
-each grad: ``map`` calls), a few dict/tuple comparisons and one launch per dtype; no per-tensor
-Python loop and no allocation.
+storage dtype (twice where some of that dtype's tensors are not 16-byte aligned, see ``plan``), on
+the parameters' device (``device_guard``), and reads nothing back from the device. A steady-state
+call does O(n) C-level work (``data_ptr()``/``numel()``/``stride()`` of each tensor to form the plan
+key, an identity check of each grad: ``map`` calls), a few dict/tuple comparisons and the launches;
+no per-tensor Python loop and no allocation.
 
 Gradient clipping (``ClipSpec``): a partials launch per dtype over the plan's grad and chunk tables
 into the plan's float64 partials buffer, then one finalize program (``kernels/grad_norm.py``); the
@@ -21,11 +22,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .. import _device
 from . import runtime
-from .plan import Plan, PlanCache, has_grads, set_grads
+from .plan import Plan, PlanCache, has_grads, note_stream, same_grads, set_grads
 from .spec import KernelSpec
 
-__all__ = ["ClipSpec", "DeviceLR", "multi_tensor_update", "launch"]
+__all__ = ["ClipSpec", "DeviceLR", "multi_tensor_update", "launch", "device_guard"]
 
 
 class ClipSpec(NamedTuple):
@@ -180,17 +182,50 @@ def multi_tensor_update(
     for t, what in extra_tensors:
         if t is not None and t.device != plan.device:
             raise ValueError(f"{what} is on {t.device}, params on {plan.device}")
-    grad_key = tuple(map(Tensor.data_ptr, grads))
-    if not has_grads(plan, grads, grad_key):
-        set_grads(plan, grads, params, grad_key)
+    if not same_grads(plan, grads):
+        grad_key = tuple(map(Tensor.data_ptr, grads))
+        if not has_grads(plan, grads, grad_key):
+            set_grads(plan, grads, params, grad_key)
     return launch(spec, plan, lr, ticket, first_flags, n_groups=len(hyper), clear_first=clear_first,
                   grad_scale=grad_scale, found_inf=found_inf, clip=clip)
 
 
+class _NoGuard:
+    """The device context of a launch that needs no switch (a stand-in for ``torch.cuda.device``)."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_GUARD = _NoGuard()
+
+
+def device_guard(device: torch.device):
+    """A context in which launches go to ``device``: Triton launches on the *current* CUDA device
+    (and its current stream), so parameters on ``cuda:1`` need ``cuda:1`` current. Costs one query
+    when it already is."""
+    if device.type != "cuda" or torch.cuda.current_device() == device.index:
+        return _NO_GUARD
+    return torch.cuda.device(device)
+
+
 def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_flags: Tensor, *, n_groups: int,
            clear_first: bool, grad_scale: Tensor | None, found_inf: Tensor | None, clip: ClipSpec | None) -> bool:
-    """Launch ``plan`` (its grads already set; arguments checked); see ``multi_tensor_update``."""
-    cfg = runtime.launch_config()
+    """Launch ``plan`` (its grads already set; arguments checked), on the plan's device; see
+    ``multi_tensor_update``. Inside a CUDA-graph capture, the plan's tables are pinned first (the
+    caller pins what it passes in)."""
+    with device_guard(plan.device):
+        if _device.capturing(plan.device):
+            plan.pin()
+        note_stream(plan)
+        return _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_scale, found_inf, clip)
+
+
+def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_scale, found_inf, clip) -> bool:
+    cfg = plan.cfg
     kernel = spec.jit()
     compute_dtype = runtime.mt_kernels.compute_dtype
     desc, table, step, advance, lr_out = lr
@@ -203,20 +238,21 @@ def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_fla
         norm = runtime.norm_kernels
         for part in plan.launches:
             tl_dtype = runtime.triton_dtype(part.dtype)
-            norm.grad_norm_partials_kernel[(part.n_chunks,)](
-                part.grad_addrs,
-                part.numels,
-                part.chunks,
-                plan.partials,
-                part.partial_offset,
-                DTYPE=tl_dtype,
-                COMPUTE_DTYPE=compute_dtype(tl_dtype),
-                ALIGNED=part.grads_aligned,
-                NORM_INF=bool(clip.norm_inf),
-                BLOCK_SIZE=cfg["BLOCK_SIZE"],
-                CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-                num_warps=cfg["num_warps"],
-            )
+            for aligned, chunks, programs, offset in part.parts:
+                norm.grad_norm_partials_kernel[(programs,)](
+                    part.grad_addrs,
+                    part.numels,
+                    chunks,
+                    plan.partials,
+                    offset,
+                    DTYPE=tl_dtype,
+                    COMPUTE_DTYPE=compute_dtype(tl_dtype),
+                    ALIGNED=aligned,
+                    NORM_INF=bool(clip.norm_inf),
+                    BLOCK_SIZE=cfg["BLOCK_SIZE"],
+                    CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
+                    num_warps=cfg["num_warps"],
+                )
         norm.grad_norm_finalize_kernel[(1,)](
             plan.partials,
             sum(x.n_chunks for x in plan.launches),
@@ -233,42 +269,46 @@ def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_fla
     if clip is not None and clip.check is not None:
         clip.check(clip.norm_out)
     # Launches run in stream order: only the last one advances the counter, so the earlier ones
-    # (other dtypes) read it unchanged.
+    # (other dtypes, or the misaligned tensors of a dtype) read it unchanged. A dtype split in two
+    # launches clears its first-step flags (all of them: its tables are shared) in the second one,
+    # so that the first does not clear the flags the second still reads.
     last = len(plan.launches) - 1
     for k, part in enumerate(plan.launches):
-        write_back = 1 if (lr_out is not None and k == last) else 0
         tl_dtype = runtime.triton_dtype(part.dtype)
-        kernel[(part.n_chunks,)](
-            part.param_addrs,
-            part.grad_addrs,
-            *part.state_addrs,
-            part.numels,
-            part.groups,
-            first_flags,
-            part.slots,
-            part.chunks,
-            plan.hyper_table,
-            step,
-            desc,
-            table,
-            table.numel(),
-            int(advance),
-            lr_out if lr_out is not None else desc,
-            ticket,
-            n_groups,
-            write_back,
-            len(part.positions),
-            1 if clear_first else 0,
-            scale_arg,
-            inf_arg,
-            coef_arg,
-            DTYPE=tl_dtype,
-            COMPUTE_DTYPE=compute_dtype(tl_dtype),
-            ALIGNED=part.static_aligned and part.grads_aligned,
-            SCALED=scaled,
-            BLOCK_SIZE=cfg["BLOCK_SIZE"],
-            CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-            num_warps=cfg["num_warps"],
-            enable_fp_fusion=cfg["enable_fp_fusion"],
-        )
+        last_part = len(part.parts) - 1
+        for j, (aligned, chunks, programs, _) in enumerate(part.parts):
+            write_back = 1 if (lr_out is not None and k == last and j == last_part) else 0
+            kernel[(programs,)](
+                part.param_addrs,
+                part.grad_addrs,
+                *part.state_addrs,
+                part.numels,
+                part.groups,
+                first_flags,
+                part.slots,
+                chunks,
+                plan.hyper_table,
+                step,
+                desc,
+                table,
+                table.numel(),
+                int(advance),
+                lr_out if lr_out is not None else desc,
+                ticket,
+                n_groups,
+                write_back,
+                len(part.positions),
+                1 if (clear_first and j == last_part) else 0,
+                scale_arg,
+                inf_arg,
+                coef_arg,
+                DTYPE=tl_dtype,
+                COMPUTE_DTYPE=compute_dtype(tl_dtype),
+                ALIGNED=aligned,
+                SCALED=scaled,
+                BLOCK_SIZE=cfg["BLOCK_SIZE"],
+                CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
+                num_warps=cfg["num_warps"],
+                enable_fp_fusion=cfg["enable_fp_fusion"],
+            )
     return lr_out is not None and bool(plan.launches)

@@ -8,42 +8,80 @@ First-step flags: one int8 flag per parameter (``slot_of``: its index in the fla
 ``param_groups`` order, the index ``state_dict`` gives it), on the device, set when the parameter's
 state tensors are allocated and cleared by the kernel once the update really happened (an
 AMP-skipped first step leaves it set). ``flags_maybe_set`` holds the slots whose flag may be 1: while
-it is empty the kernel is told not to clear flags, and takes no ticket for it.
+it is empty the kernel is told not to clear flags, and takes no ticket for it. A step without AMP
+empties it for the tensors it updated; with AMP (whether the step was skipped is known only on the
+device) the flags are copied to the host asynchronously after the step, and the slots the copy saw
+cleared are dropped once it has arrived (an event query, never a wait): steady-state AMP steps then
+take no ticket and run no flag loop.
 
 Steady state: after a step in which every parameter took the kernel, the plan and what it relied on
-are remembered (``Steady``); ``steady_update`` repeats such a step in O(1) Python work per tensor,
-or declines (changing nothing) when anything differs.
+are remembered (``Steady``); ``steady_update`` repeats such a step in O(1) Python work per tensor
+(each parameter's grad read and checked by identity, its address compared), or declines (changing
+nothing) when anything differs. Changed hyper-parameters (a stock scheduler cycling a group's
+momentum) only rewrite the plan's hyper table, asynchronously.
+
+Schedules: a scheduler step on the Triton path advances the device counter at once (one tiny
+launch, so a launch captured in a CUDA graph, or replayed, always reads the current counter) and
+leaves the LR buffer to the next update kernel, which writes it back (``device_lr`` /
+``finish_schedule``); inside a capture every launch writes it back.
+
+CUDA graphs: whatever a captured launch references (ticket, flags, schedule tensors, the LR buffer,
+the plan's tables) is pinned here or in the plan, so that it outlives the graph's replays.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from .. import _device
 from .. import schedules as _schedules
 from .._layout import same_strides
 from .launch import ClipSpec, DeviceLR, launch, multi_tensor_update
-from .plan import Plan, PlanCache, has_grads, set_grads, upload
+from .plan import Plan, PlanCache, has_grads, same_grads, set_grads, set_hyper
 from .spec import KernelSpec
 
 __all__ = ["EngineState", "Steady"]
 
 _DIRECT_LR = _schedules.col(_schedules.Kind.DIRECT, "lr")
+_GRAD = operator.attrgetter("grad")
 
 
-class Steady(NamedTuple):
+class Steady:
     """What a steady-state step relies on (see ``EngineState.steady_update``)."""
 
-    groups: tuple  # (id, len) of each group's params list
-    params: list  # every parameter, in kernel order
-    param_key: tuple  # their data_ptr()s
-    schedule: Any  # the DeviceSchedule the plan ran with (or None)
-    hyper: tuple  # each group's hyper row
-    plan: Plan  # the cached launch plan (addresses, chunks, buffers)
-    norm_dtype: torch.dtype  # dtype of the total grad norm (clipping)
+    __slots__ = ("groups", "params", "param_key", "schedule", "keeps", "plan", "norm_dtype")
+
+    def __init__(self, groups: tuple, params: list, schedule, keeps: tuple, plan: Plan, norm_dtype: torch.dtype) -> None:
+        self.groups = groups  # (id, len) of each group's params list
+        self.params = params  # every parameter, in kernel order
+        self.param_key = tuple(map(Tensor.data_ptr, params))  # their addresses
+        self.schedule = schedule  # the DeviceSchedule the plan ran with (or None)
+        self.keeps = keeps  # which groups keep state (the plan's state tables depend on it)
+        self.plan = plan  # the cached launch plan (addresses, chunks, buffers)
+        self.norm_dtype = norm_dtype  # dtype of the total grad norm (clipping)
+
+
+class _AsyncRead:
+    """A device tensor copied to the host without waiting (pinned memory and an event on an
+    accelerator; ``poll()`` gives the values once the event has completed, else None)."""
+
+    def __init__(self, t: Tensor) -> None:
+        if t.device.type == "cpu":
+            self._host, self._event = t.clone(), None
+            return
+        self._host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        self._host.copy_(t, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+
+    def poll(self) -> list | None:
+        if self._event is not None and not self._event.query():
+            return None
+        return self._host.tolist()
 
 
 class EngineState:
@@ -57,10 +95,13 @@ class EngineState:
         self.first_flags: Tensor | None = None  # int8 [n params]
         self.slot_of: dict[int, int] = {}  # id(param) -> its flag slot
         self.flags_maybe_set: set[int] = set()
+        self._flag_read: _AsyncRead | None = None  # an AMP step's flags, on their way to the host
+        self._set_since_read: set[int] = set()  # slots flagged after that read was issued
         self.identity = None  # without a device schedule: KIND_DIRECT rows that read the LR buffer
         self.max_norm: Tensor | None = None  # float64 [1] max_grad_norm
         self.clip_out: dict[torch.dtype, tuple[Tensor, Tensor]] = {}  # norm dtype -> (norm_out, clip_coef)
         self.steady: Steady | None = None
+        self.pinned: dict[int, Tensor] = {}  # id -> tensor a captured launch references: never freed
 
     # ------------------------------------------------------------------ first-step flags
 
@@ -70,6 +111,7 @@ class EngineState:
         old = self.slot_of
         new = {id(p): i for i, p in enumerate(flat_params)}
         self.slot_of = new
+        self._flag_read = None  # (slots of the old numbering)
         flags = self.first_flags
         if flags is None:
             return
@@ -93,6 +135,7 @@ class EngineState:
         if self.first_flags is not None:
             self.first_flags.zero_()
         self.flags_maybe_set = set()
+        self._flag_read = None
 
     def take_first_step(self, p: Tensor) -> bool:
         """Whether ``p``'s state was allocated on steps AMP skipped (so holds no history yet); clears
@@ -107,6 +150,28 @@ class EngineState:
         """The flags as host ints, by slot (one device read)."""
         return self.first_flags.tolist() if self.first_flags is not None else []
 
+    def _flags_set(self, slots: Sequence[int]) -> None:
+        self.flags_maybe_set.update(slots)
+        if self._flag_read is not None:
+            self._set_since_read.update(slots)
+
+    def _poll_flags(self) -> None:
+        """Drop the slots an arrived read of the flags saw cleared (flags go from 1 to 0 only in the
+        kernel; the host sets them, and remembers those set after the read was issued)."""
+        values = self._flag_read.poll()
+        if values is None:
+            return
+        keep = self._set_since_read
+        self.flags_maybe_set = {s for s in self.flags_maybe_set if s in keep or values[s]}
+        self._flag_read = None
+
+    def _after_amp_step(self, found_inf: Tensor | None) -> None:
+        """After an update that AMP may have skipped (``found_inf`` given): read the flags later."""
+        if found_inf is not None and self.flags_maybe_set and self._flag_read is None:
+            if not _device.capturing(self.first_flags.device):
+                self._flag_read = _AsyncRead(self.first_flags)
+                self._set_since_read = set()
+
     def ensure(self, device: torch.device) -> None:
         """The ticket, the plan cache and the flags exist (made on ``device`` at the first update)."""
         if self.ticket is None:
@@ -117,13 +182,15 @@ class EngineState:
 
     # ------------------------------------------------------------------ LR and clipping arguments
 
-    def device_lr(self, schedule, lr_buf: Tensor, n_groups: int) -> DeviceLR:
-        """Where the kernel takes the LRs: the attached device schedule, with its deferred steps
-        applied (the LRs it writes back land in ``lr_buf``); without one, rows that read ``lr_buf``.
-        Pair with ``finish_schedule`` after the launches."""
+    def device_lr(self, schedule, lr_buf: Tensor, n_groups: int, capturing: bool = False) -> DeviceLR:
+        """Where the kernel takes the LRs: the attached device schedule at its counter (the kernel
+        writes the LRs back into ``lr_buf`` when scheduler steps were taken since it was last
+        written, and always inside a capture); without one, rows that read ``lr_buf``. Pair with
+        ``finish_schedule`` after the launches."""
         if schedule is not None:
-            advance = schedule.begin_update()
-            return DeviceLR(schedule.desc, schedule.table, schedule.counter, advance, lr_buf if advance else None)
+            stale = schedule.begin_update()
+            return DeviceLR(schedule.desc, schedule.table, schedule.counter, 0,
+                            lr_buf if (stale or capturing) else None)
         ident = self.identity
         if ident is None or ident.desc.shape[0] != n_groups:
             ident = _schedules.DeviceSchedule(lr_buf.device)
@@ -133,11 +200,20 @@ class EngineState:
         return DeviceLR(ident.desc, ident.table, ident.counter)
 
     @staticmethod
-    def finish_schedule(schedule, lr_buf: Tensor, lr: DeviceLR, wrote: bool) -> None:
-        """After the launches: the schedule's deferred steps are applied (by the kernel's write-back,
-        or here with torch ops when no launch wrote back)."""
-        if schedule is not None and lr.advance:
+    def finish_schedule(schedule, lr_buf: Tensor, lr: DeviceLR, wrote: bool, capturing: bool = False) -> None:
+        """After the launches: ``lr_buf`` holds the LRs at the counter (written back by the kernel,
+        or here with torch ops when no launch wrote back). Inside a capture the write-back runs only
+        when the graph replays: eager steps still see ``lr_buf`` as stale."""
+        if schedule is None or lr.lr_out is None or (capturing and wrote):
+            return
+        if schedule.pending or not wrote:
             schedule.end_update(wrote, lr_buf)
+
+    def pin(self, lr: DeviceLR, *more: Tensor | None) -> None:
+        """A launch is being captured: what it reads and writes outside its plan stays alive."""
+        for t in (self.ticket, self.first_flags, *lr[:3], lr.lr_out, *more):
+            if t is not None:
+                self.pinned.setdefault(id(t), t)
 
     def clip_spec(self, device: torch.device, max_grad_norm: float, norm_inf: bool, norm_dtype: torch.dtype, *,
                   extra: Tensor | None = None, check=None, create: bool = True) -> ClipSpec | None:
@@ -175,13 +251,18 @@ class EngineState:
         raises, the flags are as they were."""
         device = params[0].device
         self.ensure(device)
+        if self._flag_read is not None:
+            self._poll_flags()
+        capturing = _device.capturing(device)
+        if capturing:
+            self.pin(lr, grad_scale, found_inf, *(clip[:1] + clip[2:4] if clip is not None else ()))
         if new_slots:
             # (Uploaded through pinned memory, asynchronously: no host sync on CUDA.)
-            idx = upload(new_slots, torch.int64, device)
+            idx = _device.upload(new_slots, torch.int64, device)
             checked = clip is not None and clip.check is not None
             flags_before = self.first_flags.clone() if checked else None
             self.first_flags.index_fill_(0, idx, 1)
-            self.flags_maybe_set.update(new_slots)
+            self._flags_set(new_slots)
         try:
             wrote = multi_tensor_update(
                 self.spec, params, grads, states, group_index, hyper, lr,
@@ -193,21 +274,24 @@ class EngineState:
                 self.first_flags.copy_(flags_before)
                 self.flags_maybe_set.difference_update(new_slots)
             raise
-        if self.flags_maybe_set and found_inf is None:
-            self.flags_maybe_set.difference_update(slots)  # the update happened: the kernel cleared them
+        if self.flags_maybe_set:
+            if found_inf is None:
+                self.flags_maybe_set.difference_update(slots)  # the update happened: the kernel cleared them
+            else:
+                self._after_amp_step(found_inf)
         return wrote
 
     def remember(self, groups: Sequence[dict], params: list[Tensor], states, slots, group_index, hyper, schedule,
                  norm_dtype: torch.dtype) -> None:
         """Every parameter of ``groups`` took the kernel (as real tensors) in the update just made:
         the next steps may repeat it through ``steady_update``."""
+        plan = self.cache.get(self.spec, params, states, tuple(group_index), hyper, tuple(slots))
         self.steady = Steady(
             groups=tuple((id(g["params"]), len(g["params"])) for g in groups),
             params=params,
-            param_key=tuple(map(Tensor.data_ptr, params)),
             schedule=schedule,
-            hyper=hyper,
-            plan=self.cache.get(self.spec, params, states, tuple(group_index), hyper, tuple(slots)),
+            keeps=tuple(map(self.spec.keeps_state, hyper)),
+            plan=plan,
             norm_dtype=norm_dtype,
         )
 
@@ -223,8 +307,9 @@ class EngineState:
         clip: ClipSpec | None,
     ) -> bool:
         """The remembered update again, if it still applies: the same groups and parameters, all with
-        grads, the same schedule, hyper rows and buffers (AMP and clipping included; ``clip`` is
-        built for ``steady.norm_dtype``). Checks, then launches the cached plan. Returns False
+        grads, the same schedule, which groups keep state, the same buffers (AMP and clipping
+        included; ``clip`` is built for ``steady.norm_dtype``). Checks, then launches the cached
+        plan (new hyper rows rewrite its hyper table, new grads its grad table). Returns False
         (having changed nothing) when anything differs, and the full step must run instead (which
         also raises the precise error for a bad gradient)."""
         f = self.steady
@@ -232,26 +317,40 @@ class EngineState:
             id(g["params"]) != ident or len(g["params"]) != n for g, (ident, n) in zip(groups, f.groups)
         ):
             return False
-        if schedule is not f.schedule or hyper != f.hyper:
-            return False
-        params = f.params
-        grads = [p.grad for p in params]
-        try:
-            grad_key = tuple(map(Tensor.data_ptr, grads))  # TypeError on a None grad
-            if tuple(map(Tensor.data_ptr, params)) != f.param_key:
-                return False  # a parameter's storage was replaced (p.data = ..., .half())
-        except (TypeError, RuntimeError):
+        if schedule is not f.schedule:
             return False
         plan = f.plan
-        if not has_grads(plan, grads, grad_key):
-            for p, g in zip(params, grads):
-                if g.is_sparse or g.dtype is not p.dtype or g.shape != p.shape or not same_strides(g, p):
-                    return False
-            set_grads(plan, grads, params, grad_key)
-        lr = self.device_lr(schedule, lr_buf, len(groups))
+        new_hyper = hyper != plan.hyper
+        if new_hyper and tuple(map(self.spec.keeps_state, hyper)) != f.keeps:
+            return False  # state tensors join or leave the tables: the full step rebuilds them
+        params = f.params
+        grads = list(map(_GRAD, params))
+        if tuple(map(Tensor.data_ptr, params)) != f.param_key:
+            return False  # a parameter's storage was replaced (p.data = ..., .half())
+        if not same_grads(plan, grads):
+            try:
+                grad_key = tuple(map(Tensor.data_ptr, grads))  # TypeError on a None grad, RuntimeError on a sparse one
+            except (TypeError, RuntimeError):
+                return False
+            if not has_grads(plan, grads, grad_key):
+                for p, g in zip(params, grads):
+                    if g.is_sparse or g.dtype is not p.dtype or g.shape != p.shape or not same_strides(g, p):
+                        return False
+                set_grads(plan, grads, params, grad_key)
+        capturing = _device.capturing(plan.device)
+        if new_hyper:
+            set_hyper(plan, self.spec, hyper)  # (a stock scheduler cycling momentum: data, not a new plan)
+        if self._flag_read is not None:
+            self._poll_flags()
+        lr = self.device_lr(schedule, lr_buf, len(groups), capturing)
+        if capturing:
+            self.pin(lr, grad_scale, found_inf, *(clip[:1] + clip[2:4] if clip is not None else ()))
         wrote = launch(self.spec, plan, lr, self.ticket, self.first_flags, n_groups=len(groups),
                        clear_first=bool(self.flags_maybe_set), grad_scale=grad_scale, found_inf=found_inf, clip=clip)
-        if self.flags_maybe_set and found_inf is None:
-            self.flags_maybe_set.clear()  # the update happened for every parameter: flags cleared
-        self.finish_schedule(schedule, lr_buf, lr, wrote)
+        if self.flags_maybe_set:
+            if found_inf is None:
+                self.flags_maybe_set.clear()  # the update happened for every parameter: flags cleared
+            else:
+                self._after_amp_step(found_inf)
+        self.finish_schedule(schedule, lr_buf, lr, wrote, capturing)
         return True

@@ -129,8 +129,7 @@ class WarmupStableDecayLR(_EditableMixin, _FusedLRScheduler):
         self.total_steps = self.last_epoch + self.decay_steps  # the host's view, for state_dict
         self._sched.desc_host[:, S.col(self._kind, "decay_start")] = float(self.last_epoch)
         sched = self._sched
-        # On the Triton path the counter may lag the host by deferred steps the next kernel applies.
-        self._edit_column("decay_start", sched.counter + sched.pending if sched.pending else sched.counter)
+        self._edit_column("decay_start", sched.counter)  # (current on every path: scheduler steps advance it at once)
 
     def set_total_steps(self, total_steps: int) -> None:
         """End the cooldown at ``total_steps`` (it starts ``decay_steps`` earlier)."""

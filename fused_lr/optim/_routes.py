@@ -18,12 +18,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import engine
+from .. import _device, engine
 from .._layout import flat_ok, is_dense, overlaps_itself
 from ..functional.clip import grad_norm_torch, norm_dtype, scaled_grads
 from ._dtensor import dtensor_type, like_param, local
 
 __all__ = ["UpdateRoutes"]
+
+CAPTURE_NEW_STATE = (
+    "fused_lr: this step would create state tensors (a parameter's first step with state) while a CUDA graph "
+    "is being captured; state is allocated and flagged from the host. Run the step eagerly first (torch's "
+    "recipe: a few warm-up iterations on a side stream before capturing), so that every parameter that "
+    "will have a gradient in the graph has its state."
+)
 
 
 def _flat(p: Tensor, g: Tensor, states: list) -> bool:
@@ -352,7 +359,10 @@ class UpdateRoutes:
                 sched.end_update(False, self._lr_buf)  # no kernel applies the deferred steps
             self._step_torch(leftovers, grad_scale, found_inf)
             return
-        lr = eng.device_lr(sched, self._lr_buf, len(self._groups))
+        capturing = _device.capturing(self._device)
+        if capturing and new_state:
+            raise RuntimeError(CAPTURE_NEW_STATE)
+        lr = eng.device_lr(sched, self._lr_buf, len(self._groups), capturing)
         clip = None
         if clipping:
             left_grads = [g for r in leftovers for g in r[1]]
@@ -370,7 +380,7 @@ class UpdateRoutes:
             self._state_cache.pop(gi, None)
         if clip is not None:
             self.last_grad_norm = clip.norm_out.clone().reshape(())
-        eng.finish_schedule(sched, self._lr_buf, lr, wrote)
+        eng.finish_schedule(sched, self._lr_buf, lr, wrote, capturing)
         if has_leftovers:
             # After the kernel: it wrote back the LR the step used, which the torch path reads.
             coef_t = None if clip is None else clip.clip_coef.reshape(()).to(clip.norm_out.dtype)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .. import engine
+from .. import _device, engine
 from .._lr_state import GroupLRs
 from ._args import split_named, validate_clip
 from ._dtensor import has_dtensor
@@ -32,6 +32,13 @@ from ._routes import UpdateRoutes
 __all__ = ["FusedOptimizer"]
 
 _BACKENDS = ("auto", "torch", "triton")
+
+
+CAPTURE_NONFINITE = (
+    "fused_lr: error_if_nonfinite=True reads the gradient norm on the host, which a CUDA graph being captured "
+    "cannot do. Construct the optimizer with error_if_nonfinite=False for a captured step (check "
+    "opt.last_grad_norm after a replay instead, e.g. torch.isfinite(opt.last_grad_norm))."
+)
 
 
 class FusedOptimizer(UpdateRoutes, Optimizer):
@@ -463,6 +470,9 @@ class FusedOptimizer(UpdateRoutes, Optimizer):
             )
         self._check_amp_tensor(grad_scale, "grad_scale")
         self._check_amp_tensor(found_inf, "found_inf")
+        capturing = self._device is not None and _device.capturing(self._device)
+        if capturing and self.error_if_nonfinite and self.max_grad_norm is not None:
+            raise RuntimeError(CAPTURE_NONFINITE)
         # 0-dim views (same storage): a one-element [1] tensor is accepted too.
         grad_scale = None if grad_scale is None else grad_scale.reshape(())
         found_inf = None if found_inf is None else found_inf.reshape(())

@@ -1,5 +1,5 @@
 """``DeviceSchedule``: one optimizer's schedule on its device (rows, table, int64 step counter),
-the host's CPU mirror of it, and the deferral protocol of the Triton path."""
+the host's CPU mirror of it, and the update protocol of the Triton path."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .. import _device
 from .lambdas import eval_lambda_on_device
 from .lr_at import lr_at, lr_table
 from .rows import DESC_WIDTH, EDIT_COLS, Col, Kind, col
@@ -22,11 +23,14 @@ _INT64_MAX = 2**63 - 1
 def _copy_to_device(dst: Tensor, src: Tensor) -> None:
     """``dst.copy_(src)`` from host memory without blocking the host on an accelerator: the values
     go through a pinned staging tensor (the caching host allocator keeps it alive until the copy
-    has run), so the host never waits for the device's queue."""
-    if dst.device.type == "cpu":
-        dst.copy_(src)
-    else:
-        dst.copy_(src.pin_memory(), non_blocking=True)
+    has run), so the host never waits for the device's queue. Not inside a CUDA-graph capture."""
+    if _device.capturing(dst.device):
+        raise RuntimeError(
+            "fused_lr: a schedule was edited (an assigned LR, a composed scheduler moved, a cooldown started) "
+            "while a CUDA graph is being captured; its rows are uploaded from the host, which a capture cannot "
+            "hold. Edit the schedule outside the captured region."
+        )
+    _device.copy_into(dst, src)
 
 
 class DeviceSchedule:
@@ -39,11 +43,13 @@ class DeviceSchedule:
     ``direct_fns`` maps a group index to a LambdaLR callable evaluated on the device counter
     (``Kind.DIRECT`` rows): ``write_lr`` stores ``base_lr * fn(t)`` in the row's ``lr`` column.
 
-    The deferral protocol (the Triton path): a scheduler step on the host only counts a pending
-    step (``defer_advance``); the next update kernel evaluates the LR at ``counter + pending``,
-    advances the counter and writes the LRs. The optimizer brackets each update with
-    ``begin_update()`` (returns the pending steps the kernel is to apply) and
-    ``end_update(applied, lr_buf)`` (whether the kernel applied them; if not, torch ops do).
+    The update protocol (the Triton path): a scheduler step advances the counter at once on the
+    device (``defer_advance``: one tiny launch, capturable, so a launch captured in a CUDA graph
+    reads the counter at replay time whether the scheduler steps inside or outside the graph) and
+    leaves the LR buffer for the next update kernel to write back (``pending`` counts those steps).
+    The optimizer brackets each update with ``begin_update()`` (returns ``pending``: whether the
+    kernel is to write the LRs back) and ``end_update(applied, lr_buf)`` (whether it did; if not,
+    torch ops write them).
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -59,11 +65,11 @@ class DeviceSchedule:
         self.momentum_rows: dict[int, int] = {}
         self.edited = False  # some group row has a non-empty edit (see set_edit)
         self.dirty = False  # desc_host changed since desc was last copied (see set_starts_host)
-        # Scheduler steps taken on the host but not yet applied to ``counter``: on the Triton path
-        # the next update kernel applies them (one launch for opt.step() + sched.step()).
+        # Scheduler steps taken since the LR buffer was last written: on the Triton path the next
+        # update kernel writes it back (the counter itself is already advanced).
         self.pending = 0
-        # The counter's value as the host knows it (kept beside every change the host makes or
-        # asks a kernel to make): a CPU device answers its LRs without reading the counter.
+        # The counter's value as the host knows it (kept beside every change the host makes): a
+        # CPU device answers its LRs without reading the counter.
         self.host_step = 0
         # CPU mirror values for a block of steps (start, [block, rows] tensor, the same as lists):
         # the host answers get_last_lr(), momenta and (on a CPU device) the LR itself from it.
@@ -190,7 +196,7 @@ class DeviceSchedule:
         device counter)."""
         if self.direct_fns or torch.compiler.is_compiling():
             return False
-        return self.device.type == "cpu" or (self.device.type == "cuda" and not torch.cuda.is_current_stream_capturing())
+        return self.device.type in ("cpu", "cuda") and not _device.capturing(self.device)
 
     def set_step(self, step: int) -> None:
         self.counter.fill_(step)
@@ -202,38 +208,39 @@ class DeviceSchedule:
         self.host_step += 1
 
     def kernel_applied(self) -> None:
-        """The update kernel advanced the counter by the pending steps and wrote the LRs."""
-        self.host_step += self.pending
+        """The update kernel wrote the LRs at the counter back."""
         self.pending = 0
 
     def defer_advance(self) -> None:
-        """Count a scheduler step for the next update kernel to apply; no device work, except
-        re-evaluating device-mode lambdas (``Kind.DIRECT`` rows) at the step the kernel will use."""
+        """A scheduler step on the Triton path: the counter advances on the device now (one tiny
+        launch, no host read, capturable); the LRs are left for the next update kernel to write
+        (``pending``), and device-mode lambdas (``Kind.DIRECT`` rows) are re-evaluated at the new
+        counter (torch ops)."""
+        self.counter.add_(1)
+        self.host_step += 1
         self.pending += 1
         if self.direct_fns:
-            self._direct_values(self.desc, self.counter + self.pending)
+            self._direct_values(self.desc, self.counter)
 
     def begin_update(self) -> int:
-        """Before an update kernel reads the schedule: the description is on the device, and the
-        steps the kernel is to apply (evaluate the LR at ``counter + pending``, then advance)."""
+        """Before an update kernel reads the schedule: the description is on the device; returns
+        the scheduler steps since the LRs were last written (nonzero: the kernel is to write them
+        back)."""
         if self.dirty:
             self.sync()
         return self.pending
 
     def end_update(self, applied: bool, lr_buf: Tensor) -> None:
-        """After the update: the kernel applied the pending steps and wrote the LRs (``applied``),
-        or no kernel did and torch ops do it now."""
+        """After the update: the kernel wrote the LRs back (``applied``), or no kernel did and
+        torch ops write them now."""
         if applied:
             self.kernel_applied()
         else:
             self.apply_pending(lr_buf)
 
     def apply_pending(self, lr_buf: Tensor) -> None:
-        """Apply deferred steps with torch ops (when no kernel ran to apply them)."""
-        if self.pending:
-            self.counter.add_(self.pending)
-            self.host_step += self.pending
-            self.pending = 0
+        """Write the LRs at the counter with torch ops (when no kernel ran to write them back)."""
+        self.pending = 0
         self.write_lr(lr_buf)
 
     def write_lr(self, lr_buf: Tensor) -> None:
@@ -245,7 +252,7 @@ class DeviceSchedule:
             values = blk[1]
             if self.device.type != "cpu":
                 if blk[3][0] is None:  # the block on the device: one asynchronous upload per block
-                    blk[3][0] = values.pin_memory().to(self.device, non_blocking=True)
+                    blk[3][0] = _device.to_device(values.clone(), self.device)
                 values = blk[3][0]
             lr_buf.copy_(values[k, : self.n_groups])
             return

@@ -1,0 +1,70 @@
+"""CUDA-graph capture, simulated on CPU (``fused_lr._device.capturing`` patched).
+
+The Triton path's capture behaviour runs in a child process under Triton's interpreter
+(tests/_capture_subprocess.py, with an emulated graph: see its docstring): both of torch's recipes
+(whole step captured; only ``opt.step()`` captured with ``sched.step()`` eager) match stock torch
+replay after replay (no frozen and no double-advanced LR), tables a captured launch reads outlive
+eager churn, and work a capture cannot hold is refused with an error naming the fix. The
+``_device`` upload rules and the optimizer-level refusal are checked here, in process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fused_lr
+from fused_lr import _device
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_upload_inside_a_capture_is_owned_or_refused(monkeypatch):
+    """While capturing, an upload's pinned staging tensor goes to its owner's ``keep`` list (the
+    graph's copy node reads it at every replay); without an owner the upload is refused, and so is
+    a schedule edit (its rows are uploaded from the host)."""
+    monkeypatch.setattr(_device, "capturing", lambda device: True)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self.clone())  # (CPU build: no pinned memory)
+    meta = torch.device("meta")
+    keep: list = []
+    out = _device.upload([1, 2, 3], torch.int64, meta, keep)
+    assert out.device == meta and out.shape == (3,) and len(keep) == 1 and keep[0].tolist() == [1, 2, 3]
+    with pytest.raises(RuntimeError, match="owner"):
+        _device.upload([1, 2, 3], torch.int64, meta)
+    from fused_lr.schedules import device as sched_device
+
+    dst = torch.empty(2, device=meta)
+    with pytest.raises(RuntimeError, match="outside the captured region"):
+        sched_device._copy_to_device(dst, torch.ones(2))
+
+
+def test_error_if_nonfinite_under_capture_is_a_clear_error(monkeypatch):
+    """error_if_nonfinite reads the norm on the host: under a capture the step refuses before
+    changing anything, naming the fix (both backends: the check is the optimizer's)."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = fused_lr.FusedSGD([p], lr=0.1, momentum=0.9, backend="torch", max_grad_norm=1.0, error_if_nonfinite=True)
+    p.grad = torch.ones(4)
+    opt.step()
+    before, buf = p.detach().clone(), opt.state[p]["momentum_buffer"].clone()
+    monkeypatch.setattr(_device, "capturing", lambda device: True)
+    with pytest.raises(RuntimeError, match="error_if_nonfinite=False"):
+        opt.step()
+    assert torch.equal(p, before) and torch.equal(opt.state[p]["momentum_buffer"], buf)
+
+
+def test_triton_path_under_an_emulated_capture():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cases = ["capture_errors", "whole_step", "opt_step_only", "ownership"]
+    proc = subprocess.run([sys.executable, str(HERE / "_capture_subprocess.py"), *cases], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"failed under the interpreter:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}", pytrace=False)
+    for case in cases:
+        assert f"{case}: ok" in proc.stdout
