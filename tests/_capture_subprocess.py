@@ -348,6 +348,101 @@ def case_capture_errors():
         GRAPH = None
 
 
+def case_device_guard():
+    """Every Triton launch (update and norm kernels) is issued with the parameters' CUDA device
+    current, whichever device was current before, and the previous one is current again after
+    the step. Simulated: the plans claim ``cuda:1`` and ``torch.cuda.current_device`` /
+    ``torch.cuda.device`` are stubs that track a fake current device; each launch records it."""
+    from fused_lr.kernels import sgd as K
+
+    from fused_lr.engine import launch as launch_mod
+
+    current = [0]
+    seen = []
+
+    class FakeDevice:
+        def __init__(self, device):
+            self.index = torch.device(device).index
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.index
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    cls = type(K.sgd_kernel)
+    inner = cls.__getitem__
+
+    def getitem(fn, grid):
+        seen.append((fn.__name__ if hasattr(fn, "__name__") else str(fn), current[0]))
+        return inner(fn, grid)
+
+    saved = (torch.cuda.current_device, torch.cuda.device, launch_mod.note_stream, cls.__getitem__)
+    torch.cuda.current_device, torch.cuda.device = lambda: current[0], FakeDevice
+    launch_mod.note_stream = lambda plan: None  # (streams of a fake device)
+    cls.__getitem__ = getitem
+    try:
+        ps = make_params()
+        k = fused_lr.FusedSGD(ps, backend="triton", max_grad_norm=1.0, **KW)
+        sk = fused.CosineAnnealingLR(k, T_max=5)
+        for t in range(3):
+            for p, gr in zip(ps, grads(t, ps)):  # the same grad objects (the plan's grad table stays)
+                p.grad = gr if p.grad is None else p.grad.copy_(gr)
+            if t == 1:  # from now on the plans claim cuda:1 (built on CPU, launched "there")
+                for plan in k._engine.cache._plans.values():
+                    plan.device = torch.device("cuda", 1)
+            seen.clear()
+            k.step()
+            sk.step()
+            assert current[0] == 0, "the step left another device current"
+            want = 1 if t else 0
+            assert seen and all(dev == want for _, dev in seen), f"step {t}: launches under {seen}"
+            assert len({name for name, _ in seen}) >= 3, seen  # update and both norm kernels
+    finally:
+        torch.cuda.current_device, torch.cuda.device, launch_mod.note_stream, cls.__getitem__ = saved
+
+
+def case_hyper_is_data():
+    """A stock OneCycleLR on the Triton path (it sets group["lr"] and group["momentum"] every
+    step): the launch plan is built once, steady steps create no device tensor from host values
+    (``torch.tensor(..., device=...)``: a blocking upload on CUDA), the hyper table is rewritten in
+    place by one copy, and the parameters match stock's."""
+    from fused_lr.engine import plan as plan_mod
+
+    a_ps, k_ps, a, k, _, _ = _pair(lambda mod, opt: None)
+    sa, sk = stock.OneCycleLR(a, 0.2, total_steps=30), stock.OneCycleLR(k, 0.2, total_steps=30)
+    builds, made, copies = [], [], []
+    real_build, real_tensor, real_copy = plan_mod.build_plan, torch.tensor, _device.copy_into
+
+    def tensor(*args, **kwargs):
+        if kwargs.get("device") is not None:
+            made.append(kwargs["device"])
+        return real_tensor(*args, **kwargs)
+
+    plan_mod.build_plan = lambda *args, **kw: builds.append(1) or real_build(*args, **kw)
+    _device.copy_into = lambda dst, host: copies.append(dst.shape) or real_copy(dst, host)
+    try:
+        for t in range(12):
+            for ps in (a_ps, k_ps):
+                for p, gr in zip(ps, grads(t, ps)):
+                    p.grad = gr
+            if t >= 2:
+                torch.tensor = tensor
+            n_copies = len(copies)
+            a.step(), k.step()
+            torch.tensor = real_tensor
+            sa.step(), sk.step()
+            if t >= 2:
+                assert len(copies) - n_copies <= 1, f"step {t}: {copies[n_copies:]}"
+            for i, (p, q) in enumerate(zip(a_ps, k_ps)):
+                torch.testing.assert_close(q.detach(), p.detach(), **FP32, msg=lambda m, i=i: f"step {t} param {i}: {m}")
+    finally:
+        plan_mod.build_plan, torch.tensor, _device.copy_into = real_build, real_tensor, real_copy
+    assert len(builds) == 1, f"{len(builds)} plans built"
+    assert not made, f"steady steps made device tensors from host values: {made}"
+    assert copies, "the hyper table was never rewritten (momentum changes every step)"
+
+
 CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
 
 if __name__ == "__main__":

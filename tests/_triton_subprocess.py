@@ -718,6 +718,11 @@ def case_production_config() -> str:
         launch = cache._plans[next(iter(cache._plans))].launches[0]
         assert launch.n_chunks == 3 + 1, f"expected 3 chunks for the big tensor and 1 for the other, got {launch.n_chunks}"
         assert not launch.static_aligned, "the misaligned view should select ALIGNED=False"
+        # Split by alignment: the aligned tensor keeps the vector path (its 3 chunks, first), the
+        # misaligned one alone takes ALIGNED=False (both checked bit for bit above).
+        parts = [(aligned, programs) for aligned, _, programs, _ in launch.parts]
+        assert parts == [(True, 3), (False, 1)], parts
+        assert launch.chunks[:3, 0].tolist() == [0, 0, 0] and launch.chunks[3, 0].item() == 1, launch.chunks
         messages.append(f"{dtype}: {big_n} + {odd.numel()} elements, {launch.n_chunks} programs")
     return "; ".join(messages)
 

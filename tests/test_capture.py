@@ -1,4 +1,5 @@
-"""CUDA-graph capture, simulated on CPU (``fused_lr._device.capturing`` patched).
+"""CUDA-graph capture and device placement, simulated on CPU (``fused_lr._device.capturing`` and the
+CUDA device context patched).
 
 The Triton path's capture behaviour runs in a child process under Triton's interpreter
 (tests/_capture_subprocess.py, with an emulated graph: see its docstring): both of torch's recipes
@@ -57,14 +58,40 @@ def test_error_if_nonfinite_under_capture_is_a_clear_error(monkeypatch):
     assert torch.equal(p, before) and torch.equal(opt.state[p]["momentum_buffer"], buf)
 
 
-def test_triton_path_under_an_emulated_capture():
+CASES = ["capture_errors", "whole_step", "opt_step_only", "ownership", "device_guard", "hyper_is_data"]
+
+
+@pytest.fixture(scope="module")
+def child_results() -> str:
+    """One child process runs every case (the interpreter is slow to start); its stdout."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cases = ["capture_errors", "whole_step", "opt_step_only", "ownership"]
-    proc = subprocess.run([sys.executable, str(HERE / "_capture_subprocess.py"), *cases], env=env,
+    proc = subprocess.run([sys.executable, str(HERE / "_capture_subprocess.py"), *CASES], env=env,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.fail(f"failed under the interpreter:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}", pytrace=False)
-    for case in cases:
-        assert f"{case}: ok" in proc.stdout
+    return proc.stdout
+
+
+@pytest.mark.parametrize("case", ["whole_step", "opt_step_only"])
+def test_captured_recipes_never_freeze_or_double_advance_the_lr(child_results, case):
+    assert f"{case}: ok" in child_results
+
+
+def test_tables_a_captured_launch_reads_are_never_freed(child_results):
+    assert "ownership: ok" in child_results
+
+
+def test_work_a_capture_cannot_hold_is_refused_naming_the_fix(child_results):
+    assert "capture_errors: ok" in child_results
+
+
+def test_every_launch_is_issued_on_the_parameters_device(child_results):
+    """Device placement (a stub device context, see ``case_device_guard``)."""
+    assert "device_guard: ok" in child_results
+
+
+def test_changed_hyper_parameters_rewrite_the_hyper_table_not_the_plan(child_results):
+    """A stock OneCycleLR cycling momentum (see ``case_hyper_is_data``)."""
+    assert "hyper_is_data: ok" in child_results

@@ -66,7 +66,8 @@ def test_cuda_parity_with_stock(backend, sched):
 
 
 def test_one_kernel_launch_per_step_on_the_triton_path():
-    """opt.step() + sched.step() (per-iteration cosine) in steady state: exactly one kernel."""
+    """opt.step() + sched.step() (per-iteration cosine) in steady state: exactly one update kernel,
+    and the scheduler's one tiny counter increment (capturable: see the capture tests)."""
     m = _model()
     o = fused_lr.FusedSGD(m.parameters(), lr=0.1, momentum=0.9, backend="triton")
     assert o.implementation == "triton"
@@ -82,9 +83,9 @@ def test_one_kernel_launch_per_step_on_the_triton_path():
             s.step()
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    assert len(kernels) == 5 and all("sgd_kernel" in k for k in kernels), kernels
-    assert s._sched.pending == 1  # the last sched.step() waits for the next kernel
-    o.step()  # ...which applies it: counter and group LRs written by the kernel's last program
+    assert len(kernels) == 10 and sum("sgd_kernel" in k for k in kernels) == 5, kernels
+    assert s._sched.pending == 1  # the last sched.step()'s LRs wait for the next kernel
+    o.step()  # ...which writes them back
     assert int(s.step_counter.item()) == s.last_epoch
     assert o.lr_tensor.tolist() == pytest.approx(s.get_last_lr(), rel=1e-12)
 
@@ -283,3 +284,160 @@ def test_non_dense_parameters_cost_no_host_sync(backend):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     world.check_untouched("steady state")
+
+
+def _graph_pair(backend, sched_make):
+    m_eager = _model()
+    m_graph = copy.deepcopy(m_eager)
+    o_e = fused_lr.FusedSGD(m_eager.parameters(), lr=0.1, momentum=0.9, backend=backend)
+    o_g = fused_lr.FusedSGD(m_graph.parameters(), lr=0.1, momentum=0.9, backend=backend)
+    return m_eager, m_graph, o_e, o_g, sched_make(o_e), sched_make(o_g)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cuda_graph_of_opt_step_only_with_eager_scheduler_steps(backend):
+    """Only ``opt.step()`` captured, ``sched.step()`` eager after each replay: the replays follow
+    the schedule (no LR frozen at capture, none advanced twice), as eager steps do."""
+    m_e, m_g, o_e, o_g, s_e, s_g = _graph_pair(backend, lambda o: fused.CosineAnnealingLR(o, 7, 1e-3))
+    x = torch.randn(16, 33, device="cuda")
+
+    def grads(m):
+        for p in m.parameters():
+            p.grad = None if p.grad is None else p.grad.zero_()
+        m(x).square().mean().backward()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            for m, o, s in ((m_e, o_e, s_e), (m_g, o_g, s_g)):
+                grads(m)
+                o.step()
+                s.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    grads(m_g)
+    with torch.cuda.graph(graph):
+        o_g.step()
+    for _ in range(20):
+        grads(m_g)
+        graph.replay()
+        s_g.step()
+        grads(m_e)
+        o_e.step()
+        s_e.step()
+    torch.cuda.synchronize()
+    for p, q in zip(m_e.parameters(), m_g.parameters()):
+        assert_close(q, p, what="opt.step graph vs eager", rtol=1e-6, atol=1e-7)
+    assert s_g.get_last_lr() == s_e.get_last_lr()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cuda_graph_recipe_with_grads_set_to_none_before_capture(backend):
+    """torch's documented recipe: ``zero_grad(set_to_none=True)`` before capture, so the captured
+    backward allocates new gradients (new addresses; the Triton path's grad table is uploaded by
+    a copy node the plan owns); then replays match eager steps."""
+    m_e, m_g, o_e, o_g, s_e, s_g = _graph_pair(backend, lambda o: fused.StepLR(o, 4, 0.5))
+    static_x = torch.randn(16, 33, device="cuda")
+
+    def step(m, o, s):
+        m(static_x).square().mean().backward()
+        o.step()
+        s.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            for m, o, s in ((m_e, o_e, s_e), (m_g, o_g, s_g)):
+                o.zero_grad(set_to_none=True)
+                step(m, o, s)
+    torch.cuda.current_stream().wait_stream(side)
+    o_g.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(m_g, o_g, s_g)
+    for _ in range(12):
+        graph.replay()
+        o_e.zero_grad(set_to_none=True)
+        step(m_e, o_e, s_e)
+    torch.cuda.synchronize()
+    for p, q in zip(m_e.parameters(), m_g.parameters()):
+        assert_close(q, p, what="set_to_none recipe graph vs eager", rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_error_if_nonfinite_under_capture_is_a_clear_error(backend):
+    m = _model()
+    o = fused_lr.FusedSGD(m.parameters(), lr=0.1, momentum=0.9, backend=backend, max_grad_norm=1.0,
+                          error_if_nonfinite=True)
+    m(torch.randn(4, 33, device="cuda")).sum().backward()
+    o.step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="error_if_nonfinite=False"):
+        with torch.cuda.graph(graph):
+            o.step()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parameters_on_cuda1_with_cuda0_current(backend):
+    """Launches go to the parameters' device, not the current one: cuda:1 parameters stepped with
+    cuda:0 current match stock on cuda:1, and cuda:0 stays current."""
+    torch.cuda.set_device(0)
+    ma = _model().to("cuda:1")
+    mb = copy.deepcopy(ma)
+    oa = torch.optim.SGD(ma.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    ob = fused_lr.FusedSGD(mb.parameters(), lr=0.1, momentum=0.9, backend=backend, max_grad_norm=10.0)
+    sa, sb = stock.CosineAnnealingLR(oa, 8), fused.CosineAnnealingLR(ob, 8)
+    x = torch.randn(16, 33, device="cuda:1")
+    for _ in range(10):
+        for m, o, s in ((ma, oa, sa), (mb, ob, sb)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            if o is oa:
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 10.0)
+            o.step()
+            s.step()
+        assert torch.cuda.current_device() == 0
+    torch.cuda.synchronize(1)
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        assert_close(q, p, what="cuda:1", **CUDA_FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stock_onecycle_momentum_changes_rebuild_nothing_and_never_sync(backend):
+    """A stock OneCycleLR sets group["momentum"] every step: the Triton path rewrites its hyper
+    table (no new plan), and no step syncs the host; parity with stock SGD."""
+    ma = _model()
+    mb = copy.deepcopy(ma)
+    oa = torch.optim.SGD(ma.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    ob = fused_lr.FusedSGD(mb.parameters(), lr=0.1, momentum=0.9, backend=backend)
+    sa = stock.OneCycleLR(oa, 0.2, total_steps=40)
+    sb = stock.OneCycleLR(ob, 0.2, total_steps=40)
+    x = torch.randn(16, 33, device="cuda")
+
+    def step(m, o, s):
+        o.zero_grad(set_to_none=False)
+        m(x).square().mean().backward()
+        o.step()
+        s.step()
+
+    for _ in range(3):
+        step(ma, oa, sa)
+        step(mb, ob, sb)
+    plans = dict(ob._engine.cache._plans) if ob._engine.cache is not None else {}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(20):
+            step(mb, ob, sb)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for _ in range(20):
+        step(ma, oa, sa)
+    if backend == "triton":
+        assert dict(ob._engine.cache._plans) == plans, "a momentum change built a new plan"
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        assert_close(q, p, what="stock OneCycleLR", **CUDA_FP32_TOL)
