@@ -1,26 +1,32 @@
-"""Host-side cost of one Triton-path step, measurable without a GPU.
+"""Host-side cost of one optimizer + scheduler step, measurable without a GPU.
 
 On a GPU, small-tensor workloads (ResNet-50's 161 tensors, 1,000 small tensors) are bound by the
-Python/C++ work the host does per step, not by the kernel. This comparison measures that host work
-for ``FusedSGD(backend="triton")`` + a fused_lr ``CosineAnnealingLR`` on CPU tensors, with the kernel
-launch replaced by a no-op (so neither the interpreter nor a GPU is involved), beside the torch
-path (``backend="torch"``, which does run its CPU kernel) for scale::
+Python/C++ work the host does per step, not by the kernels. This comparison measures that host
+work on CPU tensors with every update kernel replaced by a no-op, side by side in one run:
+
+* stock: ``torch.optim.SGD(fused=True)`` + torch's ``CosineAnnealingLR`` (``torch._fused_sgd_``
+  stubbed);
+* torch path, CUDA branch: ``FusedSGD(backend="torch")`` + fused_lr's ``CosineAnnealingLR``, taking
+  the code it takes on an accelerator (``fused_lr._device.host_reads_free`` answers False: the LR
+  stays a device tensor, AMP skips are decided on the device); ``torch._fused_sgd_`` stubbed;
+* Triton path: ``FusedSGD(backend="triton")`` + fused_lr's ``CosineAnnealingLR``, the kernel
+  launch stubbed (the first step is timed alone: it builds the launch plan).
+
+::
 
     python benchmarks/host_overhead.py            # ResNet-50 shapes and 1,000 small tensors
 
-Both methods are the harness's (``harness.methods.fused``); the rounds alternate their order and
-the figure is the median over rounds (``harness.timing``). The first step of the Triton path is
-timed alone: it builds the launch plan.
-
-What it does not include: Triton's own launcher (argument packing, ~tens of microseconds per launch
-on a GPU, one launch per dtype per step), and whatever the GPU driver adds. It is a lower bound for
-the Triton path's per-step host cost, and shows how that cost scales with the tensor count:
-steady-state steps reuse the cached launch plan after O(1) Python work per tensor; the first step
-(and any step after the parameter set changes) builds it.
+Each figure is the median over rounds that alternate the methods' order (``harness.timing``);
+ratios are to stock in the same run. What it does not include: the cost of the launches
+themselves (Triton's launcher packs arguments, ~tens of microseconds per launch on a GPU; each
+tiny torch op the CPU runs here is one CUDA launch there, a few microseconds each), and whatever
+the GPU driver adds. It is a lower bound for each method's host cost, and shows how that cost
+scales with the tensor count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -36,22 +42,40 @@ if str(_HERE) not in sys.path:  # benchmarks/ holds harness and param_sets
 
 import param_sets  # noqa: E402
 from harness import _internal  # noqa: E402
-from harness.methods import Schedule, fused  # noqa: E402
+from harness.methods import Schedule, fused, stock  # noqa: E402
 from harness.params import make_params  # noqa: E402
 from harness.timing import interleaved_rounds, spread  # noqa: E402
 
 CPU = torch.device("cpu")
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
 COSINE = Schedule("cosine_iter", "CosineAnnealingLR", dict(T_max=10_000))
-METHODS = {"triton": fused("fused_lr[triton], launch stubbed", "triton"), "torch": fused("fused_lr[torch]", "torch")}
+METHODS = {
+    "stock": stock("torch SGD(fused=True)", "fused"),
+    "torch": fused("fused_lr[torch], CUDA branch", "torch"),
+    "triton": fused("fused_lr[triton], launch stubbed", "triton"),
+}
+
+
+@contextlib.contextmanager
+def _accelerator_branch_and_no_kernels():
+    """``torch._fused_sgd_`` does nothing, and fused_lr's torch path takes its accelerator code."""
+    from fused_lr import _device
+
+    real_fused, real_free = torch._fused_sgd_, _device.host_reads_free
+    torch._fused_sgd_ = lambda *args, **kwargs: None
+    _device.host_reads_free = lambda device: False
+    try:
+        yield
+    finally:
+        torch._fused_sgd_, _device.host_reads_free = real_fused, real_free
 
 
 def measure(shapes, rounds: int = 9, steps: int = 30) -> dict[str, float]:
-    """Median microseconds per ``opt.step(); sched.step()``: first step and steady state of the
-    Triton path (launch stubbed), steady state of the torch path; alternating order."""
+    """Median microseconds per ``opt.step(); sched.step()`` in steady state of each method (see the
+    module docstring), and the Triton path's first step; alternating order."""
     if not _internal.triton_kernels_importable():
         raise SystemExit("triton is not installed")
-    with _internal.sgd_launch_stubbed():
+    with _internal.sgd_launch_stubbed(), _accelerator_branch_and_no_kernels():
         runners = {k: m.build(make_params(shapes), COSINE, CPU, HYPER) for k, m in METHODS.items()}
         t0 = time.perf_counter()
         runners["triton"].iteration()
@@ -63,7 +87,8 @@ def measure(shapes, rounds: int = 9, steps: int = 30) -> dict[str, float]:
     return {
         "triton_first_us": first,
         "triton_steady_us": spread(times["triton"])["median_s"] * 1e6,
-        "torch_path_us": spread(times["torch"])["median_s"] * 1e6,
+        "torch_cuda_branch_us": spread(times["torch"])["median_s"] * 1e6,
+        "stock_us": spread(times["stock"])["median_s"] * 1e6,
         "fast_steps": sum(steady),
     }
 
@@ -74,11 +99,14 @@ def main() -> None:
         "ResNet-50 shapes (161 tensors)": param_sets.resnet50_shapes(),
         "1,000 small tensors (1k elements each)": param_sets.many_small(1000, 1000),
     }
-    print(f"torch {torch.__version__}, 1 thread; microseconds per opt.step() + sched.step() (median)")
-    print(f"{'parameter set':42} {'triton first':>13} {'triton steady':>14} {'torch path':>11}")
+    print(f"torch {torch.__version__}, 1 thread; microseconds per opt.step() + sched.step() (median; kernels stubbed)")
+    print(f"{'parameter set':40} {'stock':>7} {'torch path CUDA':>21} {'triton steady':>19} {'triton 1st':>11}")
     for name, shapes in sets.items():
         r = measure(shapes)
-        print(f"{name:42} {r['triton_first_us']:13.0f} {r['triton_steady_us']:14.0f} {r['torch_path_us']:11.0f}")
+        stock_us = r["stock_us"]
+        torch_us, triton_us = r["torch_cuda_branch_us"], r["triton_steady_us"]
+        print(f"{name:40} {stock_us:7.0f} {torch_us:12.0f} ({torch_us / stock_us:4.2f}x) "
+              f"{triton_us:10.0f} ({triton_us / stock_us:4.2f}x) {r['triton_first_us']:11.0f}")
 
 
 if __name__ == "__main__":

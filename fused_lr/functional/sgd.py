@@ -54,7 +54,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .. import engine
+from .. import _device, engine
 from .._layout import flat_ok, is_dense, same_strides
 
 __all__ = ["sgd", "sgd_loop", "sgd_triton", "SGD_KERNEL", "hyper_row", "takes_single_call"]
@@ -258,7 +258,8 @@ def sgd(
     """
     if not params:
         return []
-    if found_inf is not None and (lr.device.type == "cpu" or any(b is None for b in momentum_buffers)):
+    on_cpu = _device.host_reads_free(lr.device)  # (the CUDA branch elsewhere: the LR stays on the device)
+    if found_inf is not None and (on_cpu or any(b is None for b in momentum_buffers)):
         raise ValueError("sgd takes found_inf only on CUDA with every momentum buffer present")
     if torch.compiler.is_compiling():
         if found_inf is not None:
@@ -270,11 +271,12 @@ def sgd(
             params, grads, momentum_buffers if momentum != 0 else [], lr=lr.reshape(()), weight_decay=weight_decay,
             momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize,
         )
-    on_cpu = lr.device.type == "cpu"
     bufs = momentum_buffers if momentum != 0 else []
+    # The kernel reads a tensor LR as float32 on an accelerator (float64 on CPU): a float32 LR
+    # (FusedSGD's persistent float32 LR buffer) is passed as it is, anything else converted.
+    lr_arg = lr.reshape(()) if on_cpu or lr.dtype == torch.float32 else lr.reshape(()).to(torch.float32)
     if (
         uniform
-        and on_cpu
         and all(b is not None for b in bufs)
         # (Contiguous tensors of one shape share their strides: the kernel may walk them flat.)
         and _contiguous(params)
@@ -287,11 +289,12 @@ def sgd(
             momentum_buffers if momentum != 0 else [],
             weight_decay=float(weight_decay),
             momentum=float(momentum),
-            lr=lr,
+            lr=lr_arg,
             dampening=float(dampening),
             nesterov=bool(nesterov),
             maximize=bool(maximize),
             is_first_step=False,
+            found_inf=found_inf,
         )
         return momentum_buffers if momentum != 0 else []
     # Split: on CPU (where reading the LR on the host costs no sync) the dtypes the fused kernel
@@ -326,11 +329,6 @@ def sgd(
         for i, b in zip(idx_ok, ok_bufs):
             merged[i] = b
         return merged
-    if lr.device.type == "cpu":
-        lr_arg = lr.reshape(())
-    else:
-        # The CUDA fused kernel reads its tensor LR as float32 from device memory.
-        lr_arg = lr.reshape(()).to(torch.float32)
     hp = dict(
         lr=lr_arg,
         weight_decay=float(weight_decay),

@@ -252,9 +252,21 @@ class UpdateRoutes:
         new_state = any(
             b is None for group, (_, _, ss) in zip(self._groups, work) if self._keeps_state(group) for s in ss for b in s
         )
-        if self._device.type != "cuda" or new_state:
+        if _device.host_reads_free(self._device) or new_state:
             return float(found_inf) != 0, None
         return False, (found_inf != 0).to(torch.float32)
+
+    def _float32_lrs(self) -> list[Tensor]:
+        """The groups' LRs as 0-dim views of one persistent float32 buffer (torch's fused kernel
+        reads its tensor LR as float32 on an accelerator), refreshed from the float64 LR buffer by
+        one copy per step (capturable)."""
+        buf = self._lrs.buf
+        cached = self.__dict__.get("_lr32")
+        if cached is None or cached[0] is not buf:
+            b32 = torch.empty(buf.shape, dtype=torch.float32, device=buf.device)
+            cached = self._lr32 = (buf, b32, list(b32.unbind()))
+        cached[1].copy_(buf)
+        return cached[2]
 
     def _step_torch(self, work, grad_scale=None, found_inf=None, clip_coef=None, norm_done=False) -> None:
         """The pure-PyTorch path. ``clip_coef``/``norm_done``: the Triton path already computed the
@@ -275,6 +287,7 @@ class UpdateRoutes:
         skip, device_found_inf = self._skip_on_host(work, found_inf)
         if skip:
             return
+        lrs = self._lr_views if _device.host_reads_free(self._device) else self._float32_lrs()
         for gi, (group, (params, grads, states)) in enumerate(zip(self._groups, work)):
             if not params:
                 continue
@@ -286,7 +299,7 @@ class UpdateRoutes:
                 states = [[local(t) for t in s] for s in states]
             if grad_scale is not None or clip_coef is not None:
                 grads = scaled_grads(grads, grad_scale, clip_coef)
-            new = self._update(group, params, grads, states, lr=self._lr_views[gi], uniform=self._uniform[gi],
+            new = self._update(group, params, grads, states, lr=lrs[gi], uniform=self._uniform[gi],
                                found_inf=device_found_inf)
             self._store_states(gi, owners, new, states, sharded)
 
