@@ -46,28 +46,36 @@ from harness.methods import Schedule, fused, stock  # noqa: E402
 from harness.params import make_params  # noqa: E402
 from harness.timing import interleaved_rounds, spread  # noqa: E402
 
+import fused_lr  # noqa: E402
+
 CPU = torch.device("cpu")
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
 COSINE = Schedule("cosine_iter", "CosineAnnealingLR", dict(T_max=10_000))
+_SWITCH = getattr(fused_lr, "_device", None)  # (older fused_lr versions have no switch to the CUDA branch)
 METHODS = {
     "stock": stock("torch SGD(fused=True)", "fused"),
-    "torch": fused("fused_lr[torch], CUDA branch", "torch"),
+    "torch": fused("fused_lr[torch], CUDA branch" if _SWITCH is not None else "fused_lr[torch], CPU code", "torch"),
     "triton": fused("fused_lr[triton], launch stubbed", "triton"),
 }
 
 
 @contextlib.contextmanager
 def _accelerator_branch_and_no_kernels():
-    """``torch._fused_sgd_`` does nothing, and fused_lr's torch path takes its accelerator code."""
-    from fused_lr import _device
-
-    real_fused, real_free = torch._fused_sgd_, _device.host_reads_free
+    """``torch._fused_sgd_`` does nothing, and fused_lr's torch path takes its accelerator code
+    (where the installed fused_lr has the switch: ``fused_lr._device``; older versions time their
+    CPU code, and the column says so)."""
+    _device = _SWITCH
+    real_fused = torch._fused_sgd_
+    real_free = _device.host_reads_free if _device is not None else None
     torch._fused_sgd_ = lambda *args, **kwargs: None
-    _device.host_reads_free = lambda device: False
+    if _device is not None:
+        _device.host_reads_free = lambda device: False
     try:
         yield
     finally:
-        torch._fused_sgd_, _device.host_reads_free = real_fused, real_free
+        torch._fused_sgd_ = real_fused
+        if _device is not None:
+            _device.host_reads_free = real_free
 
 
 def measure(shapes, rounds: int = 9, steps: int = 30) -> dict[str, float]:
@@ -101,6 +109,7 @@ def main() -> None:
     }
     print(f"torch {torch.__version__}, 1 thread; microseconds per opt.step() + sched.step() (median; kernels stubbed)")
     print(f"{'parameter set':40} {'stock':>7} {'torch path CUDA':>21} {'triton steady':>19} {'triton 1st':>11}")
+    print(f"fused_lr from {Path(fused_lr.__file__).parent}; torch path column: {METHODS['torch'].name}")
     for name, shapes in sets.items():
         r = measure(shapes)
         stock_us = r["stock_us"]
