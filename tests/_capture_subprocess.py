@@ -443,6 +443,54 @@ def case_hyper_is_data():
     assert copies, "the hyper table was never rewritten (momentum changes every step)"
 
 
+def case_warmup():
+    """``opt.warmup()`` lists (compiles, on a GPU) every variant the steps can select and launches
+    nothing; asked for before the first step, it runs right after it."""
+    from fused_lr.optim import _routes
+
+    def make(**kw):
+        ps = make_params() + [torch.nn.Parameter(torch.randn(9, dtype=torch.float64))]
+        return ps, fused_lr.FusedSGD(ps, backend="triton", **KW, **kw)
+
+    calls = []
+    real = _routes.engine.warm_up
+    _routes.engine.warm_up = lambda *a, **k: calls.append(k) or real(*a, **k)
+    try:
+        for kw, amp in (({}, True), ({"max_grad_norm": 1.0}, False)):
+            ps, k = make(**kw)
+            assert k.warmup(amp=amp) == [] and not calls  # no plan yet: deferred
+            for p, gr in zip(ps, grads(0, ps)):
+                p.grad = gr.to(p.dtype)
+            k.step()
+            assert len(calls) == 1, calls  # made right after the first step
+            calls.clear()
+            before = ([p.detach().clone() for p in ps], k._engine.first_flags.clone(), k._engine.ticket.clone())
+            got = k.warmup(amp=amp)
+            after = ([p.detach() for p in ps], k._engine.first_flags, k._engine.ticket)
+            assert all(torch.equal(x, y) for x, y in zip(before[0], after[0])) and torch.equal(before[1], after[1])
+            assert torch.equal(before[2], after[2]), "warmup launched something"
+            dtypes = {"fp32", "fp64"}
+            update = {(d, a, s) for n, d, a, s in got if n == "sgd_kernel"}
+            scaled = (False, True) if amp and "max_grad_norm" not in kw else (True,) if kw else (False,)
+            want = {(d, a, s) for d in dtypes for a in (True, False) for s in scaled}
+            assert update == want, (update, want)
+            norms = {(n, d, a) for n, d, a, _ in got if n != "sgd_kernel"}
+            if kw:
+                assert norms == {("grad_norm_partials_kernel", d, a) for d in dtypes for a in (True, False)} | {
+                    ("grad_norm_finalize_kernel", "fp64", None)}, norms  # (the norm of fp32 and fp64 grads: fp64)
+            else:
+                assert not norms, norms
+            calls.clear()
+    finally:
+        _routes.engine.warm_up = real
+    try:
+        k.warmup(amp=1)
+    except TypeError as e:
+        assert "amp must be a bool" in str(e)
+    else:
+        raise AssertionError("warmup(amp=1) did not raise")
+
+
 CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_error_if_nonfinite_under_capture_is_a_clear_error(monkeypatch):
     assert torch.equal(p, before) and torch.equal(opt.state[p]["momentum_buffer"], buf)
 
 
-CASES = ["capture_errors", "whole_step", "opt_step_only", "ownership", "device_guard", "hyper_is_data"]
+CASES = ["capture_errors", "whole_step", "opt_step_only", "ownership", "device_guard", "hyper_is_data", "warmup"]
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,8 @@ def test_every_launch_is_issued_on_the_parameters_device(child_results):
 def test_changed_hyper_parameters_rewrite_the_hyper_table_not_the_plan(child_results):
     """A stock OneCycleLR cycling momentum (see ``case_hyper_is_data``)."""
     assert "hyper_is_data: ok" in child_results
+
+
+def test_warmup_lists_every_variant_and_launches_nothing(child_results):
+    """``opt.warmup()`` (see ``case_warmup``; the compiles themselves: tests/test_gpu.py)."""
+    assert "warmup: ok" in child_results

@@ -441,3 +441,34 @@ def test_stock_onecycle_momentum_changes_rebuild_nothing_and_never_sync(backend)
         assert dict(ob._engine.cache._plans) == plans, "a momentum change built a new plan"
     for p, q in zip(ma.parameters(), mb.parameters()):
         assert_close(q, p, what="stock OneCycleLR", **CUDA_FP32_TOL)
+
+
+def test_warmup_compiles_what_later_steps_select():
+    """After ``opt.warmup(amp=True)``, AMP steps and a misaligned gradient (a bucket view) compile
+    nothing more: the variants were compiled up front."""
+    from fused_lr.kernels import sgd as K
+
+    def compiled():
+        return sum(len(c[0]) for c in K.sgd_kernel.device_caches.values())
+
+    m = _model()
+    o = fused_lr.FusedSGD(m.parameters(), lr=0.1, momentum=0.9, backend="triton")
+    x = torch.randn(16, 33, device="cuda")
+    m(x).sum().backward()
+    o.step()
+    variants = o.warmup(amp=True)
+    assert {v[2] for v in variants} == {True, False} and {v[3] for v in variants} == {True, False}, variants
+    before = compiled()
+    scaler = torch.amp.GradScaler("cuda")
+    for _ in range(2):
+        o.zero_grad()
+        scaler.scale(m(x).square().mean()).backward()
+        scaler.step(o)
+        scaler.update()
+    p = next(m.parameters())
+    g = torch.empty(p.numel() + 1, device="cuda")[1:].view_as(p)  # 4 bytes off the 16-byte alignment
+    g.copy_(p.grad)
+    p.grad = g
+    o.step()
+    torch.cuda.synchronize()
+    assert compiled() == before, "a step compiled a variant warmup() should have compiled"

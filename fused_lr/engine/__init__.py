@@ -21,7 +21,7 @@ spec next to its functional form (``fused_lr/functional/<name>.py``); the optimi
 """
 
 from . import compiled  # noqa: E402,F401  (registers torch.ops.fused_lr.multi_tensor_update)
-from .launch import ClipSpec, DeviceLR, multi_tensor_update
+from .launch import ClipSpec, DeviceLR, multi_tensor_update, warm_up
 from .plan import PlanCache
 from .runtime import KERNEL_DTYPES, check_device, interpreting, launch_config, override_launch_config, triton_available
 from .spec import KernelSpec, kernel_specializations, lookup, register, registered
@@ -36,6 +36,7 @@ __all__ = [
     "ClipSpec",
     "DeviceLR",
     "multi_tensor_update",
+    "warm_up",
     "PlanCache",
     "EngineState",
     "KERNEL_DTYPES",

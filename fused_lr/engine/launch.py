@@ -16,7 +16,9 @@ update launches then read the coefficient from device memory.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -27,7 +29,7 @@ from . import runtime
 from .plan import Plan, PlanCache, has_grads, note_stream, same_grads, set_grads
 from .spec import KernelSpec
 
-__all__ = ["ClipSpec", "DeviceLR", "multi_tensor_update", "launch", "device_guard"]
+__all__ = ["ClipSpec", "DeviceLR", "multi_tensor_update", "launch", "device_guard", "warm_up"]
 
 
 class ClipSpec(NamedTuple):
@@ -312,3 +314,59 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
                 enable_fp_fusion=cfg["enable_fp_fusion"],
             )
     return lr_out is not None and bool(plan.launches)
+
+
+class _Compile:
+    """Stands in for a kernel inside ``warm_up``: ``kernel[grid](*args, **kwargs)`` compiles the
+    specialization those arguments select (``JITFunction.warmup``: the same key as the launch, as
+    the arguments are the launch's own), for each value of ``ALIGNED``, and launches nothing.
+    Under the interpreter there is nothing to compile: the variants are only recorded."""
+
+    def __init__(self, fn, done: list, compile_: bool) -> None:
+        self.fn, self.done, self.compile = fn, done, compile_
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            variants = [dict(kwargs, ALIGNED=a) for a in (True, False)] if "ALIGNED" in kwargs else [kwargs]
+            for kw in variants:
+                key = (getattr(self.fn, "__name__", type(self.fn).__name__), str(kw.get("DTYPE", kw.get("NORM_DTYPE"))),
+                       kw.get("ALIGNED"), kw.get("SCALED"))
+                if key in self.done:
+                    continue
+                self.done.append(key)
+                if self.compile:
+                    self.fn.warmup(*args, grid=grid, **kw)
+
+        return run
+
+
+def warm_up(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_flags: Tensor, *, n_groups: int,
+            scaled: Sequence[bool] = (False,), clip: ClipSpec | None = None) -> list[tuple]:
+    """Compile, without launching anything, every kernel variant ``plan``'s steps can select: its
+    dtypes' update kernels with ``ALIGNED`` True and False (a misaligned gradient appearing mid-run,
+    e.g. a bucket view, selects the other one), ``SCALED`` as given (True for AMP; always with
+    ``clip``), and the norm kernels with ``clip``. Each compile is the one a launch would make
+    (~seconds on a GPU), made now instead of mid-run. Returns the variants, as
+    ``(kernel, dtype, ALIGNED, SCALED)``. (Swaps the kernel module attributes while it runs: not
+    thread-safe against launches in other threads.)"""
+    done: list[tuple] = []
+    compile_ = not runtime.interpreting()
+    real = spec.jit()
+    module = importlib.import_module(spec.module)
+    norm = runtime.norm_kernels
+    stand_in = SimpleNamespace(
+        grad_norm_partials_kernel=_Compile(norm.grad_norm_partials_kernel, done, compile_),
+        grad_norm_finalize_kernel=_Compile(norm.grad_norm_finalize_kernel, done, compile_),
+        FINALIZE_BLOCK=norm.FINALIZE_BLOCK,
+    )
+    setattr(module, spec.kernel, _Compile(real, done, compile_))
+    runtime.norm_kernels = stand_in
+    try:
+        with device_guard(plan.device):
+            for s in (True,) if clip is not None else scaled:
+                _launch(spec, plan, lr, ticket, first_flags, n_groups, False, plan.one32 if s else None, None,
+                        clip._replace(check=None) if clip is not None else None)
+    finally:
+        setattr(module, spec.kernel, real)
+        runtime.norm_kernels = norm
+    return done

@@ -281,6 +281,11 @@ class EngineState:
                 self._after_amp_step(found_inf)
         return wrote
 
+    def latest_plan(self) -> Plan | None:
+        """The plan of the most recent update (None before the first)."""
+        plans = self.cache._plans if self.cache is not None else None
+        return next(reversed(plans.values())) if plans else None
+
     def remember(self, groups: Sequence[dict], params: list[Tensor], states, slots, group_index, hyper, schedule,
                  norm_dtype: torch.dtype) -> None:
         """Every parameter of ``groups`` took the kernel (as real tensors) in the update just made:

@@ -404,6 +404,34 @@ class UpdateRoutes:
         if all_in and not has_leftovers and not any(self._sharded) and not any(p.is_complex() for p in params):
             eng.remember(self._groups, params, states, slots, gidx, hyper, sched, norm_dtype(params))
 
+    def warmup(self, *, amp: bool = False) -> list[tuple]:
+        """Compile now the Triton kernel variants this optimizer's steps can select, instead of at
+        the step that first needs one (each compile takes seconds on a GPU): its dtypes' update
+        kernels for aligned and misaligned tensors, with the AMP variant (``amp=True``: steps given
+        a GradScaler's ``grad_scale``/``found_inf``) and the clipping kernels (``max_grad_norm``).
+
+        The variants depend on the parameters and state the first step sets up: called before the
+        first step, the compiles are made right after it. Returns the variants compiled now, as
+        ``(kernel, dtype, ALIGNED, SCALED)`` (empty on the torch path, and when deferred); under
+        Triton's interpreter nothing is compiled, the variants are listed all the same."""
+        if not isinstance(amp, bool):
+            raise TypeError(f"amp must be a bool, got {amp!r}")
+        if self._impl != "triton":
+            return []
+        eng = self._engine
+        plan = eng.steady.plan if eng.steady is not None else eng.latest_plan()
+        if plan is None:
+            self._warm_request = amp  # made right after the first step
+            return []
+        self._warm_request = None
+        clip = None
+        if self.max_grad_norm is not None:
+            dtype = eng.steady.norm_dtype if eng.steady is not None else torch.float32
+            clip = eng.clip_spec(self._device, self.max_grad_norm, self.norm_type == math.inf, dtype)
+        lr = eng.device_lr(self._schedule, self._lr_buf, len(self._groups))
+        return engine.warm_up(self._kernel, plan, lr, eng.ticket, eng.first_flags, n_groups=len(self._groups),
+                              scaled=(False, True) if amp else (False,), clip=clip)
+
     def _step_steady(self, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> bool:
         """The Triton path's steady state (``EngineState.steady_update``); returns False, having
         changed nothing, when the full step must run."""

@@ -525,6 +525,8 @@ class FusedOptimizer(UpdateRoutes, Optimizer):
             self._record_lr()
         if self._lrs.has_tensor_lrs and self._lrs.owner is not None:
             self._lrs.sync_tensor_lrs()  # tensor LRs follow the LR the kernel wrote (a deferred step)
+        if self.__dict__.get("_warm_request") is not None and not compiling and not capturing:
+            self.warmup(amp=self._warm_request)  # (asked for before the first step)
         return loss
 
     # ------------------------------------------------------------------ state_dict
