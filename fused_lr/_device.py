@@ -10,9 +10,12 @@ an accelerator's code path reach every caller):
 * ``host_reads_free(device)``: may the host read a device value without a sync? True on CPU only.
   The torch path's code for accelerators (one persistent float32 LR buffer, AMP skips decided on
   the device) is chosen where it is False.
-* ``to_device(host, device, keep)``: a host tensor on ``device`` without blocking the host (through
-  pinned memory). While capturing, the pinned staging tensor is appended to ``keep``: the graph's
-  copy node reads it at every replay, so it must never be freed or written again.
+* ``to_device(host, device, keep, reserve)``: a host tensor on ``device`` without blocking the host
+  (through pinned memory). While capturing, pinned memory cannot be allocated (a potentially
+  synchronizing call, refused in a capture), so the staging comes from ``reserve`` (a ``Reserve``:
+  pinned memory its owner set aside before the capture), and the reserve's memory is appended to
+  ``keep``: the graph's copy node reads it at every replay, so it must never be freed or written
+  again (the owner sets aside a new reserve after the capture).
 """
 
 from __future__ import annotations
@@ -20,7 +23,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["capturing", "host_reads_free", "to_device", "upload", "copy_into"]
+__all__ = ["capturing", "host_reads_free", "to_device", "upload", "copy_into", "Reserve", "CAPTURE_UPLOAD"]
+
+CAPTURE_UPLOAD = (
+    "fused_lr: a table must be uploaded from the host inside a CUDA-graph capture, and no pinned staging memory "
+    "was set aside for it (or it is used up). Run the same step eagerly before capturing, with the gradients "
+    "the captured step will have (opt.zero_grad(set_to_none=False) keeps their addresses)."
+)
+
+
+class Reserve:
+    """Pinned host memory set aside (outside a capture) for the uploads of one capture: ``take``
+    hands out 8-byte aligned pieces of it. Not on CPU (``buf`` None)."""
+
+    def __init__(self, nbytes: int, device: torch.device) -> None:
+        pinned = device.type == "cuda"
+        self.buf = torch.empty(max(nbytes, 8), dtype=torch.uint8, pin_memory=True) if pinned else None
+        self.used = 0
+
+    def take(self, host: Tensor) -> Tensor | None:
+        """``host``'s values in a piece of the reserve (a host-to-host copy: no device call), or
+        None when it is too small."""
+        nbytes = host.numel() * host.element_size()
+        start = -(-self.used // 8) * 8
+        if self.buf is None or start + nbytes > self.buf.numel():
+            return None
+        self.used = start + nbytes
+        piece = self.buf[start : start + nbytes].view(host.dtype).view(host.shape)
+        piece.copy_(host)
+        return piece
 
 
 def capturing(device: torch.device) -> bool:
@@ -33,30 +64,34 @@ def host_reads_free(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def to_device(host: Tensor, device: torch.device, keep: list | None = None) -> Tensor:
+def to_device(host: Tensor, device: torch.device, keep: list | None = None, reserve: Reserve | None = None) -> Tensor:
     """``host`` (a new CPU tensor the caller will not touch again) as a tensor on ``device``.
 
     CPU: ``host`` itself. CUDA: copied from pinned memory, asynchronously (torch's caching host
     allocator keeps the staging block until the copy has run), so a table rebuilt in a training
-    loop costs no host sync. While capturing, the copy is a node of the graph: the staging tensor
-    goes to ``keep`` (required then), whose owner must hold it as long as the graph may replay.
+    loop costs no host sync. While capturing, the copy is a node of the graph and its staging comes
+    from ``reserve`` (required then, with ``keep``): the reserve's memory goes to ``keep``, whose
+    owner must hold it as long as the graph may replay; ``CAPTURE_UPLOAD`` is raised where there
+    is none (or it is used up).
     """
     if device.type == "cpu":
         return host
-    staged = host.pin_memory()
     if capturing(device):
-        if keep is None:
-            raise RuntimeError("an upload inside a CUDA-graph capture needs an owner for its staging tensor")
-        keep.append(staged)
+        staged = reserve.take(host) if (reserve is not None and keep is not None) else None
+        if staged is None:
+            raise RuntimeError(CAPTURE_UPLOAD)
+        if not any(k is reserve.buf for k in keep):
+            keep.append(reserve.buf)
         out = torch.empty(host.shape, dtype=host.dtype, device=device)
         out.copy_(staged, non_blocking=True)
         return out
-    return staged.to(device, non_blocking=True)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
-def upload(values, dtype: torch.dtype, device: torch.device, keep: list | None = None) -> Tensor:
+def upload(values, dtype: torch.dtype, device: torch.device, keep: list | None = None,
+           reserve: Reserve | None = None) -> Tensor:
     """A host list (or nested list) as a tensor on ``device`` (see ``to_device``)."""
-    return to_device(torch.tensor(values, dtype=dtype), device, keep)
+    return to_device(torch.tensor(values, dtype=dtype), device, keep, reserve)
 
 
 def copy_into(dst: Tensor, host: Tensor) -> None:

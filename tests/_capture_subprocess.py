@@ -391,6 +391,7 @@ def case_device_guard():
             if t == 1:  # from now on the plans claim cuda:1 (built on CPU, launched "there")
                 for plan in k._engine.cache._plans.values():
                     plan.device = torch.device("cuda", 1)
+                    plan.reserve = _device.Reserve(8, torch.device("cpu"))  # (unused: no pinned memory here)
             seen.clear()
             k.step()
             sk.step()

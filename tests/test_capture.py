@@ -26,17 +26,31 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_upload_inside_a_capture_is_owned_or_refused(monkeypatch):
-    """While capturing, an upload's pinned staging tensor goes to its owner's ``keep`` list (the
-    graph's copy node reads it at every replay); without an owner the upload is refused, and so is
-    a schedule edit (its rows are uploaded from the host)."""
+    """While capturing, an upload's staging comes from pinned memory set aside before the capture
+    (allocating pinned memory is refused in a capture: ``pin_memory`` is never called), and that
+    memory goes to its owner's ``keep`` list (the graph's copy node reads it at every replay);
+    without a reserve, or with one used up, the upload is refused naming the fix; so is a schedule
+    edit (its rows are uploaded from the host)."""
     monkeypatch.setattr(_device, "capturing", lambda device: True)
-    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self.clone())  # (CPU build: no pinned memory)
-    meta = torch.device("meta")
+
+    def no_pinning(self):
+        raise AssertionError("pinned memory allocated inside a capture")
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", no_pinning)
+    meta = torch.device("meta")  # (a device other than the host's: the upload path of an accelerator)
+    reserve = _device.Reserve(40, meta)
+    reserve.buf = torch.zeros(40, dtype=torch.uint8)  # stands in for the pinned buffer a GPU gets
     keep: list = []
-    out = _device.upload([1, 2, 3], torch.int64, meta, keep)
-    assert out.device == meta and out.shape == (3,) and len(keep) == 1 and keep[0].tolist() == [1, 2, 3]
-    with pytest.raises(RuntimeError, match="owner"):
-        _device.upload([1, 2, 3], torch.int64, meta)
+    out = _device.upload([1, 2, 3], torch.int64, meta, keep, reserve)
+    hyper = _device.to_device(torch.tensor([0.5]), meta, keep, reserve)  # another dtype, 8-byte aligned
+    assert out.device == meta and out.shape == (3,) and hyper.shape == (1,)
+    assert len(keep) == 1 and keep[0] is reserve.buf
+    assert reserve.buf[:24].view(torch.int64).tolist() == [1, 2, 3]
+    assert reserve.buf[24:28].view(torch.float32).tolist() == [0.5]
+    with pytest.raises(RuntimeError, match="Run the same step eagerly"):
+        _device.upload([1, 2], torch.int64, meta, keep, reserve)  # used up
+    with pytest.raises(RuntimeError, match="Run the same step eagerly"):
+        _device.upload([1, 2, 3], torch.int64, meta, keep)  # no reserve
     from fused_lr.schedules import device as sched_device
 
     dst = torch.empty(2, device=meta)

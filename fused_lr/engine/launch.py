@@ -222,6 +222,8 @@ def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_fla
     with device_guard(plan.device):
         if _device.capturing(plan.device):
             plan.pin()
+        else:
+            plan.set_aside()  # (a capture used the last reserve: a new one, outside the capture)
         note_stream(plan)
         return _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_scale, found_inf, clip)
 

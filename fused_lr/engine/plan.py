@@ -27,7 +27,9 @@ CUDA graphs (``fused_lr._device.capturing``): a plan is never built during a cap
 upload its tables with the capture running: ``PlanCache.get`` raises, naming the fix). A gradient
 table that must change during a capture (torch's recipe: ``zero_grad(set_to_none=True)`` before
 capture, so the captured backward allocates new gradients) is uploaded by a copy node of the graph
-from a pinned staging tensor the plan owns, and is marked stale for eager steps (the copy runs only
+from pinned staging memory the plan set aside before the capture (``Plan.reserve``: pinned memory
+cannot be allocated while capturing; enough for every grad, chunk and hyper table once; a new one is
+set aside at the next eager launch), and is marked stale for eager steps (the copy runs only
 when the graph replays). Every tensor a captured launch references is *pinned* to the plan
 (``Plan.pin``): it is never freed or written in place afterwards, and a plan holding pinned tensors
 is never evicted from its cache. Tables used on a stream other than the one they were allocated
@@ -98,7 +100,7 @@ class Plan:
     step does not use."""
 
     __slots__ = ("device", "cfg", "launches", "hyper", "hyper_table", "grad_key", "grad_strides", "grad_refs",
-                 "contiguous", "partials", "one32", "zero32", "one64", "zero64", "pinned", "staging", "last_stream",
+                 "contiguous", "partials", "one32", "zero32", "one64", "zero64", "pinned", "staging", "last_stream", "reserve",
                  "__weakref__")
 
     def __init__(self, device: torch.device, cfg: dict) -> None:
@@ -122,6 +124,17 @@ class Plan:
         self.pinned: dict[int, Tensor] = {}  # id -> tensor a captured launch references: never freed
         self.staging: list[Tensor] = []  # pinned host tensors copy nodes of captured graphs read
         self.last_stream = None  # the stream of the last launch (CUDA)
+        self.reserve: _device.Reserve | None = None  # pinned staging for the uploads of a capture
+
+    def set_aside(self) -> None:
+        """Outside a capture: pinned staging memory for the uploads a capture may make (every grad
+        table, chunk table and the hyper table once), if there is none unused."""
+        if self.device.type != "cuda" or (self.reserve is not None and self.reserve.used == 0):
+            return
+        words = sum(len(x.positions) + 2 * x.n_chunks + 8 for x in self.launches)
+        if self.hyper_table is not None:
+            words += self.hyper_table.numel() + 8
+        self.reserve = _device.Reserve(8 * words, self.device)
 
     def tensors(self) -> list[Tensor]:
         """Every device tensor a launch of this plan passes to a kernel."""
@@ -213,6 +226,7 @@ def build_plan(
         plan.launches.append(launch)
     plan.partials = torch.zeros(max(1, offset), dtype=torch.float64, device=device)
     set_hyper(plan, spec, hyper)
+    plan.set_aside()
     return plan
 
 
@@ -223,7 +237,7 @@ def _order_chunks(plan: Plan, launch: Launch, ok: tuple, keep: list | None) -> N
     for want in (True, False):
         rows += [(k, s) for k, n in enumerate(launch.numel_list) if ok[k] is want for s in range(0, n, chunk)]
     n_aligned = sum(-(-n // chunk) for k, n in enumerate(launch.numel_list) if ok[k])
-    table = _device.upload(rows, torch.int64, plan.device, keep).reshape(-1, 2)
+    table = _device.upload(rows, torch.int64, plan.device, keep, plan.reserve).reshape(-1, 2)
     parts = []
     if n_aligned:
         parts.append((True, table[:n_aligned], n_aligned, launch.partial_offset))
@@ -248,7 +262,7 @@ def set_grads(plan: Plan, grads: Sequence[Tensor], params: Sequence[Tensor], gra
     keep = plan.staging if _device.capturing(plan.device) else None
     for launch in plan.launches:
         addrs = [grads[i].data_ptr() for i in launch.positions]
-        launch.grad_addrs = _device.upload(addrs, torch.int64, plan.device, keep)
+        launch.grad_addrs = _device.upload(addrs, torch.int64, plan.device, keep, plan.reserve)
         ok = tuple(s and _aligned(a) for s, a in zip(launch.static_ok, addrs))
         if ok != launch.order:
             _order_chunks(plan, launch, ok, keep)
@@ -284,7 +298,7 @@ def set_hyper(plan: Plan, spec: KernelSpec, hyper: tuple[tuple, ...]) -> None:
     host = torch.tensor(rows, dtype=torch.float64).reshape(-1, width)
     table = plan.hyper_table
     if _device.capturing(plan.device):
-        plan.hyper_table = _device.to_device(host, plan.device, plan.staging)
+        plan.hyper_table = _device.to_device(host, plan.device, plan.staging, plan.reserve)
         plan.hyper = None
         return
     if table is not None and table.shape == host.shape and id(table) not in plan.pinned:
