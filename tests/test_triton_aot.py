@@ -242,6 +242,19 @@ def test_every_specialization_compiles(aot_report):
         assert sorted(aot_report[name]) == [str(cc) for cc in CAPABILITIES], name
 
 
+def test_every_kernel_takes_its_options_from_one_place():
+    """The update and both norm kernels compile (and launch: fused_lr/engine/launch.py passes the
+    same call) with runtime.kernel_options: the same warps and floating-point contraction."""
+    from fused_lr import engine
+    from fused_lr.engine import runtime
+
+    options = runtime.kernel_options(runtime.launch_config(production=True))
+    assert options == {"num_warps": runtime.NUM_WARPS, "enable_fp_fusion": runtime.ENABLE_FP_FUSION}
+    specs = engine.kernel_specializations()
+    assert {s["kind"] for s in specs} == {"sgd", "norm_partials", "norm_finalize"}
+    assert all(s["options"] == options for s in specs)
+
+
 def test_aligned_hot_loop_is_vectorized(aot_report):
     problems = []
     for name, per_cc in aot_report.items():
