@@ -60,8 +60,9 @@ class DeviceLR(NamedTuple):
     int64 ``[1]`` step counter; the LRs are taken at ``step + advance``. advance: scheduler steps
     taken on the host since the counter was last stored (deferred so that ``opt.step();
     sched.step()`` costs one launch). lr_out: float64 ``[groups]`` or None; when given, the step's
-    final launch writes back: its last program stores ``step += advance`` and every group's LR at
-    that step into ``lr_out`` (a step skipped by ``found_inf`` writes back too).
+    final launch writes back: every group's LR at that step into ``lr_out`` (each by its group's
+    first program; groups with no tensor in that launch by its last program) and, by its last
+    program, ``step += advance`` (a step skipped by ``found_inf`` writes back too).
     """
 
     desc: Tensor
@@ -255,7 +256,7 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
                     NORM_INF=bool(clip.norm_inf),
                     BLOCK_SIZE=cfg["BLOCK_SIZE"],
                     CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-                    num_warps=cfg["num_warps"],
+                    **runtime.kernel_options(cfg),  # the update's warps and FP contraction, from one place
                 )
         norm.grad_norm_finalize_kernel[(1,)](
             plan.partials,
@@ -268,20 +269,22 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
             NORM_INF=bool(clip.norm_inf),
             NORM_DTYPE=runtime.triton_dtype(clip.norm_out.dtype),
             BLOCK=norm.FINALIZE_BLOCK,
-            num_warps=cfg["num_warps"],
+            **runtime.kernel_options(cfg),
         )
     if clip is not None and clip.check is not None:
         clip.check(clip.norm_out)
-    # Launches run in stream order: only the last one advances the counter, so the earlier ones
-    # (other dtypes, or the misaligned tensors of a dtype) read it unchanged. A dtype split in two
-    # launches clears its first-step flags (all of them: its tables are shared) in the second one,
-    # so that the first does not clear the flags the second still reads.
+    # The last dtype's launches write the LRs back (every group: a group's LR is stored by the
+    # program of the first chunk of its first tensor, which is in one of a split dtype's two
+    # launches, and the finishing program stores the groups absent from the dtype; the counter is
+    # already current: ``advance`` is 0). A dtype split in two launches clears its first-step flags
+    # (all of them: its tables are shared) in the second one, so that the first does not clear the
+    # flags the second still reads.
     last = len(plan.launches) - 1
     for k, part in enumerate(plan.launches):
         tl_dtype = runtime.triton_dtype(part.dtype)
         last_part = len(part.parts) - 1
         for j, (aligned, chunks, programs, _) in enumerate(part.parts):
-            write_back = 1 if (lr_out is not None and k == last and j == last_part) else 0
+            write_back = 1 if (lr_out is not None and k == last) else 0
             kernel[(programs,)](
                 part.param_addrs,
                 part.grad_addrs,
@@ -312,8 +315,7 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
                 SCALED=scaled,
                 BLOCK_SIZE=cfg["BLOCK_SIZE"],
                 CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-                num_warps=cfg["num_warps"],
-                enable_fp_fusion=cfg["enable_fp_fusion"],
+                **runtime.kernel_options(cfg),
             )
     return lr_out is not None and bool(plan.launches)
 

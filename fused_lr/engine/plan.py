@@ -77,14 +77,18 @@ class Launch:
     """The tables of one dtype's launch; all tensors live on the parameters' device.
 
     param_addrs, grad_addrs, numels: int64 [n]; state_addrs: one int64 [n] per state list;
-    groups, slots: int32 [n]; chunks: int64 [n_chunks, 2] = (tensor index within this launch, first
-    element), the chunks of tensors whose every address is aligned first; parts: one
-    ``(aligned, chunks view, programs, partial offset)`` per kernel launch (one, or two when some
-    tensors are misaligned); partial_offset: this dtype's first slot in the plan's norm partials.
+    slots: int32 [n]; groups: int32 [n + 1 + n_absent]: each tensor's group, then the number of
+    groups with no tensor in this launch and those groups (the kernels' finishing program stores
+    their LRs); chunks: int64 [n_chunks, 3] = (tensor index within this launch, first element, end
+    element), ``chunk_blocks`` blocks at most, the chunks of tensors whose every address is aligned
+    first; chunk_rows: the same rows in tensor order (host); parts: one ``(aligned, chunks view,
+    programs, partial offset)`` per kernel launch (one, or two when some tensors are misaligned);
+    partial_offset: this dtype's first slot in the plan's norm partials.
     """
 
-    __slots__ = ("dtype", "positions", "param_addrs", "state_addrs", "numels", "numel_list", "groups", "chunks",
-                 "n_chunks", "static_ok", "static_aligned", "grad_addrs", "slots", "partial_offset", "order", "parts")
+    __slots__ = ("dtype", "positions", "param_addrs", "state_addrs", "numels", "chunk_rows", "groups", "chunks",
+                 "n_chunks", "chunk_blocks", "static_ok", "static_aligned", "grad_addrs", "slots", "partial_offset",
+                 "order", "parts")
 
     def __init__(self, dtype: torch.dtype, positions: list[int]) -> None:
         self.dtype = dtype
@@ -204,20 +208,26 @@ def build_plan(
 
     plan = Plan(device, cfg)
     plan.contiguous = all(p.is_contiguous() for p in params)
-    chunk = cfg["BLOCK_SIZE"] * cfg["CHUNK_BLOCKS"]
+    sms = runtime.sm_count(device)
     offset = 0
     for dtype, positions in by_dtype.items():
         launch = Launch(dtype, positions)
         param_addrs = [params[i].data_ptr() for i in positions]
         state_addrs = [[state[i].data_ptr() if keeps[group_index[i]] else 0 for i in positions] for state in states]
         numels = [params[i].numel() for i in positions]
+        # Kernel shape (fused_lr.engine.runtime.chunk_blocks): the chunk size of this launch, each
+        # tensor split into equal whole-block chunks; the group table ends with the groups this
+        # launch has no tensor of (their LRs are stored by the finishing program).
+        launch.chunk_blocks = runtime.chunk_blocks(numels, sms, cfg)
+        launch.chunk_rows = _chunks(numels, cfg["BLOCK_SIZE"], launch.chunk_blocks)
+        groups = [group_index[i] for i in positions]
+        absent = sorted(set(range(len(hyper))) - set(groups))
         launch.param_addrs = _device.upload(param_addrs, torch.int64, device)
         launch.state_addrs = tuple(_device.upload(a, torch.int64, device) for a in state_addrs)
         launch.numels = _device.upload(numels, torch.int64, device)
-        launch.numel_list = numels
-        launch.groups = _device.upload([group_index[i] for i in positions], torch.int32, device)
+        launch.groups = _device.upload(groups + [len(absent)] + absent, torch.int32, device)
         launch.slots = _device.upload([flag_slots[i] for i in positions], torch.int32, device)
-        launch.n_chunks = sum(-(-n // chunk) for n in numels)
+        launch.n_chunks = len(launch.chunk_rows)
         # Per tensor: its parameter and state addresses are aligned (its gradient is checked when set).
         launch.static_ok = [_aligned(a) and all(_aligned(s[k]) for s in state_addrs) for k, a in enumerate(param_addrs)]
         launch.static_aligned = all(launch.static_ok)
@@ -230,14 +240,24 @@ def build_plan(
     return plan
 
 
+def _chunks(numels: Sequence[int], block: int, chunk_blocks: int) -> list[tuple[int, int, int]]:
+    """``(tensor, start, end)`` of every chunk: each tensor in as few chunks of at most
+    ``chunk_blocks`` blocks as it needs, of equal whole blocks (the last one takes the rest), so no
+    program of a tensor is left with a sliver while another does a full chunk."""
+    chunks = []
+    for k, n in enumerate(numels):
+        blocks = -(-n // block)
+        per = -(-blocks // -(-blocks // chunk_blocks)) * block
+        chunks.extend((k, start, min(start + per, n)) for start in range(0, n, per))
+    return chunks
+
+
 def _order_chunks(plan: Plan, launch: Launch, ok: tuple, keep: list | None) -> None:
     """The chunk table with the chunks of fully aligned tensors first, and the launches it makes."""
-    chunk = plan.cfg["BLOCK_SIZE"] * plan.cfg["CHUNK_BLOCKS"]
-    rows = []
-    for want in (True, False):
-        rows += [(k, s) for k, n in enumerate(launch.numel_list) if ok[k] is want for s in range(0, n, chunk)]
-    n_aligned = sum(-(-n // chunk) for k, n in enumerate(launch.numel_list) if ok[k])
-    table = _device.upload(rows, torch.int64, plan.device, keep, plan.reserve).reshape(-1, 2)
+    rows = [r for r in launch.chunk_rows if ok[r[0]]]
+    n_aligned = len(rows)
+    rows += [r for r in launch.chunk_rows if not ok[r[0]]]
+    table = _device.upload(rows, torch.int64, plan.device, keep, plan.reserve).reshape(-1, 3)
     parts = []
     if n_aligned:
         parts.append((True, table[:n_aligned], n_aligned, launch.partial_offset))
