@@ -102,10 +102,12 @@ def build_plan(
     cfg: dict[str, int],
 ) -> Plan:
     """The plan of one update: ``states[k][i]`` is ``params[i]``'s tensor of state list ``k``
-    (required where its group keeps state); checked before anything is built."""
+    (required where its group keeps state), then of each scalar state; checked before anything
+    is built."""
     device = params[0].device
     runtime.check_device(device)
     keeps = [spec.keeps_state(h) for h in hyper]
+    n_lists = len(spec.state_lists)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, p in enumerate(params):
         if p.device != device:
@@ -124,7 +126,9 @@ def build_plan(
         if not 0 <= g < len(hyper):
             raise ValueError(f"param {i}: group index {g} outside [0, {len(hyper)})")
         if keeps[g]:
-            for name, state in zip(spec.state_lists, states):
+            for k, (name, state) in enumerate(zip(spec.state_lists, states)):
+                if not spec.kept(hyper[g], k):
+                    continue  # (a list this group does not keep: address 0)
                 b = state[i]
                 if b is None:
                     raise ValueError(f"param {i}: its group keeps state but no {name} was given")
@@ -134,6 +138,11 @@ def build_plan(
                         f"param's strides {p.stride()} on {device}, got {b.dtype} {tuple(b.shape)} strides "
                         f"{b.stride()} on {b.device}"
                     )
+            for name, state in zip(spec.scalar_states, states[n_lists:]):
+                t = state[i]
+                if t is None or t.device != device or t.dtype != torch.float32 or t.numel() != 1:
+                    got = "None" if t is None else f"{t.dtype} {tuple(t.shape)} on {t.device}"
+                    raise ValueError(f"param {i}: {name} must be a one-element float32 tensor on {device}, got {got}")
         if p.numel() > 0:
             by_dtype.setdefault(p.dtype, []).append(i)
     if any(not isinstance(k, int) or k < 0 for k in flag_slots):
@@ -145,7 +154,8 @@ def build_plan(
     for dtype, positions in by_dtype.items():
         launch = Launch(dtype, positions)
         param_addrs = [params[i].data_ptr() for i in positions]
-        state_addrs = [[state[i].data_ptr() if keeps[group_index[i]] else 0 for i in positions] for state in states]
+        state_addrs = [[state[i].data_ptr() if spec.kept(hyper[group_index[i]], k) else 0 for i in positions]
+                       for k, state in enumerate(states)]
         numels = [params[i].numel() for i in positions]
         chunks = [(k, start) for k, n in enumerate(numels) for start in range(0, n, chunk)]
         launch.param_addrs = torch.tensor(param_addrs, dtype=torch.int64, device=device)
@@ -154,7 +164,8 @@ def build_plan(
         launch.groups = torch.tensor([group_index[i] for i in positions], dtype=torch.int32, device=device)
         launch.chunks = torch.tensor(chunks, dtype=torch.int64, device=device).reshape(-1, 2)
         launch.n_chunks = len(chunks)
-        launch.static_aligned = all(_aligned(a) for a in param_addrs + [a for s in state_addrs for a in s])
+        # (Scalar states are read one element at a time: their addresses do not matter here.)
+        launch.static_aligned = all(_aligned(a) for a in param_addrs + [a for s in state_addrs[:n_lists] for a in s])
         launch.grad_addrs = None
         launch.grads_aligned = False
         launch.slots = torch.tensor([flag_slots[i] for i in positions], dtype=torch.int32, device=device)
