@@ -106,22 +106,23 @@ class FusedAdam(FusedOptimizer):
 
     def _check_hyper(self, group: dict[str, Any], where: str) -> dict[str, Any]:
         """Checked copy of a group's hyper-parameters (torch.optim.Adam's rules, per group)."""
+        # (Messages show the values as given, as torch's do.)
         lr = as_float("lr", group["lr"])
         if lr < 0.0 or math.isinf(lr):
-            raise ValueError(f"Invalid learning rate: {lr}{where}")
+            raise ValueError(f"Invalid learning rate: {group['lr']}{where}")
         eps = as_float("eps", group["eps"])
         if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}{where}")
+            raise ValueError(f"Invalid epsilon value: {group['eps']}{where}")
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}{where}")
         beta1, beta2 = (as_float(f"betas[{i}]", b) for i, b in enumerate(betas))
         for i, b in enumerate((beta1, beta2)):
             if not 0.0 <= b < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {b}{where}")
+                raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}{where}")
         weight_decay = as_float("weight_decay", group["weight_decay"])
         if not 0.0 <= weight_decay or math.isinf(weight_decay):
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}{where}")
+            raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}{where}")
         flags = {k: group[k] for k in ("amsgrad", "maximize", "capturable", "decoupled_weight_decay")}
         for k, v in flags.items():
             if not isinstance(v, bool):
