@@ -8,14 +8,17 @@ blocks) is checked for what the design promises:
 * ALIGNED=True: every global load and store in the hot loop is a 16-byte vector access
   (``ld.global.v4.b32`` / ``st.global.v4.b32`` for 16- and 32-bit types, which pack 8 or 4
   elements; ``.v2.b64`` for float64), and there are exactly as many as the block needs:
-  3 operands loaded (p, grad, buf) and 2 stored (p, buf), BLOCK_SIZE * itemsize / (threads * 16)
-  vectors each.
+  3 operands loaded (p, grad, buf) and 2 stored (p, buf) for SGD, 5 loaded (p, grad, exp_avg,
+  exp_avg_sq, max_exp_avg_sq) and 4 stored (all but grad) for Adam, BLOCK_SIZE * itemsize /
+  (threads * 16) vectors each.
 * ALIGNED=False (a tensor whose address is not a multiple of 16): compiles, with element-wise
   accesses (documented cost of the fallback).
 * float64 constants and functions: math.pi stays a float64 literal, sqrt is the IEEE
   ``sqrt.rn.f64``, and cos is libdevice's (``__internal_trig_reduction`` in the PTX).
 * SCALED=True (AMP unscale / clipping): the hot loop divides with the IEEE ``div.rn`` (as torch's
-  fused kernels do), never the approximate ``div.full.f32``; SCALED=False has no division there.
+  fused kernels do), never the approximate ``div.full.f32``; SCALED=False has no division there
+  (SGD). Adam's update divides in every specialization: always ``div.rn``, and its float32 square
+  root is the IEEE ``sqrt.rn.f32``, never ``sqrt.approx``.
 * The gradient-norm partials kernel (clipping): aligned, its hot loop is one 16-byte vector load
   per BLOCK_SIZE * itemsize / (threads * 16) and no store; unaligned, element-wise loads. The
   finalize kernel compiles for both norm types and both norm dtypes.
@@ -38,6 +41,9 @@ import pytest
 pytest.importorskip("triton")
 
 CAPABILITIES = (80, 90)
+# The update kernels (one per registered optimizer) and the global accesses of their hot loop:
+# (operands loaded, operands stored).
+UPDATE_ACCESSES = {"sgd": (3, 2), "adamw": (5, 4)}
 
 
 def _loops(ptx: str) -> list[list[str]]:
@@ -87,7 +93,7 @@ def _child(out_path: str) -> None:
             kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=spec["options"])
             ptx = kernel.asm["ptx"]
             loops = _loops(ptx)
-            if spec["kind"] != "sgd":
+            if spec["kind"] not in UPDATE_ACCESSES:
                 # The norm kernels: the partials kernel's hot loop is the innermost loop that loads.
                 hot = _hot_loop(loops, 0)
                 loads, stores = _global_accesses(hot)
@@ -104,10 +110,12 @@ def _child(out_path: str) -> None:
             hot = _hot_loop(loops, 1)
             loads, stores = _global_accesses(hot)
             entry[str(cc)] = dict(
-                kind="sgd",
+                kind=spec["kind"],
                 scaled=spec["constexprs"]["SCALED"],
                 div_rn=any(re.search(r"\bdiv\.rn\.f(32|64)", line) for line in hot),
                 div_approx=any(re.search(r"\bdiv\.(full|approx)\.", line) for line in hot),
+                sqrt_approx=any(re.search(r"\bsqrt\.approx\.", line) for line in hot),
+                sqrt_rn_hot=any(re.search(r"\bsqrt\.rn\.f(32|64)", line) for line in hot),
                 loads=loads,
                 stores=stores,
                 itemsize=spec["dtype"].itemsize,
@@ -140,9 +148,11 @@ def test_every_specialization_compiles(aot_report):
     from fused_lr import engine
 
     names = [s["name"] for s in engine.kernel_specializations()]
-    # At the production launch configuration: the update, 4 dtypes x ALIGNED x SCALED (16); the
-    # norm partials, 4 dtypes x ALIGNED x NORM_INF (16); the norm finalize, 2 norm dtypes x NORM_INF (4).
-    assert len(names) == 36 and len(set(names)) == 36 and sorted(names) == sorted(aot_report)
+    # At the production launch configuration: each update kernel (SGD, Adam), 4 dtypes x ALIGNED x
+    # SCALED (16 each); the norm partials, 4 dtypes x ALIGNED x NORM_INF (16); the norm finalize,
+    # 2 norm dtypes x NORM_INF (4).
+    assert {s.name for s in engine.registered()} == set(UPDATE_ACCESSES)
+    assert len(names) == 52 and len(set(names)) == 52 and sorted(names) == sorted(aot_report)
     for name in names:
         assert sorted(aot_report[name]) == [str(cc) for cc in CAPABILITIES], name
 
@@ -155,8 +165,8 @@ def test_aligned_hot_loop_is_vectorized(aot_report):
                 continue
             vector = "v2.b64" if r["itemsize"] == 8 else "v4.b32"
             per_operand = r["block"] * r["itemsize"] // (r["threads"] * 16)
-            # The update loads p, grad, buf and stores p, buf; the norm partials load the grad only.
-            n_loads, n_stores = (3, 2) if r["kind"] == "sgd" else (1, 0)
+            # The updates: UPDATE_ACCESSES; the norm partials load the grad only.
+            n_loads, n_stores = UPDATE_ACCESSES.get(r["kind"], (1, 0))
             want_loads = [f"ld.global.{vector}"] * (n_loads * per_operand)
             want_stores = [f"st.global.{vector}"] * (n_stores * per_operand)
             if r["loads"] != want_loads or r["stores"] != want_stores:
@@ -172,27 +182,31 @@ def test_unaligned_fallback_uses_element_accesses(aot_report):
             if r["aligned"] is not False:
                 continue
             checked += 1
-            assert r["loads"] and (r["stores"] or r["kind"] != "sgd"), f"{name} sm_{cc}: no hot loop found"
+            assert r["loads"] and (r["stores"] or r["kind"] not in UPDATE_ACCESSES), f"{name} sm_{cc}: no hot loop found"
             assert not any(".v" in a for a in r["loads"] + r["stores"]), f"{name} sm_{cc}: {r}"
-    assert checked == 16 * len(CAPABILITIES)  # 8 unaligned update + 8 unaligned partials specializations
+    assert checked == 24 * len(CAPABILITIES)  # 8 unaligned per update kernel + 8 unaligned partials specializations
 
 
 def test_scaled_update_uses_ieee_division(aot_report):
     n = 0
     for name, per_cc in aot_report.items():
         for cc, r in per_cc.items():
-            if r["kind"] != "sgd":
+            if r["kind"] not in UPDATE_ACCESSES:
                 continue
             n += 1
             assert not r["div_approx"], f"{name} sm_{cc}: approximate division in the hot loop"
-            assert r["div_rn"] == r["scaled"], f"{name} sm_{cc}: div.rn in hot loop = {r['div_rn']}, SCALED = {r['scaled']}"
-    assert n == 16 * len(CAPABILITIES)
+            assert not r["sqrt_approx"], f"{name} sm_{cc}: approximate square root in the hot loop"
+            if r["kind"] == "sgd":
+                assert r["div_rn"] == r["scaled"], f"{name} sm_{cc}: div.rn in hot loop = {r['div_rn']}, SCALED = {r['scaled']}"
+            else:  # Adam divides m / denom and sqrt(v) / bias_correction2_sqrt at every step
+                assert r["div_rn"] and r["sqrt_rn_hot"], f"{name} sm_{cc}: div.rn {r['div_rn']}, sqrt.rn {r['sqrt_rn_hot']}"
+    assert n == 32 * len(CAPABILITIES)
 
 
 def test_float64_schedule_math(aot_report):
     for name, per_cc in aot_report.items():
         for cc, r in per_cc.items():
-            if r["kind"] != "sgd":
+            if r["kind"] not in UPDATE_ACCESSES:
                 continue
             assert r["pi64"], f"{name} sm_{cc}: math.pi is not a float64 literal in the PTX"
             assert r["sqrt_rn"], f"{name} sm_{cc}: float64 sqrt is not sqrt.rn.f64"
