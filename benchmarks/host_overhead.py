@@ -2,13 +2,14 @@
 
 On a GPU, small-tensor workloads (ResNet-50's 161 tensors, 1,000 small tensors) are bound by the
 Python/C++ work the host does per step, not by the kernel. This comparison measures that host work
-for ``FusedSGD(backend="triton")`` + a fused_lr ``CosineAnnealingLR`` on CPU tensors, with the kernel
-launch replaced by a no-op (so neither the interpreter nor a GPU is involved), beside the torch
-path (``backend="torch"``, which does run its CPU kernel) for scale::
+for ``FusedSGD(backend="triton")`` (and ``FusedAdamW(backend="triton")``) + a fused_lr
+``CosineAnnealingLR`` on CPU tensors, with the kernel launch replaced by a no-op (so neither the
+interpreter nor a GPU is involved), beside the torch path (``backend="torch"``, which does run its
+CPU kernel) for scale::
 
-    python benchmarks/host_overhead.py            # ResNet-50 shapes and 1,000 small tensors
+    python benchmarks/host_overhead.py            # ResNet-50 shapes and 1,000 small tensors, SGD and AdamW
 
-Both methods are the harness's (``harness.methods.fused``); the rounds alternate their order and
+Both methods are the harness's (``harness.methods.fused`` / ``fused_adamw``); the rounds alternate their order and
 the figure is the median over rounds (``harness.timing``). The first step of the Triton path is
 timed alone: it builds the launch plan.
 
@@ -30,29 +31,36 @@ os.environ["TRITON_INTERPRET"] = "1"  # lets the Triton path accept CPU tensors;
 
 import torch  # noqa: E402
 
+import fused_lr.lr_scheduler  # noqa: E402
+
 _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:  # benchmarks/ holds harness and param_sets
     sys.path.insert(0, str(_HERE))
 
 import param_sets  # noqa: E402
 from harness import _internal  # noqa: E402
-from harness.methods import Schedule, fused  # noqa: E402
+from harness.methods import Method, Schedule, fused, fused_adamw  # noqa: E402
 from harness.params import make_params  # noqa: E402
 from harness.timing import interleaved_rounds, spread  # noqa: E402
 
 CPU = torch.device("cpu")
-HYPER = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
+HYPER = {"sgd": dict(lr=0.1, momentum=0.9, weight_decay=1e-4), "adamw": dict(lr=1e-3, weight_decay=0.01)}
 COSINE = Schedule("cosine_iter", "CosineAnnealingLR", dict(T_max=10_000))
-METHODS = {"triton": fused("fused_lr[triton], launch stubbed", "triton"), "torch": fused("fused_lr[torch]", "torch")}
+METHODS = {
+    "sgd": {"triton": fused("fused_lr[triton], launch stubbed", "triton"), "torch": fused("fused_lr[torch]", "torch")},
+    "adamw": {"triton": Method("FusedAdamW[triton], launch stubbed", fused_adamw("triton"), fused_lr.lr_scheduler),
+              "torch": Method("FusedAdamW[torch]", fused_adamw("torch"), fused_lr.lr_scheduler)},
+}
 
 
-def measure(shapes, rounds: int = 9, steps: int = 30) -> dict[str, float]:
+def measure(shapes, rounds: int = 9, steps: int = 30, optimizer: str = "sgd") -> dict[str, float]:
     """Median microseconds per ``opt.step(); sched.step()``: first step and steady state of the
-    Triton path (launch stubbed), steady state of the torch path; alternating order."""
+    Triton path (launch stubbed), steady state of the torch path; alternating order. ``optimizer``:
+    "sgd" (FusedSGD) or "adamw" (FusedAdamW)."""
     if not _internal.triton_kernels_importable():
         raise SystemExit("triton is not installed")
-    with _internal.sgd_launch_stubbed():
-        runners = {k: m.build(make_params(shapes), COSINE, CPU, HYPER) for k, m in METHODS.items()}
+    with _internal.sgd_launch_stubbed(optimizer):
+        runners = {k: m.build(make_params(shapes), COSINE, CPU, HYPER[optimizer]) for k, m in METHODS[optimizer].items()}
         t0 = time.perf_counter()
         runners["triton"].iteration()
         first = (time.perf_counter() - t0) * 1e6
@@ -75,10 +83,12 @@ def main() -> None:
         "1,000 small tensors (1k elements each)": param_sets.many_small(1000, 1000),
     }
     print(f"torch {torch.__version__}, 1 thread; microseconds per opt.step() + sched.step() (median)")
-    print(f"{'parameter set':42} {'triton first':>13} {'triton steady':>14} {'torch path':>11}")
-    for name, shapes in sets.items():
-        r = measure(shapes)
-        print(f"{name:42} {r['triton_first_us']:13.0f} {r['triton_steady_us']:14.0f} {r['torch_path_us']:11.0f}")
+    print(f"{'optimizer':10} {'parameter set':42} {'triton first':>13} {'triton steady':>14} {'torch path':>11}")
+    for optimizer in ("sgd", "adamw"):
+        for name, shapes in sets.items():
+            r = measure(shapes, optimizer=optimizer)
+            print(f"{optimizer:10} {name:42} {r['triton_first_us']:13.0f} {r['triton_steady_us']:14.0f} "
+                  f"{r['torch_path_us']:11.0f}")
 
 
 if __name__ == "__main__":

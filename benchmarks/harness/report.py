@@ -176,12 +176,14 @@ def unique_stem(out_dir: Path, stem: str, suffixes=(".json", ".png")) -> Path:
 
 
 def write_report(
-    report: dict[str, Any], out_dir: Path, plot: Callable[[dict[str, Any], Path], object] | None = None
+    report: dict[str, Any], out_dir: Path, plot: Callable[[dict[str, Any], Path], object] | None = None,
+    prefix: str = "",
 ) -> tuple[Path, Path | None]:
-    """Write ``<device slug>-<date>.json`` (and ``.png`` with ``plot``) into ``out_dir`` at the first
-    free suffix; the name is reserved by creating the JSON exclusively, so two runs cannot share it."""
+    """Write ``<prefix><device slug>-<date>.json`` (and ``.png`` with ``plot``) into ``out_dir`` at the
+    first free suffix; the name is reserved by creating the JSON exclusively, so two runs cannot
+    share it. ``prefix``: a comparison other than SGD's names its files (``adamw-``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = unique_stem(out_dir, f"{report['device']['slug']}-{report['created'][:10]}")
+    base = unique_stem(out_dir, f"{prefix}{report['device']['slug']}-{report['created'][:10]}")
     json_path, png_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".png")
     with open(json_path, "x") as f:
         json.dump(report, f, indent=1, default=str)
