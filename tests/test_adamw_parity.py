@@ -358,3 +358,74 @@ def test_stock_error_types_for_bad_arguments():
     with pytest.raises(ValueError, match=r"index 0: 1.5 \(param group 1\)"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "betas": (1.5, 0.9)})
     assert len(opt.param_groups) == 1
+
+
+# ---------------------------------------------------------------------------------------- clipping, torch.compile
+
+
+@pytest.mark.parametrize("norm_type", [2.0, float("inf")])
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_fused_clipping_matches_clip_grad_norm_then_stock(name, norm_type):
+    """max_grad_norm: the same as torch.nn.utils.clip_grad_norm_ followed by stock's step (a None
+    grad on one step is left out of the norm, as in torch); the norm itself to a few ulp (per-tensor
+    norms, then the norm of the stack: torch's reduction, summed in another order at most)."""
+    stock_cls, fused_cls = PAIRS[name]
+    max_norm = {2.0: 7.0, float("inf"): 2.5}[norm_type]  # (the gradients' norms straddle it)
+    ref = [p for p in _make_params(torch.float32) if not p.is_complex()]
+    pa, pb = copy.deepcopy(ref), copy.deepcopy(ref)
+    opts = dict(amsgrad=True, weight_decay=0.1)
+    oa = stock_cls(_groups(pa, opts), lr=0.01, foreach=False, **opts)
+    ob = fused_cls(_groups(pb, opts), lr=0.01, backend="torch", max_grad_norm=max_norm, norm_type=norm_type, **opts)
+    clipped = 0
+    for t in range(12):
+        grads = _grads(t, pa)
+        _set_grads(pa, grads)
+        _set_grads(pb, grads)
+        total = torch.nn.utils.clip_grad_norm_([p for p in pa if p.grad is not None], max_norm, norm_type)
+        oa.step()
+        ob.step()
+        clipped += bool(total > max_norm)
+        assert_close(ob.last_grad_norm, total, rtol=8 * torch.finfo(torch.float32).eps, atol=0.0, what=f"norm {t}")
+        _compare_states(pa, oa, pb, ob, TRAJ_TOL[torch.float32], f"{name} clip {norm_type} step {t}")
+    assert 0 < clipped < 12, f"clipping active on {clipped}/12 steps: the test would not exercise both sides"
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_compiled_train_step_follows_stock_without_recompiling(name):
+    """torch.compile (aot_eager, as tests/test_compile.py, which argues the backend) of a whole
+    training step with the torch path + StepLR: after two warm-up calls (the first creates the
+    state) no recompile across four schedule boundaries; every step as stock eager."""
+    stock_cls, fused_cls = PAIRS[name]
+    torch._dynamo.reset()
+    try:
+        torch.manual_seed(0)
+        ma = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+        mb = copy.deepcopy(ma)
+        oa = stock_cls(ma.parameters(), lr=0.01, weight_decay=0.1, amsgrad=True, foreach=False)
+        ob = fused_cls(mb.parameters(), lr=0.01, weight_decay=0.1, amsgrad=True, backend="torch")
+        sa, sb = stock.StepLR(oa, 3, 0.5), fused.StepLR(ob, 3, 0.5)
+        batches = [(torch.randn(6, 4, generator=torch.Generator().manual_seed(t)),
+                    torch.randn(6, 2, generator=torch.Generator().manual_seed(100 + t))) for t in range(14)]
+
+        @torch.compile(backend="aot_eager")
+        def train_step(x, y):
+            ob.zero_grad()
+            torch.nn.functional.mse_loss(mb(x), y).backward()
+            ob.step()
+            sb.step()
+
+        for t, (x, y) in enumerate(batches):
+            oa.zero_grad()
+            torch.nn.functional.mse_loss(ma(x), y).backward()
+            oa.step()
+            sa.step()
+            if t < 2:
+                train_step(x, y)
+            else:
+                with torch.compiler.set_stance("fail_on_recompile"):
+                    train_step(x, y)
+            _compare_states(list(ma.parameters()), oa, list(mb.parameters()), ob, TRAJ_TOL[torch.float32],
+                            f"{name} compiled step {t}")
+            assert abs(ob.param_groups[0]["lr"] - oa.param_groups[0]["lr"]) <= 1e-12 * oa.param_groups[0]["lr"]
+    finally:
+        torch._dynamo.reset()
