@@ -386,6 +386,80 @@ def case_bad_input():
         assert torch.equal(ps[0].detach(), torch.ones(3)) and not opt.state, "something changed before the error"
 
 
+def case_clip():
+    """max_grad_norm on the kernel (norm kernels + the clipped update) vs clip_grad_norm_ + stock's
+    for-loop, 2-norm and inf-norm, with a None grad on one step; the norm to a few ulp."""
+    for name, norm_type, max_norm in (("adamw", 2.0, 33.5), ("adam", float("inf"), 3.5)):  # straddled
+        stock_cls, fused_cls = PAIRS[name]
+        ref = make_params(torch.float32, complex_param=False)
+        pa, pk = copy.deepcopy(ref), copy.deepcopy(ref)
+        oa = stock_cls(groups(pa, True), lr=0.01, amsgrad=True, weight_decay=0.1, foreach=False)
+        ok = fused_cls(groups(pk, True), lr=0.01, amsgrad=True, weight_decay=0.1, backend="triton",
+                       max_grad_norm=max_norm, norm_type=norm_type)
+        clipped = 0
+        for t in range(10):
+            gs = grads_for(t, ref)
+            _set(pa, gs)
+            _set(pk, gs)
+            total = torch.nn.utils.clip_grad_norm_([p for p in pa if p.grad is not None], max_norm, norm_type)
+            oa.step()
+            ok.step()
+            clipped += bool(total > max_norm)
+            check_close(ok.last_grad_norm, total, dict(rtol=8 * 2**-23, atol=0.0), f"{name} norm step {t}")
+            compare(pa, oa, pk, ok, TRAJ_TOL[torch.float32], f"{name} clip {norm_type} step {t}")
+        assert 0 < clipped < 10, f"{name}: clipping active on {clipped}/10 steps"
+
+
+def case_compile():
+    """FusedAdamW(backend="triton") inside torch.compile (aot_eager): the update is the kernel
+    through the custom op (counted), the scheduler step traced as torch ops; eager kernel steps
+    before and after; every step as stock eager; no recompile after the warm-up."""
+    from fused_lr.engine import compiled as C
+
+    calls = []
+    update = C.multi_tensor_update
+    C.multi_tensor_update = lambda *a, **k: (calls.append(1), update(*a, **k))[1]
+    try:
+        for name in PAIRS:
+            stock_cls, fused_cls = PAIRS[name]
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            ma = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+            mb = copy.deepcopy(ma)
+            oa = stock_cls(ma.parameters(), lr=0.01, weight_decay=0.1, amsgrad=True, foreach=False)
+            ob = fused_cls(mb.parameters(), lr=0.01, weight_decay=0.1, amsgrad=True, backend="triton")
+            sa, sb = stock.StepLR(oa, 3, 0.5), fused.StepLR(ob, 3, 0.5)
+
+            def step(x, y, mb=mb, ob=ob, sb=sb):
+                ob.zero_grad()
+                torch.nn.functional.mse_loss(mb(x), y).backward()
+                ob.step()
+                sb.step()
+
+            compiled = torch.compile(step, backend="aot_eager")
+            before = len(calls)
+            for t in range(11):
+                g = torch.Generator().manual_seed(t)
+                x, y = torch.randn(6, 4, generator=g), torch.randn(6, 2, generator=g)
+                oa.zero_grad()
+                torch.nn.functional.mse_loss(ma(x), y).backward()
+                oa.step()
+                sa.step()
+                if t < 2 or t == 10:
+                    step(x, y)
+                elif t < 4:
+                    compiled(x, y)
+                else:
+                    with torch.compiler.set_stance("fail_on_recompile"):
+                        compiled(x, y)
+                compare(list(ma.parameters()), oa, list(mb.parameters()), ob, TRAJ_TOL[torch.float32],
+                        f"{name} compiled step {t}")
+            assert len(calls) - before == 8, f"{name}: {len(calls) - before} custom-op updates in 8 compiled steps"
+    finally:
+        C.multi_tensor_update = update
+        torch._dynamo.reset()
+
+
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 SCRIPT = pathlib.Path(__file__).resolve().parent / "_triton_adamw_subprocess.py"
-CASES = ("combos", "schedulers", "bf16", "amp", "resume", "layouts", "optim_db", "bad_input")
+CASES = ("combos", "schedulers", "bf16", "amp", "clip", "compile", "resume", "layouts", "optim_db", "bad_input")
 
 pytest.importorskip("triton")
 
@@ -66,6 +66,16 @@ def test_amp_skipped_steps_including_the_first(child):
     """GradScaler: skipped steps (the first included) leave params, moments and step unchanged on
     the kernel path; the rest matches stock's for-loop; step counts equal stock's."""
     _check(child, "amp")
+
+
+def test_fused_clipping_on_the_kernel(child):
+    """max_grad_norm (norm kernels + clipped update) vs clip_grad_norm_ + stock, 2-norm and inf-norm."""
+    _check(child, "clip")
+
+
+def test_kernel_inside_a_compiled_step(child):
+    """torch.compile (aot_eager): the kernel through the custom op, no recompile, steps as stock."""
+    _check(child, "compile")
 
 
 def test_state_dict_interchange_with_stock_mid_schedule(child):
