@@ -8,8 +8,9 @@ tensor's float32 step count, a one-element tensor on the device (``state["step"]
 fused and capturable Adam keep it). Each program
 
 1. takes its chunk of one tensor and the tensor's group and addresses (``chunk_of``, ``tensor_ptr``);
-2. computes its group's learning rate with ``lr_at`` (float64) from the schedule's step counter,
-   and ``beta1`` the same way when the schedule cycles it (hyper column HYPER_BETA1_ROW; torch's
+2. computes its group's learning rate with ``lr_at`` (float64) from the schedule's step counter
+   (``group_lr``: on a step's final launch the group's first program also stores it for
+   ``param_groups[i]["lr"]``), and ``beta1`` the same way when the schedule cycles it (hyper column HYPER_BETA1_ROW; torch's
    CyclicLR / OneCycleLR cycle ``betas[0]``); reads the tensor's step count ``s`` and takes
    ``t = s + 1`` (the step this update is), and computes the bias corrections in float64::
 
@@ -32,8 +33,9 @@ fused and capturable Adam keep it). Each program
    (``sqrt`` and ``/`` are the IEEE ``sqrt.rn`` / ``div.rn`` on the GPU, as torch's kernels use:
    Triton's plain ``/`` and ``sqrt`` on float32 are approximate there);
 4. finishes the launch (``_finish``): the program that takes the last ticket stores the schedule's
-   counter and every group's LR (as ``finish_launch``), adds 1 to the step count of every tensor
-   of this launch unless AMP skipped the step, and clears the launch's first-step flags.
+   counter and the LRs of the groups with no tensor in this launch (as ``finish_launch``), adds 1
+   to the step count of every tensor of this launch unless AMP skipped the step, and clears the
+   launch's first-step flags.
 
 The step counts are advanced by the last program, not by each program or before the launch: every
 program of a tensor (a tensor larger than one chunk has several) must see the same count, and all
@@ -51,11 +53,13 @@ same), which is history enough.
 Gradient scaling (``SCALED=True``; AMP's GradScaler and fused gradient clipping): each program reads
 ``found_inf`` and, when it is nonzero, stores nothing (parameters, moments and step counts keep their
 values; the schedule's write-back still happens); otherwise every gradient is first unscaled and
-clipped, ``g = (g / grad_scale) * clip_coef`` (IEEE division, as torch's fused kernels divide).
+clipped, ``g = (g / grad_scale) * clip_coef`` (the bits of an IEEE division, as torch's fused
+kernels divide; a multiplication by ``1 / grad_scale`` when that gives the same bits, a
+power-of-two scale: ``amp_reciprocal``, with a second copy of the loop, as kernels/sgd.py).
 
 Arithmetic is float32 for float16 / bfloat16 / float32 tensors (torch's "opmath" type, as torch's
 fused Adam) and float64 for float64 tensors; parameters and moments are rounded to storage once per
-step (bfloat16 to nearest-even by ``round_to_bf16``).
+step (bfloat16 to nearest-even by ``round_to_bf16``: the hardware conversion when compiled).
 """
 
 from __future__ import annotations
@@ -63,7 +67,20 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .multi_tensor import FLAG_BLOCK, amp_scaling, chunk_of, full_blocks, round_to_bf16, tensor_ptr
+from .multi_tensor import (
+    FLAG_BLOCK,
+    UNSCALE_DIVIDE,
+    UNSCALE_NONE,
+    UNSCALE_RECIPROCAL,
+    amp_reciprocal,
+    amp_scaling,
+    chunk_of,
+    full_blocks,
+    group_lr,
+    round_to_bf16,
+    tensor_ptr,
+    unscale,
+)
 from .schedule import _powf, lr_at
 
 __all__ = [
@@ -152,11 +169,12 @@ def _adamw_block(
     maximize,  # int1 scalar
     decoupled_decay,  # int1 scalar: AdamW with weight_decay != 0 (p *= decay)
     l2,  # int1 scalar: Adam with weight_decay != 0 (g += weight_decay * p)
-    grad_scale,  # compute-type scalar: the gradient is divided by it (SCALED only)
-    clip_coef,  # compute-type scalar: the unscaled gradient is multiplied by it (SCALED only)
+    grad_scale,  # compute-type scalar: the gradient is divided by it (UNSCALE != UNSCALE_NONE)
+    inv_scale,  # compute-type scalar: 1 / grad_scale (UNSCALE_RECIPROCAL)
+    clip_coef,  # compute-type scalar: the unscaled gradient is multiplied by it (UNSCALE != UNSCALE_NONE)
     DTYPE: tl.constexpr,  # storage dtype of p, g and the moments
     COMPUTE_DTYPE: tl.constexpr,  # arithmetic type: compute_dtype(DTYPE)
-    SCALED: tl.constexpr,  # unscale and clip the gradient first
+    UNSCALE: tl.constexpr,  # how the gradient is unscaled and clipped first (multi_tensor.unscale)
 ):
     """One block of Adam's update (see the module docstring); branch-free except for masks, each
     ``offs < bound`` with a scalar bound (constant across a vector when ``end`` is aligned)."""
@@ -167,8 +185,7 @@ def _adamw_block(
     m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     vmax = tl.load(vmax_ptr + offs, mask=max_mask, other=0.0).to(COMPUTE_DTYPE)
-    if SCALED:
-        g = _div(g, grad_scale, COMPUTE_DTYPE) * clip_coef
+    g = unscale(g, grad_scale, inv_scale, clip_coef, COMPUTE_DTYPE, UNSCALE)
     g = tl.where(maximize, -g, g)
     # torch skips weight decay when it is 0; selecting (not multiplying by 1 or adding 0 * p)
     # keeps inf parameters exact.
@@ -187,6 +204,33 @@ def _adamw_block(
 
 
 @triton.jit
+def _adamw_chunk(
+    p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr,  # *DTYPE: the tensor's parameter, gradient and moments
+    start,  # int64 scalar: first element of the chunk (a multiple of BLOCK_SIZE)
+    end,  # int64 scalar: end of the chunk
+    decay, weight_decay, lerp_weight, beta2, one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt,
+    amsgrad, maximize, decoupled_decay, l2, grad_scale, inv_scale, clip_coef,  # as for _adamw_block
+    DTYPE: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+    UNSCALE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """Elements ``[start, end)``: the full blocks (the hot loop, vector accesses when aligned),
+    then the partial rest, masked element by element."""
+    n_full, full_end = full_blocks(start, end, BLOCK_SIZE)
+    lanes = tl.arange(0, BLOCK_SIZE)
+    for b in range(0, n_full):
+        offs = start + b * BLOCK_SIZE + lanes
+        _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, full_end, decay, weight_decay, lerp_weight, beta2,
+                     one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt, amsgrad, maximize, decoupled_decay, l2,
+                     grad_scale, inv_scale, clip_coef, DTYPE, COMPUTE_DTYPE, UNSCALE)
+    if full_end < end:
+        _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, full_end + lanes, end, decay, weight_decay, lerp_weight,
+                     beta2, one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt, amsgrad, maximize,
+                     decoupled_decay, l2, grad_scale, inv_scale, clip_coef, DTYPE, COMPUTE_DTYPE, UNSCALE)
+
+
+@triton.jit
 def _finish(
     ticket_ptr,  # *int32 [1]: 0 between launches; counts finished programs
     write_back,  # int: 1: store the advanced counter and every group's LR
@@ -197,8 +241,9 @@ def _finish(
     desc_ptr,  # *fp64 [n_groups, DESC_WIDTH]: schedule rows
     table_ptr,  # *fp64 [table_numel]: tabulated LR multipliers
     table_numel,  # int: elements behind table_ptr
-    lr_out_ptr,  # *fp64 [n_groups]: receives every group's LR at ``step``
-    n_groups,  # int: rows of desc
+    lr_out_ptr,  # *fp64 [n_groups]: receives the LRs at ``step`` of the groups absent from this launch
+    n_groups,  # int: rows of lr_out
+    groups_ptr,  # *int32 [n_tensors + 1 + n_absent]: the tensors' groups, n_absent, the absent groups
     first_step_ptr,  # *int8 [n_flags]: first-step flags
     slots_ptr,  # *int32 [n_tensors]: each tensor's index into first_step_ptr
     state_step_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each tensor's float32 step count
@@ -206,15 +251,18 @@ def _finish(
 ):
     """The last program to finish (every program reads its step count and the schedule counter
     before the acq_rel ticket, so none is still reading) writes back the schedule as
-    ``finish_launch`` does, advances the step count of every tensor of the launch (a scatter of
-    ``+1`` over their addresses, ``FLAG_BLOCK`` tensors at a time) unless the step was skipped,
-    clears the launch's first-step flags, and resets the ticket."""
+    ``finish_launch`` does (the counter, and the LRs of the groups with no tensor in this launch:
+    ``group_lr`` stored the others), advances the step count of every tensor of the launch (a
+    scatter of ``+1`` over their addresses, ``FLAG_BLOCK`` tensors at a time) unless the step was
+    skipped, clears the launch's first-step flags, and resets the ticket. Unlike ``finish_launch``
+    it always takes a ticket: the step counts advance at every step."""
     done = tl.atomic_add(ticket_ptr, 1)
     if done == tl.num_programs(0) - 1:
         if write_back != 0:
-            for g in range(0, n_groups):
-                row = tl.program_id(0) * 0 + g  # (a tensor: the interpreter's range() yields ints)
-                tl.store(lr_out_ptr + g, lr_at(step, desc_ptr, table_ptr, table_numel, row))
+            n_absent = tl.minimum(tl.load(groups_ptr + n_tensors), n_groups)
+            for j in range(0, n_absent):
+                group = tl.load(groups_ptr + n_tensors + 1 + j)
+                tl.store(lr_out_ptr + group, lr_at(step, desc_ptr, table_ptr, table_numel, group))
             tl.store(step_ptr, step)
         lanes = tl.arange(0, _FLAG_BLOCK)
         count_bound = tl.where(updated, n_tensors, 0)
@@ -239,10 +287,10 @@ def adamw_kernel(
     max_exp_avg_sq_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each max_exp_avg_sq, 0 where amsgrad is off
     state_step_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each tensor's step count (float32, one element)
     numels_ptr,  # *int64 [n_tensors]: elements of each tensor
-    groups_ptr,  # *int32 [n_tensors]: parameter-group index of each tensor (row of hyper and desc)
+    groups_ptr,  # *int32 [n_tensors + 1 + n_absent]: each tensor's group (row of hyper and desc), n_absent, the absent groups
     first_step_ptr,  # *int8 [n_flags]: first-step flags (not read: see the module docstring), indexed by slots_ptr
     slots_ptr,  # *int32 [n_tensors]: each tensor's index into first_step_ptr
-    chunks_ptr,  # *int64 [n_programs, 2]: (tensor index, first element) of each program's chunk
+    chunks_ptr,  # *int64 [n_programs, 3]: (tensor index, first element, end element) of each program's chunk
     hyper_ptr,  # *fp64 [n_groups, HYPER_WIDTH]: beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, beta1 row
     step_ptr,  # *int64 [1]: the schedule's step counter (not the tensors' step counts)
     desc_ptr,  # *fp64 [n_groups, DESC_WIDTH]: schedule rows (see kernels/schedule.py)
@@ -251,8 +299,8 @@ def adamw_kernel(
     advance,  # int: scheduler steps taken since the counter was last stored; the LR is taken at *step_ptr + advance
     lr_out_ptr,  # *fp64 [n_groups]: receives every group's LR at that step (write_back only)
     ticket_ptr,  # *int32 [1]: 0 between launches; counts finished programs
-    n_groups,  # int: rows of desc (and of lr_out)
-    write_back,  # int: 1 on a step's final launch: the last program to finish stores the advanced counter and the LRs
+    n_groups,  # int: rows of lr_out
+    write_back,  # int: 1 on a step's final launch: the LRs and the advanced counter are stored
     n_tensors,  # int: tensors in this launch (entries of slots_ptr and state_step_addrs_ptr)
     clear_first,  # int: 1: the last program to finish clears the flags of this launch's tensors
     grad_scale_ptr,  # *fp32 [1]: AMP's loss scale; gradients are divided by it (read only when SCALED)
@@ -263,7 +311,7 @@ def adamw_kernel(
     ALIGNED: tl.constexpr,  # every address is a multiple of ALIGNMENT bytes (enables 16-byte vectors)
     SCALED: tl.constexpr,  # read grad_scale, found_inf and clip_coef (AMP and/or clipping in use)
     BLOCK_SIZE: tl.constexpr,  # elements per block: each thread handles BLOCK_SIZE / (32 * num_warps) contiguous ones
-    CHUNK_BLOCKS: tl.constexpr,  # blocks per chunk: chunk offsets are multiples of BLOCK_SIZE * CHUNK_BLOCKS
+    CHUNK_BLOCKS: tl.constexpr,  # the most blocks a chunk spans (the chunk table holds each chunk's end)
 ):
     """Apply one Adam / AdamW step to chunk ``program_id(0)`` of the tensor table (see module docstring)."""
     tensor, chunk_start, chunk_end = chunk_of(chunks_ptr, numels_ptr, BLOCK_SIZE, CHUNK_BLOCKS)
@@ -279,8 +327,9 @@ def adamw_kernel(
     t = (tl.load(tensor_ptr(state_step_addrs_ptr, tensor, tl.float32, False)) + 1.0).to(tl.float64)
 
     hyper = hyper_ptr + group.to(tl.int64) * _HYPER_WIDTH
-    step = tl.load(step_ptr) + advance
-    lr = lr_at(step, desc_ptr, table_ptr, table_numel, group)  # float64
+    # float64; on a write-back launch the group's first program stores it for param_groups[i]["lr"].
+    step, lr = group_lr(step_ptr, advance, desc_ptr, table_ptr, table_numel, group, tensor, chunk_start, groups_ptr,
+                        lr_out_ptr, write_back)
     beta1 = tl.load(hyper + _HYPER_BETA1)
     beta1_row = tl.load(hyper + _HYPER_BETA1_ROW)
     if beta1_row >= 0:
@@ -304,21 +353,27 @@ def adamw_kernel(
     l2 = (weight_decay != 0) & (tl.load(hyper + _HYPER_DECOUPLED) == 0)
 
     grad_scale, clip_coef, updated = amp_scaling(grad_scale_ptr, found_inf_ptr, clip_coef_ptr, COMPUTE_DTYPE, SCALED)
+    weight_decay_c = weight_decay.to(COMPUTE_DTYPE)
+    beta2_c = beta2.to(COMPUTE_DTYPE)
     if SCALED:
         # A skipped step: an empty chunk, so no block runs and nothing is stored.
         chunk_end = tl.where(updated, chunk_end, chunk_start)
-    n_full, full_end = full_blocks(chunk_start, chunk_end, BLOCK_SIZE)
-    lanes = tl.arange(0, BLOCK_SIZE)
-    for b in range(0, n_full):
-        offs = chunk_start + b * BLOCK_SIZE + lanes
-        _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, full_end, decay, weight_decay.to(COMPUTE_DTYPE),
-                     lerp_weight, beta2.to(COMPUTE_DTYPE), one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt,
-                     amsgrad, maximize, decoupled_decay, l2, grad_scale, clip_coef, DTYPE, COMPUTE_DTYPE, SCALED)
-    if full_end < chunk_end:
-        # The tensor's last, partial block: element-wise mask.
-        offs = full_end + lanes
-        _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, chunk_end, decay, weight_decay.to(COMPUTE_DTYPE),
-                     lerp_weight, beta2.to(COMPUTE_DTYPE), one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt,
-                     amsgrad, maximize, decoupled_decay, l2, grad_scale, clip_coef, DTYPE, COMPUTE_DTYPE, SCALED)
+        inv_scale, exact = amp_reciprocal(grad_scale_ptr, COMPUTE_DTYPE)
+        # One branch per program; each arm holds its own copy of the loop (as kernels/sgd.py).
+        if exact:
+            _adamw_chunk(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, chunk_start, chunk_end, decay, weight_decay_c,
+                         lerp_weight, beta2_c, one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt, amsgrad,
+                         maximize, decoupled_decay, l2, grad_scale, inv_scale, clip_coef, DTYPE, COMPUTE_DTYPE,
+                         UNSCALE_RECIPROCAL, BLOCK_SIZE)
+        else:
+            _adamw_chunk(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, chunk_start, chunk_end, decay, weight_decay_c,
+                         lerp_weight, beta2_c, one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt, amsgrad,
+                         maximize, decoupled_decay, l2, grad_scale, inv_scale, clip_coef, DTYPE, COMPUTE_DTYPE,
+                         UNSCALE_DIVIDE, BLOCK_SIZE)
+    else:
+        _adamw_chunk(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, chunk_start, chunk_end, decay, weight_decay_c, lerp_weight,
+                     beta2_c, one_minus_beta2, eps, neg_step_size, bias_correction2_sqrt, amsgrad, maximize,
+                     decoupled_decay, l2, grad_scale, grad_scale, clip_coef, DTYPE, COMPUTE_DTYPE, UNSCALE_NONE,
+                     BLOCK_SIZE)
     _finish(ticket_ptr, write_back, clear_first, updated, step, step_ptr, desc_ptr, table_ptr, table_numel,
-            lr_out_ptr, n_groups, first_step_ptr, slots_ptr, state_step_addrs_ptr, n_tensors)
+            lr_out_ptr, n_groups, groups_ptr, first_step_ptr, slots_ptr, state_step_addrs_ptr, n_tensors)

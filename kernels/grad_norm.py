@@ -38,7 +38,8 @@ from .multi_tensor import chunk_of, full_blocks, tensor_ptr
 __all__ = ["FINALIZE_BLOCK", "grad_norm_partials_kernel", "grad_norm_finalize_kernel"]
 
 # Partials reduced per iteration of the single finalize program (there is one partial per chunk of
-# 65536 elements: ~400 for ResNet-50, ~2000 for GPT-2 small, so a handful of iterations).
+# up to 65536 elements: ~400 for ResNet-50, ~2000 for GPT-2 small, so a handful of iterations; a
+# launch given smaller chunks has fewer than 2 * PROGRAMS_PER_SM * SMs, fused_lr.engine.runtime).
 FINALIZE_BLOCK = 1024
 
 
@@ -60,7 +61,7 @@ def _partial_block(g_ptr, offs, end, acc, nan_seen, COMPUTE_DTYPE: tl.constexpr,
 def grad_norm_partials_kernel(
     grad_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each gradient (contiguous, DTYPE)
     numels_ptr,  # *int64 [n_tensors]: elements of each gradient
-    chunks_ptr,  # *int64 [n_programs, 2]: (tensor index, first element) of each program's chunk
+    chunks_ptr,  # *int64 [n_programs, 3]: (tensor index, first element, end element) of each program's chunk
     partials_ptr,  # *fp64 [offset + n_programs, ...]: receives this launch's partials
     offset,  # int: slot of program 0's partial in partials_ptr (launches of other dtypes use the others)
     DTYPE: tl.constexpr,  # storage dtype of the gradients: fp16, bf16, fp32 or fp64
@@ -68,7 +69,7 @@ def grad_norm_partials_kernel(
     ALIGNED: tl.constexpr,  # every gradient address is a multiple of ALIGNMENT bytes (16-byte vector loads)
     NORM_INF: tl.constexpr,  # max |g| instead of the sum of squares
     BLOCK_SIZE: tl.constexpr,  # elements per block (the update kernel's)
-    CHUNK_BLOCKS: tl.constexpr,  # blocks per chunk (the update kernel's, so the chunk table is shared)
+    CHUNK_BLOCKS: tl.constexpr,  # the most blocks a chunk spans (the update kernel's: the chunk table is shared)
 ):
     """Reduce chunk ``program_id(0)`` of the gradient table to one float64 partial."""
     tensor, chunk_start, chunk_end = chunk_of(chunks_ptr, numels_ptr, BLOCK_SIZE, CHUNK_BLOCKS)

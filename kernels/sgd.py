@@ -6,8 +6,10 @@ arguments of ``kernels/multi_tensor.py`` (SGD's one state list: the momentum buf
 
 1. takes its chunk of one tensor and the tensor's group, first-step flag and addresses
    (``chunk_of``, ``tensor_ptr``);
-2. computes its group's learning rate with ``lr_at`` (float64) from the device step counter, and
-   its momentum the same way when the schedule cycles momentum (hyper column HYPER_MOMENTUM_ROW);
+2. computes its group's learning rate with ``lr_at`` (float64) from the device step counter
+   (``group_lr``: on a step's final launch the group's first program also stores it for
+   ``param_groups[i]["lr"]``), and its momentum the same way when the schedule cycles momentum
+   (hyper column HYPER_MOMENTUM_ROW);
 3. applies torch.optim.SGD's update in torch's order to every element of the chunk::
 
        g = -g                     if maximize
@@ -23,8 +25,10 @@ arguments of ``kernels/multi_tensor.py`` (SGD's one state list: the momentum buf
 Gradient scaling (``SCALED=True``; AMP's GradScaler and fused gradient clipping): each program
 reads ``found_inf`` and, when it is nonzero, stores nothing at all (parameters and momentum
 buffers keep their values; the schedule's write-back still happens). Otherwise every gradient is
-first unscaled and clipped in the arithmetic type, ``g = (g / grad_scale) * clip_coef`` (an IEEE
-division, as torch's fused kernels divide), before the update above.
+first unscaled and clipped in the arithmetic type, ``g = (g / grad_scale) * clip_coef`` (the bits
+of an IEEE division, as torch's fused kernels divide), before the update above. The division runs
+as a multiplication by ``1 / grad_scale`` when that gives the same bits (a power-of-two scale, as
+GradScaler's are: ``amp_reciprocal``); the program then runs a second copy of the loop.
 
 First-step flags live in device memory and are indexed through ``slots_ptr``, so a flag can
 outlive a launch: with ``clear_first`` set, the last program to finish clears this launch's flags
@@ -35,7 +39,7 @@ torch.optim.SGD's for-loop, which never creates the buffer on a skipped step.
 Arithmetic is float32 for float16 / bfloat16 / float32 tensors (torch's "opmath" type, as in
 torch's own fused SGD kernel: the unrounded float32 buffer feeds the nesterov term, and parameter
 and buffer are rounded to storage once per step) and float64 for float64 tensors. bfloat16 is
-rounded to nearest-even by ``round_to_bf16``.
+rounded to nearest-even by ``round_to_bf16`` (the hardware conversion when compiled).
 """
 
 from __future__ import annotations
@@ -43,7 +47,20 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .multi_tensor import amp_scaling, chunk_of, finish_launch, full_blocks, round_to_bf16, tensor_ptr
+from .multi_tensor import (
+    UNSCALE_DIVIDE,
+    UNSCALE_NONE,
+    UNSCALE_RECIPROCAL,
+    amp_reciprocal,
+    amp_scaling,
+    chunk_of,
+    finish_launch,
+    full_blocks,
+    group_lr,
+    round_to_bf16,
+    tensor_ptr,
+    unscale,
+)
 from .schedule import lr_at
 
 __all__ = [
@@ -92,11 +109,12 @@ def _sgd_block(
     use_buf,  # int1 scalar: momentum != 0 (the buffer exists and is updated)
     first,  # int1 scalar: the tensor's first step (buf = g)
     read_buf,  # int1 scalar: use_buf and not first (the old buffer is read)
-    grad_scale,  # compute-type scalar: the gradient is divided by it (SCALED only)
-    clip_coef,  # compute-type scalar: the unscaled gradient is multiplied by it (SCALED only)
+    grad_scale,  # compute-type scalar: the gradient is divided by it (UNSCALE != UNSCALE_NONE)
+    inv_scale,  # compute-type scalar: 1 / grad_scale (UNSCALE_RECIPROCAL)
+    clip_coef,  # compute-type scalar: the unscaled gradient is multiplied by it (UNSCALE != UNSCALE_NONE)
     DTYPE: tl.constexpr,  # storage dtype of p, g and buf
     COMPUTE_DTYPE: tl.constexpr,  # arithmetic type: compute_dtype(DTYPE)
-    SCALED: tl.constexpr,  # unscale and clip the gradient first
+    UNSCALE: tl.constexpr,  # how the gradient is unscaled and clipped first (multi_tensor.unscale)
 ):
     """One block of torch.optim.SGD's update; branch-free except for masks (see module docstring).
 
@@ -109,13 +127,7 @@ def _sgd_block(
     buf_write_mask = offs < tl.where(use_buf, end, 0)
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE_DTYPE)
-    if SCALED:
-        # div_rn: Triton's `/` on float32 is the approximate div.full.f32 on NVIDIA GPUs (float64
-        # `/` is already the IEEE div.rn.f64; div_rn takes float32 only).
-        if COMPUTE_DTYPE == tl.float64:
-            g = (g / grad_scale) * clip_coef
-        else:
-            g = tl.div_rn(g, grad_scale) * clip_coef
+    g = unscale(g, grad_scale, inv_scale, clip_coef, COMPUTE_DTYPE, UNSCALE)
     g = tl.where(maximize, -g, g)
     # torch skips weight decay when it is 0; selecting (not adding 0 * p) keeps inf params exact.
     g = tl.where(weight_decay != 0, g + weight_decay * p, g)
@@ -133,16 +145,42 @@ def _sgd_block(
     tl.store(b_ptr + offs, buf_out, mask=buf_write_mask)
 
 
+@triton.jit
+def _sgd_chunk(
+    p_ptr, g_ptr, b_ptr,  # *DTYPE: the tensor's parameter, gradient and momentum buffer
+    start,  # int64 scalar: first element of the chunk (a multiple of BLOCK_SIZE)
+    end,  # int64 scalar: end of the chunk
+    lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize, use_buf, first, read_buf,
+    grad_scale, inv_scale, clip_coef,  # as for _sgd_block
+    DTYPE: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+    UNSCALE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """Elements ``[start, end)``: the full blocks (the hot loop, vector accesses when aligned),
+    then the partial rest, masked element by element."""
+    n_full, full_end = full_blocks(start, end, BLOCK_SIZE)
+    lanes = tl.arange(0, BLOCK_SIZE)
+    for b in range(0, n_full):
+        offs = start + b * BLOCK_SIZE + lanes
+        _sgd_block(p_ptr, g_ptr, b_ptr, offs, full_end, lr, momentum, one_minus_dampening, weight_decay, nesterov,
+                   maximize, use_buf, first, read_buf, grad_scale, inv_scale, clip_coef, DTYPE, COMPUTE_DTYPE, UNSCALE)
+    if full_end < end:
+        _sgd_block(p_ptr, g_ptr, b_ptr, full_end + lanes, end, lr, momentum, one_minus_dampening, weight_decay,
+                   nesterov, maximize, use_buf, first, read_buf, grad_scale, inv_scale, clip_coef, DTYPE,
+                   COMPUTE_DTYPE, UNSCALE)
+
+
 @triton.jit(do_not_specialize=["table_numel", "advance", "n_groups", "write_back", "n_tensors", "clear_first"])
 def sgd_kernel(
     param_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each parameter (dense, DTYPE)
     grad_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each gradient (the parameter's strides)
     buf_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each momentum buffer, 0 if its group has momentum 0
     numels_ptr,  # *int64 [n_tensors]: elements of each tensor
-    groups_ptr,  # *int32 [n_tensors]: parameter-group index of each tensor (row of hyper and desc)
+    groups_ptr,  # *int32 [n_tensors + 1 + n_absent]: each tensor's group (row of hyper and desc), n_absent, absent groups
     first_step_ptr,  # *int8 [n_flags]: 1 while a tensor has no momentum history (buf = g), indexed by slots_ptr
     slots_ptr,  # *int32 [n_tensors]: each tensor's index into first_step_ptr
-    chunks_ptr,  # *int64 [n_programs, 2]: (tensor index, first element) of each program's chunk
+    chunks_ptr,  # *int64 [n_programs, 3]: (tensor index, first element, end element) of each program's chunk
     hyper_ptr,  # *fp64 [n_groups, HYPER_WIDTH]: momentum, 1 - dampening, weight_decay, nesterov, maximize, momentum row
     step_ptr,  # *int64 [1]: the schedule's step counter t
     desc_ptr,  # *fp64 [n_groups, DESC_WIDTH]: schedule rows (see kernels/schedule.py)
@@ -151,8 +189,8 @@ def sgd_kernel(
     advance,  # int: scheduler steps taken since the counter was last stored; the LR is taken at *step_ptr + advance
     lr_out_ptr,  # *fp64 [n_groups]: receives every group's LR at that step (write_back only)
     ticket_ptr,  # *int32 [1]: 0 between launches; counts finished programs (write_back or clear_first only)
-    n_groups,  # int: rows of desc (and of lr_out)
-    write_back,  # int: 1 on a step's final launch: the last program to finish stores the advanced counter and the LRs
+    n_groups,  # int: rows of lr_out
+    write_back,  # int: 1 on a step's final launch: the LRs and (by the last program to finish) the advanced counter are stored
     n_tensors,  # int: tensors in this launch (entries of slots_ptr)
     clear_first,  # int: 1: the last program to finish clears the flags of this launch's tensors, unless the step was skipped
     grad_scale_ptr,  # *fp32 [1]: AMP's loss scale; gradients are divided by it (read only when SCALED)
@@ -163,7 +201,7 @@ def sgd_kernel(
     ALIGNED: tl.constexpr,  # every address is a multiple of ALIGNMENT bytes (enables 16-byte vectors)
     SCALED: tl.constexpr,  # read grad_scale, found_inf and clip_coef (AMP and/or clipping in use)
     BLOCK_SIZE: tl.constexpr,  # elements per block: each thread handles BLOCK_SIZE / (32 * num_warps) contiguous ones
-    CHUNK_BLOCKS: tl.constexpr,  # blocks per chunk: chunk offsets are multiples of BLOCK_SIZE * CHUNK_BLOCKS
+    CHUNK_BLOCKS: tl.constexpr,  # the most blocks a chunk spans (the chunk table holds each chunk's end)
 ):
     """Apply one SGD step to chunk ``program_id(0)`` of the tensor table (see module docstring)."""
     tensor, chunk_start, chunk_end = chunk_of(chunks_ptr, numels_ptr, BLOCK_SIZE, CHUNK_BLOCKS)
@@ -176,8 +214,9 @@ def sgd_kernel(
     hyper = hyper_ptr + group.to(tl.int64) * _HYPER_WIDTH
     # Like torch, round the float64 scalars (lr, momentum, 1 - dampening, weight_decay) once to the
     # arithmetic type (a no-op for float64 storage).
-    step = tl.load(step_ptr) + advance
-    lr = lr_at(step, desc_ptr, table_ptr, table_numel, group).to(COMPUTE_DTYPE)
+    step, lr = group_lr(step_ptr, advance, desc_ptr, table_ptr, table_numel, group, tensor, chunk_start, groups_ptr,
+                        lr_out_ptr, write_back)
+    lr = lr.to(COMPUTE_DTYPE)
     momentum = tl.load(hyper + _HYPER_MOMENTUM).to(COMPUTE_DTYPE)
     momentum_row = tl.load(hyper + _HYPER_MOMENTUM_ROW)
     if momentum_row >= 0:
@@ -195,18 +234,19 @@ def sgd_kernel(
     if SCALED:
         # A skipped step: an empty chunk, so no block runs and nothing is stored.
         chunk_end = tl.where(updated, chunk_end, chunk_start)
-    n_full, full_end = full_blocks(chunk_start, chunk_end, BLOCK_SIZE)
-    lanes = tl.arange(0, BLOCK_SIZE)
-    for b in range(0, n_full):
-        offs = chunk_start + b * BLOCK_SIZE + lanes
-        _sgd_block(p_ptr, g_ptr, b_ptr, offs, full_end, lr, momentum, one_minus_dampening,
-                   weight_decay, nesterov, maximize, use_buf, first, read_buf, grad_scale, clip_coef,
-                   DTYPE, COMPUTE_DTYPE, SCALED)
-    if full_end < chunk_end:
-        # The tensor's last, partial block: element-wise mask.
-        offs = full_end + lanes
-        _sgd_block(p_ptr, g_ptr, b_ptr, offs, chunk_end, lr, momentum, one_minus_dampening,
-                   weight_decay, nesterov, maximize, use_buf, first, read_buf, grad_scale, clip_coef,
-                   DTYPE, COMPUTE_DTYPE, SCALED)
+        inv_scale, exact = amp_reciprocal(grad_scale_ptr, COMPUTE_DTYPE)
+        # One branch per program; each arm holds its own copy of the loop.
+        if exact:
+            _sgd_chunk(p_ptr, g_ptr, b_ptr, chunk_start, chunk_end, lr, momentum, one_minus_dampening, weight_decay,
+                       nesterov, maximize, use_buf, first, read_buf, grad_scale, inv_scale, clip_coef, DTYPE,
+                       COMPUTE_DTYPE, UNSCALE_RECIPROCAL, BLOCK_SIZE)
+        else:
+            _sgd_chunk(p_ptr, g_ptr, b_ptr, chunk_start, chunk_end, lr, momentum, one_minus_dampening, weight_decay,
+                       nesterov, maximize, use_buf, first, read_buf, grad_scale, inv_scale, clip_coef, DTYPE,
+                       COMPUTE_DTYPE, UNSCALE_DIVIDE, BLOCK_SIZE)
+    else:
+        _sgd_chunk(p_ptr, g_ptr, b_ptr, chunk_start, chunk_end, lr, momentum, one_minus_dampening, weight_decay,
+                   nesterov, maximize, use_buf, first, read_buf, grad_scale, grad_scale, clip_coef, DTYPE,
+                   COMPUTE_DTYPE, UNSCALE_NONE, BLOCK_SIZE)
     finish_launch(ticket_ptr, write_back, clear_first, updated, step, step_ptr, desc_ptr, table_ptr, table_numel,
-                  lr_out_ptr, n_groups, first_step_ptr, slots_ptr, n_tensors)
+                  lr_out_ptr, n_groups, groups_ptr, first_step_ptr, slots_ptr, n_tensors)

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from fused_lr.kernels.multi_tensor import amp_scaling, chunk_of, finish_launch, full_blocks, tensor_ptr
-from fused_lr.kernels.schedule import lr_at
+from fused_lr.kernels.multi_tensor import amp_scaling, chunk_of, finish_launch, full_blocks, group_lr, tensor_ptr
 
 from fused_lr import engine
 
@@ -64,8 +63,9 @@ def accumulate_kernel(
     g_ptr = tensor_ptr(grad_addrs_ptr, tensor, DTYPE, ALIGNED)
     s_ptr = tensor_ptr(sum_addrs_ptr, tensor, DTYPE, ALIGNED)
     m_ptr = tensor_ptr(max_addrs_ptr, tensor, DTYPE, ALIGNED)
-    step = tl.load(step_ptr) + advance
-    lr = lr_at(step, desc_ptr, table_ptr, table_numel, group).to(COMPUTE_DTYPE)
+    step, lr = group_lr(step_ptr, advance, desc_ptr, table_ptr, table_numel, group, tensor, start, groups_ptr,
+                        lr_out_ptr, write_back)
+    lr = lr.to(COMPUTE_DTYPE)
     scale = tl.load(hyper_ptr + group.to(tl.int64) * _HYPER_WIDTH + _HYPER_SCALE).to(COMPUTE_DTYPE)
     keep = scale != 0
     grad_scale, clip_coef, updated = amp_scaling(grad_scale_ptr, found_inf_ptr, clip_coef_ptr, COMPUTE_DTYPE, SCALED)
@@ -80,7 +80,7 @@ def accumulate_kernel(
         _block(p_ptr, g_ptr, s_ptr, m_ptr, full_end + lanes, end, lr, scale, keep, first, grad_scale, clip_coef,
                DTYPE, COMPUTE_DTYPE, SCALED)
     finish_launch(ticket_ptr, write_back, clear_first, updated, step, step_ptr, desc_ptr, table_ptr, table_numel,
-                  lr_out_ptr, n_groups, first_step_ptr, slots_ptr, n_tensors)
+                  lr_out_ptr, n_groups, groups_ptr, first_step_ptr, slots_ptr, n_tensors)
 
 
 SPEC = engine.register(engine.KernelSpec(

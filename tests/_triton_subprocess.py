@@ -596,10 +596,10 @@ def case_grad_norm() -> str:
         grads = [torch.randn(n, generator=gen, dtype=torch.float64).mul(3).to(dtype) for n in sizes]
         grads[3][300] = float("nan")  # chunk 1 of tensor 3
         grads[4][5] = -float("inf")  # chunk 0 of tensor 4
-        chunks = [(k, st) for k, g in enumerate(grads) for st in range(0, g.numel(), chunk)]
+        chunks = [(k, st, min(st + chunk, g.numel())) for k, g in enumerate(grads) for st in range(0, g.numel(), chunk)]
         addrs = torch.tensor([g.data_ptr() for g in grads], dtype=torch.int64)
         numels = torch.tensor([g.numel() for g in grads], dtype=torch.int64)
-        table = torch.tensor(chunks, dtype=torch.int64).reshape(-1, 2)
+        table = torch.tensor(chunks, dtype=torch.int64).reshape(-1, 3)
         for norm_inf in (False, True):
             offset = 3
             partials = torch.full((offset + len(chunks),), -1.0, dtype=torch.float64)
@@ -618,7 +618,7 @@ def case_grad_norm() -> str:
             )
             if partials[:offset].tolist() != [-1.0] * offset:
                 raise AssertionError("partials written outside this launch's slots")
-            for i, (k, st) in enumerate(chunks):
+            for i, (k, st, _) in enumerate(chunks):
                 x = grads[k][st : st + chunk].double()
                 want = x.abs().max() if norm_inf else x.square().sum()
                 got = partials[offset + i]
@@ -764,6 +764,9 @@ def case_engine_state_lists() -> str:
             found_inf = torch.ones(1) if t == SKIP else None
             grad_scale = torch.full((1,), 4.0) if t in (SKIP, SCALED) else None
             before = ([p.clone() for p in params], {i: tuple(x.clone() for x in st) for i, st in states.items()})
+            # NaN: every LR must be stored by this step's final launch, group 1's (no tensor in
+            # that float64 launch) by its finishing program.
+            lr_buf.fill_(float("nan"))
             engine.multi_tensor_update(
                 T.SPEC,
                 [params[i] for i in idx],
@@ -782,7 +785,7 @@ def case_engine_state_lists() -> str:
             if int(counter) != t + 1:
                 raise AssertionError(f"step {t}: the counter is {int(counter)}, want {t + 1}")
             want_lrs = S.lr_at(counter, desc, table).tolist()
-            if any(abs(a - b) > 1e-12 * abs(b) for a, b in zip(lr_buf.tolist(), want_lrs)):
+            if not all(abs(a - b) <= 1e-12 * abs(b) for a, b in zip(lr_buf.tolist(), want_lrs)):  # NaN fails
                 raise AssertionError(f"step {t}: LRs written back {lr_buf.tolist()}, want {want_lrs}")
             if t == SKIP:
                 if not all(torch.equal(a, b) for a, b in zip(before[0], params)) or any(
@@ -818,6 +821,142 @@ def case_engine_state_lists() -> str:
     return f"{len(shapes)} tensors, 2 groups, 2 dtypes, 2 state lists, 5 steps (one skipped, one scaled)"
 
 
+def _bits_equal(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Bitwise equality of the integer views, except that a NaN only has to meet a NaN (NaN bits
+    are not portable: torch's vectorized CPU conversions, numpy and the GPU each pick their own)."""
+    view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[actual.element_size()]
+    a, e = actual.view(view), expected.view(view)
+    nan_a, nan_e = actual.isnan(), expected.isnan()
+    bad = ((a != e) & ~(nan_a & nan_e)).nonzero().flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise AssertionError(f"{what}: {bad.numel()} of {a.numel()} differ; first at {i}: "
+                             f"{actual[i].item()!r} (0x{int(a[i]) & 0xFFFFFFFF:x}) vs "
+                             f"{expected[i].item()!r} (0x{int(e[i]) & 0xFFFFFFFF:x})")
+
+
+def case_kernel_shape() -> str:
+    """Kernel-shape pieces of kernels/multi_tensor.py, each against torch:
+
+    * bfloat16: ``round_to_bf16`` (the software rounding under the interpreter) and
+      ``round_to_bf16_software`` give torch's ``float32 -> bfloat16`` bits (a NaN for a NaN) on every
+      upper half-word with the lower ones that decide the rounding (0x0000, 0x7FFF, 0x8000 both
+      parities, 0x8001, 0xFFFF: ties, carries into the exponent, overflow to inf, subnormals,
+      NaNs) and on 2**20 random bit patterns;
+    * unscaling: ``amp_reciprocal`` + ``unscale`` for power-of-two scales (the reciprocal branch,
+      edge exponents included) and other scales (the division branch), float32 and float64, give
+      the bits of torch's ``(g / scale) * clip`` (a NaN for a NaN), on normal, subnormal, huge, zero, inf and NaN
+      gradients;
+    * chunking: a launch with smaller, balanced chunks (``runtime.chunk_blocks`` with a GPU's SM
+      count) updates bit for bit as with one chunk per tensor, and writes back the same LRs."""
+    import _shape_kernels as SK
+    import triton
+
+    from fused_lr import engine
+    from fused_lr import schedules as S
+    from fused_lr.engine import runtime as R
+
+    messages = []
+
+    # --- bfloat16 rounding ---
+    upper = torch.arange(1 << 16, dtype=torch.int64) << 16
+    lows = torch.tensor([0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF], dtype=torch.int64)
+    edge = (upper[:, None] | lows[None, :]).flatten()
+    rand = torch.randint(0, 1 << 32, (1 << 20,), generator=torch.Generator().manual_seed(5), dtype=torch.int64)
+    bits = torch.cat([edge, rand])
+    x = bits.to(torch.int32).view(torch.float32)  # int64 -> int32 wraps: the low 32 bits
+    hw, sw = torch.empty(x.numel(), dtype=torch.bfloat16), torch.empty(x.numel(), dtype=torch.bfloat16)
+    block = 1 << 14
+    SK.bf16_kernel[(triton.cdiv(x.numel(), block),)](x, hw, sw, x.numel(), BLOCK=block)
+    want = x.to(torch.bfloat16)
+    _bits_equal(sw, want, "round_to_bf16_software vs torch's float32 -> bfloat16")
+    _bits_equal(hw, want, "round_to_bf16 (interpreted) vs torch's float32 -> bfloat16")
+    messages.append(f"bf16: {x.numel()} inputs ({int(x.isnan().sum())} NaN) equal torch's bits")
+
+    # --- unscaling: the reciprocal and division branches ---
+    gen = torch.Generator().manual_seed(6)
+    f32 = torch.finfo(torch.float32)
+    powers = [2.0**k for k in (-126, -64, -1, 0, 1, 16, 24, 100, 127)]
+    others = [2.0**-127, 2.0**-149, 3.0, 0.1, 65535.0, 1.5 * 2.0**16, float(f32.max), 0.0, float("inf"), float("nan")]
+    n_checked = 0
+    for dtype in (torch.float32, torch.float64):
+        info = torch.finfo(dtype)
+        g = torch.cat([
+            torch.randn(4000, generator=gen, dtype=torch.float64).mul(2.0 ** torch.randint(-40, 40, (4000,), generator=gen)),
+            torch.tensor([0.0, -0.0, info.tiny, -info.tiny, info.tiny / 8, info.max, -info.max, float(f32.max),
+                          float(f32.tiny), float("inf"), -float("inf"), float("nan")], dtype=torch.float64),
+        ]).to(dtype)
+        block = triton.next_power_of_2(g.numel())
+        for scale_value in powers + others:
+            scale = torch.tensor([scale_value], dtype=torch.float32)
+            for clip_value in (1.0, 0.37):
+                clip = torch.tensor([clip_value], dtype=torch.float64)
+                out, exact = torch.empty_like(g), torch.zeros(1, dtype=torch.int8)
+                SK.unscale_kernel[(1,)](g, scale, clip, out, exact, g.numel(), COMPUTE_DTYPE=R.triton_dtype(dtype),
+                                     BLOCK=block)
+                want_exact = scale_value in powers
+                if bool(exact) != want_exact:
+                    raise AssertionError(f"amp_reciprocal(scale={scale_value!r}): exact={bool(exact)}, want {want_exact}")
+                want = (g / scale.to(dtype)) * clip.to(dtype)
+                _bits_equal(out, want, f"unscale {dtype}, scale {scale_value!r}, clip {clip_value} "
+                                       f"({'reciprocal' if want_exact else 'division'} branch) vs torch's division")
+                n_checked += 1
+    messages.append(f"unscale: {n_checked} (dtype, scale, clip) cases, both branches, equal torch's division")
+
+    # --- chunk size from the SM count: smaller, balanced chunks change no bit ---
+    sizes = [1000, 300, 1, 2048]
+    hyper = [(0.9, 0.0, 1e-2, False, False), (0.0, 0.0, 0.0, False, False)]
+    group_of = [0, 1, 0, 1]
+    desc = torch.tensor([S.cosine_row(0.1, 5, 1e-3), S.step_row(0.05, 2, 0.5)], dtype=torch.float64)
+    table = torch.ones(1, dtype=torch.float64)
+    results = {}
+    real_sm_count = R.sm_count
+    config = dict(BLOCK_SIZE=128, CHUNK_BLOCKS=8, MIN_CHUNK_BLOCKS=2, PROGRAMS_PER_SM=4)
+    for sms in (None, 4):
+        gen = torch.Generator().manual_seed(8)
+        params = [torch.randn(n, generator=gen) for n in sizes]
+        bufs = [torch.empty_like(p) for p in params]
+        counter, lr_out = torch.zeros(1, dtype=torch.int64), torch.zeros(2, dtype=torch.float64)
+        cache = engine.PlanCache()
+        flags, ticket = torch.zeros(len(sizes), dtype=torch.int8), torch.zeros(1, dtype=torch.int32)
+        R.sm_count = lambda device, sms=sms: sms
+        try:
+            with engine.override_launch_config(**config):
+                for step in range(3):
+                    grads = [torch.randn(n, generator=gen) for n in sizes]
+                    lr_out.fill_(float("nan"))
+                    _sgd_triton_call(params, grads, bufs, [step == 0] * len(sizes), group_of, hyper,
+                                     engine.DeviceLR(desc, table, counter, advance=1, lr_out=lr_out), cache, flags, ticket)
+        finally:
+            R.sm_count = real_sm_count
+        launch = cache._plans[next(iter(cache._plans))].launches[0]
+        rows = launch.chunks.tolist()
+        covered = [[] for _ in sizes]
+        for k, start, end in rows:
+            covered[k].append((start, end))
+            if start % config["BLOCK_SIZE"] or not 0 < end - start <= config["BLOCK_SIZE"] * launch.chunk_blocks:
+                raise AssertionError(f"chunk {(k, start, end)}: not block-aligned or over {launch.chunk_blocks} blocks")
+        for k, spans in enumerate(covered):
+            edges = [0] + [e for _, e in spans]
+            blocks = -(-sizes[k] // config["BLOCK_SIZE"])
+            if [s for s, _ in spans] != edges[:-1] or edges[-1] != sizes[k] or len(spans) != -(-blocks // launch.chunk_blocks):
+                raise AssertionError(f"tensor {k}: chunks {spans} do not tile [0, {sizes[k]}) in the fewest chunks")
+        want_lr = S.lr_at(counter, desc, table)
+        if not torch.equal(lr_out, want_lr):
+            raise AssertionError(f"sms={sms}: LRs written back {lr_out.tolist()}, want {want_lr.tolist()}")
+        results[sms] = (params, bufs, lr_out, launch.chunk_blocks, len(rows))
+    (p0, b0, l0, cb0, n0), (p1, b1, l1, cb1, n1) = results[None], results[4]
+    if (cb0, n0) != (8, 1 + 1 + 1 + 2) or (cb1, n1) != (2, 4 + 2 + 1 + 8):
+        raise AssertionError(f"chunking: (chunk blocks, programs) {(cb0, n0)} without SMs, {(cb1, n1)} with 4 SMs")
+    for i in range(len(sizes)):
+        check_equal(p1[i], p0[i], f"param {i}: smaller chunks vs one chunk per tensor")
+        if hyper[group_of[i]][0] != 0:
+            check_equal(b1[i], b0[i], f"buffer {i}: smaller chunks vs one chunk per tensor")
+    check_equal(l1, l0, "LRs written back: smaller chunks vs one chunk per tensor")
+    messages.append(f"chunks: {n0} programs of <= {cb0} blocks and {n1} of <= {cb1} blocks update the same bits")
+    return "; ".join(messages)
+
+
 CASES: dict[str, Callable[[], str]] = {
     "lr_at": case_lr_at,
     "sgd_fp32": case_sgd_fp32,
@@ -826,6 +965,7 @@ CASES: dict[str, Callable[[], str]] = {
     "production_config": case_production_config,
     "grad_norm": case_grad_norm,
     "engine_state_lists": case_engine_state_lists,
+    "kernel_shape": case_kernel_shape,
 }
 
 

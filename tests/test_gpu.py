@@ -84,7 +84,7 @@ def test_one_kernel_launch_per_step_on_the_triton_path():
     kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert len(kernels) == 5 and all("sgd_kernel" in k for k in kernels), kernels
     assert s._sched.pending == 1  # the last sched.step() waits for the next kernel
-    o.step()  # ...which applies it: counter and group LRs written by the kernel's last program
+    o.step()  # ...which applies it: counter written by the kernel's last program, LRs by each group's first
     assert int(s.step_counter.item()) == s.last_epoch
     assert o.lr_tensor.tolist() == pytest.approx(s.get_last_lr(), rel=1e-12)
 
@@ -283,6 +283,79 @@ def test_non_dense_parameters_cost_no_host_sync(backend):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     world.check_untouched("steady state")
+
+
+def test_bf16_hardware_conversion_matches_software_rounding_on_every_float32():
+    """Compiled round_to_bf16 (cvt.rn.bf16.f32) vs round_to_bf16_software (what the interpreter
+    runs) and vs torch's CUDA conversion, on all 2**32 float32 bit patterns: the same bits, except
+    that a NaN only has to give a NaN (NaN bits differ between conversions)."""
+    pytest.importorskip("triton")
+    import _shape_kernels as SK
+
+    n, block = 1 << 28, 1 << 12
+    hw = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+    sw = torch.empty_like(hw)
+    for start in range(0, 1 << 32, n):
+        x = torch.arange(start, start + n, dtype=torch.int64, device="cuda").to(torch.int32).view(torch.float32)
+        SK.bf16_kernel[(n // block,)](x, hw, sw, n, BLOCK=block)
+        nan = x.isnan()
+        for name, got in (("hardware", hw), ("software", sw)):
+            assert torch.equal(got.isnan(), nan), f"{name}: NaN-ness differs in [{start:#x}, {start + n:#x})"
+        want = x.to(torch.bfloat16).view(torch.int16)
+        for name, got in (("hardware", hw), ("software", sw)):
+            bad = (got.view(torch.int16) != want) & ~nan
+            assert not bool(bad.any()), f"{name}: {int(bad.sum())} bits differ from torch in [{start:#x}, {start + n:#x})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unscale_branches_match_torch_division_on_cuda(dtype):
+    """Compiled unscaling: the reciprocal branch (power-of-two scales) and the division branch
+    (other scales) give the bits of torch's CUDA ``(g / scale) * clip``."""
+    pytest.importorskip("triton")
+    import _shape_kernels as SK
+    import triton
+
+    from fused_lr.engine import runtime
+
+    info = torch.finfo(dtype)
+    magnitudes = 2.0 ** torch.randint(-40, 40, (1 << 16,), device="cuda")
+    edges = torch.tensor([0.0, info.tiny, info.tiny / 8, info.max, float("inf")], device="cuda", dtype=torch.float64)
+    g = torch.cat([torch.randn(1 << 16, device="cuda", dtype=torch.float64) * magnitudes, edges]).to(dtype)
+    powers = [2.0**k for k in (-126, -1, 0, 16, 127)]
+    for scale_value in powers + [2.0**-127, 3.0, 0.1, 65535.0]:
+        scale = torch.tensor([scale_value], dtype=torch.float32, device="cuda")
+        clip = torch.tensor([0.37], dtype=torch.float64, device="cuda")
+        out, exact = torch.empty_like(g), torch.zeros(1, dtype=torch.int8, device="cuda")
+        SK.unscale_kernel[(1,)](g, scale, clip, out, exact, g.numel(), COMPUTE_DTYPE=runtime.triton_dtype(dtype),
+                                BLOCK=triton.next_power_of_2(g.numel()))
+        assert bool(exact) == (scale_value in powers), scale_value
+        want = (g / scale.to(dtype)) * clip.to(dtype)
+        bad = (out != want) & ~(out.isnan() & want.isnan())
+        assert not bool(bad.any()), f"scale {scale_value}: {int(bad.sum())} elements differ from torch's division"
+
+
+def test_few_chunks_get_smaller_chunks_on_cuda():
+    """One 4M-element tensor: torch's 65536-element chunks would give 64 programs, fewer than the
+    SMs; the launch takes smaller chunks (runtime.chunk_blocks) and still follows stock SGD."""
+    from fused_lr.engine import plan as P
+    from fused_lr.engine import runtime
+
+    cfg = runtime.launch_config()
+    sms = runtime.sm_count(torch.device("cuda"))
+    blocks = runtime.chunk_blocks([4 << 20], sms, cfg)
+    assert blocks < cfg["CHUNK_BLOCKS"] and len(P._chunks([4 << 20], cfg["BLOCK_SIZE"], blocks)) >= min(
+        cfg["PROGRAMS_PER_SM"] * sms, (4 << 20) // (cfg["BLOCK_SIZE"] * cfg["MIN_CHUNK_BLOCKS"]))
+    torch.manual_seed(0)
+    pa = torch.nn.Parameter(torch.randn(4 << 20, device="cuda"))
+    pb = torch.nn.Parameter(pa.detach().clone())
+    oa = torch.optim.SGD([pa], lr=0.1, momentum=0.9, foreach=False)
+    ob = fused_lr.FusedSGD([pb], lr=0.1, momentum=0.9, backend="triton")
+    for _ in range(3):
+        g = torch.randn_like(pa)
+        pa.grad, pb.grad = g.clone(), g.clone()
+        oa.step()
+        ob.step()
+    assert_close(pb, pa, what="4M-element tensor, smaller chunks", **CUDA_FP32_TOL)
 
 
 # ---------------------------------------------------------------------------------------- AdamW / Adam

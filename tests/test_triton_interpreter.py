@@ -25,7 +25,7 @@ SCRIPT = HERE / "_triton_subprocess.py"
 # Two children, balanced by measured run time (about 20-25 s each on 2 cores).
 WORKERS = (
     ("sgd_bf16", "production_config", "grad_norm", "engine_state_lists"),
-    ("sgd_fp32", "sgd_fp64_fp16", "lr_at"),
+    ("sgd_fp32", "sgd_fp64_fp16", "lr_at", "kernel_shape"),
 )
 TIMEOUT_S = 600
 
@@ -110,6 +110,14 @@ def test_engine_runs_another_optimizers_kernel(interpreter_results):
     _report(interpreter_results, "engine_state_lists")
 
 
+def test_kernel_shape_pieces(interpreter_results):
+    """bfloat16 rounding (interpreted round_to_bf16 and the software rounding) vs torch's conversion
+    on edge and random bit patterns; AMP unscaling, reciprocal branch (power-of-two scales) and
+    division branch, bitwise vs torch's division; smaller balanced chunks (a GPU's SM count) update
+    and write back LRs bit for bit as one chunk per tensor."""
+    _report(interpreter_results, "kernel_shape")
+
+
 def test_kernel_constants_match_schedules():
     """The kernel's duplicated kind codes, columns and DESC_WIDTH equal fused_lr.schedules's."""
     from fused_lr.kernels import schedule as K
@@ -123,6 +131,50 @@ def test_kernel_constants_match_schedules():
     for c in S.Col.NAMES:
         if hasattr(K, f"COL_{c}"):
             assert getattr(K, f"COL_{c}").value == getattr(S.Col, c), c
+
+
+def test_chunk_size_from_sm_count():
+    """runtime.chunk_blocks: torch's 64-block chunks where they give 4 programs per SM (or on CPU),
+    halved while they do not, never below MIN_CHUNK_BLOCKS."""
+    from fused_lr.engine import runtime as R
+
+    cfg = R.launch_config(production=True)
+    assert (cfg["CHUNK_BLOCKS"], cfg["MIN_CHUNK_BLOCKS"], cfg["PROGRAMS_PER_SM"]) == (64, 4, 4)
+    assert R.chunk_blocks([4 << 20], None, cfg) == 64  # CPU / interpreter: no SM count
+    # One 4M-element tensor on 132 SMs (H200): 64 blocks give 64 programs; 8 give 512 < 528; 4 give 1024.
+    assert R.chunk_blocks([4 << 20], 132, cfg) == 4
+    assert R.chunk_blocks([4 << 20], 16, cfg) == 64  # 64 programs >= 4 * 16
+    assert R.chunk_blocks([4 << 20], 17, cfg) == 32  # 64 < 68: halved once, 128 programs
+    # Many tensors already fill the GPU: 1000 tensors of one chunk each.
+    assert R.chunk_blocks([65536] * 1000, 132, cfg) == 64
+    # A tiny launch never fills it: the smallest chunk; empty tensors count for nothing.
+    assert R.chunk_blocks([1, 0], 132, cfg) == 4
+
+
+def test_chunk_table_is_balanced():
+    """plan._chunks: each tensor in the fewest chunks of at most chunk_blocks blocks, starting on
+    block boundaries, tiling it, all of one size but the last (no program left with a sliver)."""
+    import random
+
+    from fused_lr.engine import plan as P
+
+    rng = random.Random(3)
+    block = 128
+    for _ in range(300):
+        numels = [rng.choice([1, 127, 128, 129, rng.randrange(1, 40 * block)]) for _ in range(rng.randrange(1, 5))]
+        chunk_blocks = rng.choice([1, 2, 3, 4, 8, 64])
+        by_tensor: dict[int, list] = {}
+        for k, start, end in P._chunks(numels, block, chunk_blocks):
+            by_tensor.setdefault(k, []).append((start, end))
+        assert sorted(by_tensor) == list(range(len(numels)))
+        for k, spans in by_tensor.items():
+            n, blocks = numels[k], -(-numels[k] // block)
+            assert len(spans) == -(-blocks // chunk_blocks), (numels, chunk_blocks, spans)
+            assert [s for s, _ in spans] == [0] + [e for _, e in spans[:-1]] and spans[-1][1] == n
+            sizes = [e - s for s, e in spans]
+            assert all(s % block == 0 for s, _ in spans) and max(sizes) <= chunk_blocks * block
+            assert len(set(sizes[:-1])) <= 1 and sizes[-1] <= sizes[0]
+            assert sizes[0] - sizes[-1] < block * len(spans), (n, chunk_blocks, sizes)  # balanced, not a sliver
 
 
 def test_cpu_without_interpreter_is_a_clear_error():

@@ -56,8 +56,9 @@ class DeviceLR(NamedTuple):
     int64 ``[1]`` step counter; the LRs are taken at ``step + advance``. advance: scheduler steps
     taken on the host since the counter was last stored (deferred so that ``opt.step();
     sched.step()`` costs one launch). lr_out: float64 ``[groups]`` or None; when given, the step's
-    final launch writes back: its last program stores ``step += advance`` and every group's LR at
-    that step into ``lr_out`` (a step skipped by ``found_inf`` writes back too).
+    final launch writes back: every group's LR at that step into ``lr_out`` (each by its group's
+    first program; groups with no tensor in that launch by its last program) and, by its last
+    program, ``step += advance`` (a step skipped by ``found_inf`` writes back too).
     """
 
     desc: Tensor
@@ -217,7 +218,7 @@ def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_fla
                 NORM_INF=bool(clip.norm_inf),
                 BLOCK_SIZE=cfg["BLOCK_SIZE"],
                 CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-                num_warps=cfg["num_warps"],
+                **runtime.kernel_options(cfg),  # the update's warps and FP contraction, from one place
             )
         norm.grad_norm_finalize_kernel[(1,)](
             plan.partials,
@@ -230,7 +231,7 @@ def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_fla
             NORM_INF=bool(clip.norm_inf),
             NORM_DTYPE=runtime.triton_dtype(clip.norm_out.dtype),
             BLOCK=norm.FINALIZE_BLOCK,
-            num_warps=cfg["num_warps"],
+            **runtime.kernel_options(cfg),
         )
     if clip is not None and clip.check is not None:
         clip.check(clip.norm_out)
@@ -270,7 +271,6 @@ def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_fla
             SCALED=scaled,
             BLOCK_SIZE=cfg["BLOCK_SIZE"],
             CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-            num_warps=cfg["num_warps"],
-            enable_fp_fusion=cfg["enable_fp_fusion"],
+            **runtime.kernel_options(cfg),
         )
     return lr_out is not None and bool(plan.launches)

@@ -41,12 +41,15 @@ class Launch:
     """The tables of one dtype's launch; all tensors live on the parameters' device.
 
     param_addrs, grad_addrs, numels: int64 [n]; state_addrs: one int64 [n] per state list;
-    groups, slots: int32 [n]; chunks: int64 [n_chunks, 2] = (tensor index within this launch, first
-    element); partial_offset: this launch's first slot in the plan's norm partials.
+    slots: int32 [n]; groups: int32 [n + 1 + n_absent]: each tensor's group, then the number of
+    groups with no tensor in this launch and those groups (the kernels' finishing program stores
+    their LRs); chunks: int64 [n_chunks, 3] = (tensor index within this launch, first element, end
+    element), ``chunk_blocks`` blocks at most; partial_offset: this launch's first slot in the
+    plan's norm partials.
     """
 
     __slots__ = ("dtype", "positions", "param_addrs", "state_addrs", "numels", "groups", "chunks", "n_chunks",
-                 "static_aligned", "grad_addrs", "grads_aligned", "slots", "partial_offset")
+                 "chunk_blocks", "static_aligned", "grad_addrs", "grads_aligned", "slots", "partial_offset")
 
     def __init__(self, dtype: torch.dtype, positions: list[int]) -> None:
         self.dtype = dtype
@@ -150,19 +153,25 @@ def build_plan(
 
     plan = Plan(device)
     plan.contiguous = all(p.is_contiguous() for p in params)
-    chunk = cfg["BLOCK_SIZE"] * cfg["CHUNK_BLOCKS"]
+    sms = runtime.sm_count(device)
     for dtype, positions in by_dtype.items():
         launch = Launch(dtype, positions)
         param_addrs = [params[i].data_ptr() for i in positions]
         state_addrs = [[state[i].data_ptr() if spec.kept(hyper[group_index[i]], k) else 0 for i in positions]
                        for k, state in enumerate(states)]
         numels = [params[i].numel() for i in positions]
-        chunks = [(k, start) for k, n in enumerate(numels) for start in range(0, n, chunk)]
+        # Kernel shape (fused_lr.engine.runtime.chunk_blocks): the chunk size of this launch, each
+        # tensor split into equal whole-block chunks; the group table ends with the groups this
+        # launch has no tensor of (their LRs are stored by the finishing program).
+        launch.chunk_blocks = runtime.chunk_blocks(numels, sms, cfg)
+        chunks = _chunks(numels, cfg["BLOCK_SIZE"], launch.chunk_blocks)
+        groups = [group_index[i] for i in positions]
+        absent = sorted(set(range(len(hyper))) - set(groups))
         launch.param_addrs = torch.tensor(param_addrs, dtype=torch.int64, device=device)
         launch.state_addrs = tuple(torch.tensor(a, dtype=torch.int64, device=device) for a in state_addrs)
         launch.numels = torch.tensor(numels, dtype=torch.int64, device=device)
-        launch.groups = torch.tensor([group_index[i] for i in positions], dtype=torch.int32, device=device)
-        launch.chunks = torch.tensor(chunks, dtype=torch.int64, device=device).reshape(-1, 2)
+        launch.groups = torch.tensor(groups + [len(absent)] + absent, dtype=torch.int32, device=device)
+        launch.chunks = torch.tensor(chunks, dtype=torch.int64, device=device).reshape(-1, 3)
         launch.n_chunks = len(chunks)
         # (Scalar states are read one element at a time: their addresses do not matter here.)
         launch.static_aligned = all(_aligned(a) for a in param_addrs + [a for s in state_addrs[:n_lists] for a in s])
@@ -177,6 +186,18 @@ def build_plan(
     rows = [[float(x) for x in h] + [0.0] * (width - len(h)) for h in hyper]
     plan.hyper_table = torch.tensor(rows, dtype=torch.float64, device=device).reshape(-1, width)
     return plan
+
+
+def _chunks(numels: Sequence[int], block: int, chunk_blocks: int) -> list[tuple[int, int, int]]:
+    """``(tensor, start, end)`` of every chunk: each tensor in as few chunks of at most
+    ``chunk_blocks`` blocks as it needs, of equal whole blocks (the last one takes the rest), so no
+    program of a tensor is left with a sliver while another does a full chunk."""
+    chunks = []
+    for k, n in enumerate(numels):
+        blocks = -(-n // block)
+        per = -(-blocks // -(-blocks // chunk_blocks)) * block
+        chunks.extend((k, start, min(start + per, n)) for start in range(0, n, per))
+    return chunks
 
 
 def set_grads(plan: Plan, grads: Sequence[Tensor], params: Sequence[Tensor], grad_key: tuple[int, ...]) -> None:

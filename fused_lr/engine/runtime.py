@@ -1,4 +1,5 @@
-"""Where the Triton path can run, and the one launch configuration every engine launch uses.
+"""Where the Triton path can run, and the one launch configuration every engine launch uses
+(block size, warps, floating-point contraction, and the chunk size of each launch).
 
 On CPU tensors the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1`` set before
 ``triton`` is first imported); on CUDA tensors they run compiled, and the interpreter must be off
@@ -8,7 +9,7 @@ On CPU tensors the kernels run only under Triton's interpreter (``TRITON_INTERPR
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -30,16 +31,23 @@ __all__ = [
     "triton_available",
     "check_device",
     "launch_config",
+    "kernel_options",
     "override_launch_config",
+    "sm_count",
+    "chunk_blocks",
 ]
 
 # --- Launch configuration: the one place block size, chunk size and warp count come from. ---
 # BLOCK_SIZE = 1024 and num_warps = 4 are the Triton tutorials' defaults (01-vector-add uses
-# BLOCK_SIZE=1024; 4 warps is Triton's default num_warps). A chunk of 64 blocks = 65536 elements
-# is torch's multi_tensor_apply chunk size (kChunkSize in ATen/native/cuda/MultiTensorApply.cuh).
-# None of the three is measured: no GPU was available when this was written. Measure before tuning.
+# BLOCK_SIZE=1024; 4 warps is Triton's default num_warps). The largest chunk, 64 blocks = 65536
+# elements, is torch's multi_tensor_apply chunk size (kChunkSize in
+# ATen/native/cuda/MultiTensorApply.cuh); a launch too small to fill the GPU with such chunks gets
+# smaller ones (``chunk_blocks``, with its model). None of these is measured: no GPU was available
+# when this was written. Measure before tuning (``override_launch_config`` takes every one of them).
 BLOCK_SIZE = 1024
 CHUNK_BLOCKS = 64
+MIN_CHUNK_BLOCKS = 4
+PROGRAMS_PER_SM = 4
 NUM_WARPS = 4
 # Contract a*b + c into FMAs (Triton 3.9's default, made explicit because 3.10 flips it): torch's
 # CUDA kernels are built with nvcc's default --fmad=true, so this keeps the GPU update's rounding
@@ -101,25 +109,75 @@ def check_device(device: torch.device) -> None:
         raise RuntimeError(f"the Triton path supports CUDA (and CPU under TRITON_INTERPRET=1), not {device}")
 
 
-_PRODUCTION = {"BLOCK_SIZE": BLOCK_SIZE, "CHUNK_BLOCKS": CHUNK_BLOCKS, "num_warps": NUM_WARPS,
-               "enable_fp_fusion": ENABLE_FP_FUSION}
+_PRODUCTION = {"BLOCK_SIZE": BLOCK_SIZE, "CHUNK_BLOCKS": CHUNK_BLOCKS, "MIN_CHUNK_BLOCKS": MIN_CHUNK_BLOCKS,
+               "PROGRAMS_PER_SM": PROGRAMS_PER_SM, "num_warps": NUM_WARPS, "enable_fp_fusion": ENABLE_FP_FUSION}
 _override: dict[str, int] | None = None
 
 
 def launch_config(production: bool = False) -> dict:
-    """``BLOCK_SIZE``, ``CHUNK_BLOCKS``, ``num_warps`` and ``enable_fp_fusion`` of the next launch
-    (``production``: without an ``override_launch_config`` in force)."""
+    """``BLOCK_SIZE``, ``CHUNK_BLOCKS`` (the largest chunk), ``MIN_CHUNK_BLOCKS``, ``PROGRAMS_PER_SM``,
+    ``num_warps`` and ``enable_fp_fusion`` of the next launch (``production``: without an
+    ``override_launch_config`` in force)."""
     cfg = dict(_PRODUCTION)
     if _override and not production:
         cfg.update(_override)
     return cfg
 
 
+def kernel_options(cfg: dict) -> dict:
+    """The compile options of every engine kernel (update, norm partials, norm finalize) under
+    launch configuration ``cfg``: its warps and floating-point contraction, taken here so that no
+    launch forgets one (Triton's defaults would apply silently)."""
+    return {"num_warps": cfg["num_warps"], "enable_fp_fusion": cfg["enable_fp_fusion"]}
+
+
+_SM_COUNTS: dict[int, int] = {}
+
+
+def sm_count(device: torch.device) -> int | None:
+    """Streaming multiprocessors of CUDA ``device`` (read once per device); None elsewhere."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    count = _SM_COUNTS.get(index)
+    if count is None:
+        count = _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return count
+
+
+def chunk_blocks(numels: Sequence[int], sms: int | None, cfg: dict) -> int:
+    """Blocks per chunk for one launch over tensors of ``numels`` elements on a GPU with ``sms``
+    SMs: the largest of ``CHUNK_BLOCKS``, ``CHUNK_BLOCKS // 2``, ``// 4``, ... (none below
+    ``MIN_CHUNK_BLOCKS``) that gives the launch at least ``PROGRAMS_PER_SM * sms`` programs, else
+    the smallest; ``CHUNK_BLOCKS`` where ``sms`` is None (CPU, the interpreter).
+
+    The model (on paper: no GPU has measured it yet). An update moves every byte once, so it runs
+    at the speed of memory only with enough bytes in flight on every SM. A program has one block's
+    loads in flight at a time (SGD with momentum, float32: 3 operands x 1024 elements x 4 bytes =
+    12 KiB). Little's law with H100/H200 figures (3.3-4.8 TB/s x ~0.7 us of latency = 2.3-3.4 MB in
+    flight, ~17-25 KiB per SM) asks for about 2 such programs per SM; each program also spends a prologue
+    of dependent loads (its chunk row, its tensor's addresses, the schedule row, ``lr_at``) moving
+    nothing, hence a target of 4 per SM. Programs are the chunks: torch's 65536-element chunk gives
+    one 4M-element tensor 64 programs, fewer than an H200's 132 SMs (by this model about a third of
+    the bandwidth); halving to 4096-element chunks gives it 1024. Below 4 blocks the prologue
+    would weigh on every chunk, while a launch that small costs little anyway. Only the count of
+    programs depends on the chunk: the kernels read each chunk's bounds from the chunk table.
+    """
+    largest = cfg["CHUNK_BLOCKS"]
+    if not sms:
+        return largest
+    block, smallest, target = cfg["BLOCK_SIZE"], cfg["MIN_CHUNK_BLOCKS"], cfg["PROGRAMS_PER_SM"] * sms
+    blocks = [-(-n // block) for n in numels if n > 0]
+    chunk = largest
+    while chunk // 2 >= smallest and sum(-(-b // chunk) for b in blocks) < target:
+        chunk //= 2
+    return chunk
+
+
 @contextlib.contextmanager
 def override_launch_config(**overrides: int) -> Iterator[None]:
-    """Launch with other ``BLOCK_SIZE`` / ``CHUNK_BLOCKS`` / ``num_warps`` values inside the block
-    (for tuning; the interpreter tests use smaller blocks to run faster). Plans built under an
-    override are keyed by it."""
+    """Launch with other ``launch_config`` values inside the block (for tuning; the interpreter
+    tests use smaller blocks to run faster). Plans built under an override are keyed by it."""
     global _override
     unknown = set(overrides) - set(_PRODUCTION)
     if unknown:

@@ -181,7 +181,7 @@ def kernel_specializations() -> list[dict[str, Any]]:
         return []
     norm = runtime.norm_kernels
     cfg = runtime.launch_config(production=True)
-    options = {"num_warps": cfg["num_warps"], "enable_fp_fusion": cfg["enable_fp_fusion"]}
+    options = runtime.kernel_options(cfg)  # every kernel's, as the launches pass them
     sizes = {"BLOCK_SIZE": cfg["BLOCK_SIZE"], "CHUNK_BLOCKS": cfg["CHUNK_BLOCKS"]}
     specs = []
 
@@ -205,14 +205,12 @@ def kernel_specializations() -> list[dict[str, Any]]:
             for norm_inf in (False, True):
                 add("norm_partials", f"grad_norm_partials_kernel[{tl_dtype}, ALIGNED={aligned}, NORM_INF={norm_inf}]",
                     norm.grad_norm_partials_kernel, _PARTIALS_SIGNATURE,
-                    {**blocks, "ALIGNED": aligned, "NORM_INF": norm_inf, **sizes}, {"num_warps": cfg["num_warps"]},
-                    torch_dtype, aligned)
+                    {**blocks, "ALIGNED": aligned, "NORM_INF": norm_inf, **sizes}, options, torch_dtype, aligned)
     for norm_dtype in (torch.float32, torch.float64):
         tl_dtype = runtime.triton_dtype(norm_dtype)
         finalize_signature = dict(_FINALIZE_SIGNATURE, norm_out_ptr="*fp64" if norm_dtype == torch.float64 else "*fp32")
         for norm_inf in (False, True):
             add("norm_finalize", f"grad_norm_finalize_kernel[{tl_dtype}, NORM_INF={norm_inf}]",
                 norm.grad_norm_finalize_kernel, finalize_signature,
-                {"NORM_INF": norm_inf, "NORM_DTYPE": tl_dtype, "BLOCK": norm.FINALIZE_BLOCK},
-                {"num_warps": cfg["num_warps"]}, norm_dtype, None)
+                {"NORM_INF": norm_inf, "NORM_DTYPE": tl_dtype, "BLOCK": norm.FINALIZE_BLOCK}, options, norm_dtype, None)
     return specs
