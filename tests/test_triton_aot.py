@@ -24,9 +24,8 @@ blocks) is checked for what the design promises:
 * bfloat16: the compiled update rounds with the hardware ``cvt.rn.bf16.f32``.
 * Registers and spills: ``ptxas -v`` (Triton's bundled ptxas, Triton's flags) on each PTX; the
   registers and spill bytes of every kernel and called function are printed (``pytest -s``); a
-  local-memory access (spill) inside a hot loop of the SASS (``cuobjdump -sass``) fails, except in
-  the specializations listed in ``KNOWN_HOT_LOOP_SPILLS`` (known defects: four of SGD's, ten of
-  Adam's).
+  local-memory access (spill) inside a hot loop of the SASS (``cuobjdump -sass``) fails (the engine
+  caps registers per thread, ``fused_lr.engine.runtime.MAX_REGISTERS``).
 * The gradient-norm partials kernel (clipping): aligned, its hot loop is one 16-byte vector load
   per BLOCK_SIZE * itemsize / (threads * 16) and no store; unaligned, element-wise loads. The
   finalize kernel compiles for both norm types and both norm dtypes.
@@ -255,15 +254,21 @@ def test_every_specialization_compiles(aot_report):
 
 def test_every_kernel_takes_its_options_from_one_place():
     """The update and both norm kernels compile (and launch: fused_lr/engine/launch.py passes the
-    same call) with runtime.kernel_options: the same warps and floating-point contraction."""
+    same call) with runtime.kernel_options: the same warps and floating-point contraction, and the
+    register cap of their dtype."""
+    import torch
+
     from fused_lr import engine
     from fused_lr.engine import runtime
 
-    options = runtime.kernel_options(runtime.launch_config(production=True))
-    assert options == {"num_warps": runtime.NUM_WARPS, "enable_fp_fusion": runtime.ENABLE_FP_FUSION}
+    cfg = runtime.launch_config(production=True)
+    base = {"num_warps": runtime.NUM_WARPS, "enable_fp_fusion": runtime.ENABLE_FP_FUSION}
+    assert runtime.kernel_options(cfg) == {**base, "maxnreg": runtime.MAX_REGISTERS}
+    assert runtime.kernel_options(cfg, torch.float64) == {**base, "maxnreg": runtime.MAX_REGISTERS_WIDE}
     specs = engine.kernel_specializations()
     assert {s["kind"] for s in specs} == {*UPDATE_ACCESSES, "norm_partials", "norm_finalize"}
-    assert all(s["options"] == options for s in specs)
+    for s in specs:
+        assert s["options"] == runtime.kernel_options(cfg, s["dtype"]), s["name"]
 
 
 def test_aligned_hot_loop_is_vectorized(aot_report):
@@ -334,29 +339,10 @@ def test_bf16_uses_the_hardware_conversion(aot_report):
     assert n == 8 * len(CAPABILITIES)  # ALIGNED x SCALED, per update kernel
 
 
-# Specializations whose SASS hot loop reloads spilled values (LDL, once per block of 1024
-# elements), with Triton 3.9's bundled ptxas: a known defect, not yet fixed (inlining ``lr_at``
-# removes the first three but adds 17 reloads to the fourth and doubles the compile time). Any
-# other specialization that spills in a hot loop fails the test, and so does one of these once fixed.
-KNOWN_HOT_LOOP_SPILLS = {
-    ("sgd_kernel[fp16, ALIGNED=False, SCALED=True]", 80),
-    ("sgd_kernel[fp16, ALIGNED=False, SCALED=True]", 90),
-    ("sgd_kernel[fp64, ALIGNED=False, SCALED=False]", 80),
-    ("sgd_kernel[fp64, ALIGNED=True, SCALED=True]", 90),
-    # Adam's kernel (more live scalars across its loop: betas, eps, the bias corrections, decay and
-    # four flags): 1 to 16 reloads per block, mostly in the unaligned AMP specializations; the
-    # aligned fp32 one on sm_90 reloads one value per block of 1024 elements. Known, not yet fixed.
-    ("adamw_kernel[bf16, ALIGNED=False, SCALED=True]", 80),
-    ("adamw_kernel[bf16, ALIGNED=False, SCALED=True]", 90),
-    ("adamw_kernel[fp16, ALIGNED=False, SCALED=True]", 80),
-    ("adamw_kernel[fp16, ALIGNED=False, SCALED=True]", 90),
-    ("adamw_kernel[fp32, ALIGNED=False, SCALED=True]", 80),
-    ("adamw_kernel[fp32, ALIGNED=False, SCALED=True]", 90),
-    ("adamw_kernel[fp32, ALIGNED=True, SCALED=False]", 90),
-    ("adamw_kernel[fp64, ALIGNED=False, SCALED=False]", 90),
-    ("adamw_kernel[fp64, ALIGNED=False, SCALED=True]", 80),
-    ("adamw_kernel[fp64, ALIGNED=False, SCALED=True]", 90),
-}
+# Specializations whose SASS hot loop accesses local memory, allowed here: none since the engine
+# caps registers per thread (fused_lr.engine.runtime.MAX_REGISTERS, MAX_REGISTERS_WIDE); without
+# the cap, 14 update specializations spilled in a hot loop. Any spill in a hot loop fails the test.
+KNOWN_HOT_LOOP_SPILLS: set[tuple[str, int]] = set()
 
 
 def test_registers_and_spills(aot_report):

@@ -258,7 +258,7 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
                     NORM_INF=bool(clip.norm_inf),
                     BLOCK_SIZE=cfg["BLOCK_SIZE"],
                     CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-                    **runtime.kernel_options(cfg),  # the update's warps and FP contraction, from one place
+                    **runtime.kernel_options(cfg, part.dtype),  # warps, FP contraction, registers
                 )
         norm.grad_norm_finalize_kernel[(1,)](
             plan.partials,
@@ -271,7 +271,7 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
             NORM_INF=bool(clip.norm_inf),
             NORM_DTYPE=runtime.triton_dtype(clip.norm_out.dtype),
             BLOCK=norm.FINALIZE_BLOCK,
-            **runtime.kernel_options(cfg),
+            **runtime.kernel_options(cfg, clip.norm_out.dtype),
         )
     if clip is not None and clip.check is not None:
         clip.check(clip.norm_out)
@@ -317,7 +317,7 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
                 SCALED=scaled,
                 BLOCK_SIZE=cfg["BLOCK_SIZE"],
                 CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-                **runtime.kernel_options(cfg),
+                **runtime.kernel_options(cfg, part.dtype),
             )
     return lr_out is not None and bool(plan.launches)
 

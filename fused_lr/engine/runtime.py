@@ -124,11 +124,28 @@ def launch_config(production: bool = False) -> dict:
     return cfg
 
 
-def kernel_options(cfg: dict) -> dict:
+# Registers per thread (ptxas ``.maxnreg``). Without a cap, ptxas kept values in local memory
+# inside the hot loops of 14 update specializations (1 to 16 ``LDL``/``STL`` per block in their
+# SASS, Triton 3.9, sm_80 and sm_90; our kernels call the non-inlined ``lr_at``) although they used
+# only 56-96 registers; with a cap it allocates registers instead, and no hot loop spills
+# (tests/test_triton_aot.py::test_registers_and_spills). 128 registers x 128 threads (4 warps)
+# leaves room for 4 programs per SM (65536 registers on sm_80 and sm_90), the occupancy
+# ``chunk_blocks`` plans for. float64 needs more: Adam's five operands hold 8 elements per thread
+# in register pairs (and, unaligned, a 64-bit address each); capped at 128 its hot loops spilled
+# 30-46 values per block, at 168 still 3-19 (unaligned); 255 (PTX's maximum) removes every spill,
+# at a lower occupancy for float64 parameters. Not measured on a GPU.
+MAX_REGISTERS = 128
+MAX_REGISTERS_WIDE = 255
+
+
+def kernel_options(cfg: dict, dtype: torch.dtype | None = None) -> dict:
     """The compile options of every engine kernel (update, norm partials, norm finalize) under
-    launch configuration ``cfg``: its warps and floating-point contraction, taken here so that no
-    launch forgets one (Triton's defaults would apply silently)."""
-    return {"num_warps": cfg["num_warps"], "enable_fp_fusion": cfg["enable_fp_fusion"]}
+    launch configuration ``cfg`` for storage ``dtype`` (the norm's dtype for the finalize kernel):
+    its warps, floating-point contraction and register cap, taken here so that no launch forgets
+    one (Triton's defaults would apply silently)."""
+    wide = dtype == torch.float64
+    return {"num_warps": cfg["num_warps"], "enable_fp_fusion": cfg["enable_fp_fusion"],
+            "maxnreg": MAX_REGISTERS_WIDE if wide else MAX_REGISTERS}
 
 
 _SM_COUNTS: dict[int, int] = {}

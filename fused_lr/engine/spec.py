@@ -181,15 +181,15 @@ def kernel_specializations() -> list[dict[str, Any]]:
         return []
     norm = runtime.norm_kernels
     cfg = runtime.launch_config(production=True)
-    options = runtime.kernel_options(cfg)  # every kernel's, as the launches pass them
     sizes = {"BLOCK_SIZE": cfg["BLOCK_SIZE"], "CHUNK_BLOCKS": cfg["CHUNK_BLOCKS"]}
     specs = []
 
-    def add(kind, name, fn, base_signature, constexprs, options, dtype, aligned):
+    def add(kind, name, fn, base_signature, constexprs, dtype, aligned):
         signature = dict(base_signature)
         signature.update({k: "constexpr" for k in constexprs})
+        options = runtime.kernel_options(cfg, dtype)  # every kernel's, as the launches pass them
         specs.append(dict(name=name, kind=kind, fn=fn, signature=signature, constexprs=constexprs,
-                          options=dict(options), dtype=dtype, aligned=aligned))
+                          options=options, dtype=dtype, aligned=aligned))
 
     for torch_dtype in runtime.KERNEL_DTYPES:
         tl_dtype = runtime.triton_dtype(torch_dtype)
@@ -201,16 +201,16 @@ def kernel_specializations() -> list[dict[str, Any]]:
                 for scaled in (False, True):
                     add(spec.name, f"{spec.kernel}[{tl_dtype}, ALIGNED={aligned}, SCALED={scaled}]", fn,
                         {**addrs, **COMMON_SIGNATURE}, {**blocks, "ALIGNED": aligned, "SCALED": scaled, **sizes},
-                        options, torch_dtype, aligned)
+                        torch_dtype, aligned)
             for norm_inf in (False, True):
                 add("norm_partials", f"grad_norm_partials_kernel[{tl_dtype}, ALIGNED={aligned}, NORM_INF={norm_inf}]",
                     norm.grad_norm_partials_kernel, _PARTIALS_SIGNATURE,
-                    {**blocks, "ALIGNED": aligned, "NORM_INF": norm_inf, **sizes}, options, torch_dtype, aligned)
+                    {**blocks, "ALIGNED": aligned, "NORM_INF": norm_inf, **sizes}, torch_dtype, aligned)
     for norm_dtype in (torch.float32, torch.float64):
         tl_dtype = runtime.triton_dtype(norm_dtype)
         finalize_signature = dict(_FINALIZE_SIGNATURE, norm_out_ptr="*fp64" if norm_dtype == torch.float64 else "*fp32")
         for norm_inf in (False, True):
             add("norm_finalize", f"grad_norm_finalize_kernel[{tl_dtype}, NORM_INF={norm_inf}]",
                 norm.grad_norm_finalize_kernel, finalize_signature,
-                {"NORM_INF": norm_inf, "NORM_DTYPE": tl_dtype, "BLOCK": norm.FINALIZE_BLOCK}, options, norm_dtype, None)
+                {"NORM_INF": norm_inf, "NORM_DTYPE": tl_dtype, "BLOCK": norm.FINALIZE_BLOCK}, norm_dtype, None)
     return specs
