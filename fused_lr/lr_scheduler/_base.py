@@ -83,12 +83,17 @@ def _host_work(fn: Callable, *args: Any) -> Any:
     return fn(*args)
 
 
+_STACK: list = []  # the _Stack class, once imported (an import statement costs microseconds per step)
+
+
 def _stack():
     """The class of several schedulers stepped on one optimizer (lr_scheduler/stack.py builds on
     this module, so it is imported when first needed)."""
-    from .stack import _Stack
+    if not _STACK:
+        from .stack import _Stack
 
-    return _Stack
+        _STACK.append(_Stack)
+    return _STACK[0]
 
 
 def _check_optimizer(optimizer: Any, scheduler: str) -> torch.optim.Optimizer:

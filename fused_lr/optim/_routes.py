@@ -13,6 +13,9 @@ sparse gradients (``_step_sparse``: torch's for-loop) and ``differentiable=True`
 from __future__ import annotations
 
 import math
+import operator
+import weakref
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -41,6 +44,39 @@ def _flat(p: Tensor, g: Tensor, states: list) -> bool:
 
 def _pick(xs: list, ix: list[int]) -> list:
     return [xs[i] for i in ix] if xs else []
+
+
+_GRAD = operator.attrgetter("grad")
+
+
+class _Collected:
+    """``_collect_all``'s answer kept for the next steps (the torch path's steady state): valid
+    while the groups' params lists, every parameter's storage address, every gradient object
+    (weak references: a gradient freed or replaced, ``zero_grad(set_to_none=True)`` included,
+    misses), the state dict and its per-group cache, and which groups keep state are as they
+    were. A miss costs one full collection, as without the cache."""
+
+    __slots__ = ("groups", "params", "param_key", "grad_ids", "alive", "refs", "state_key", "keeps", "work",
+                 "__weakref__")
+
+    def __init__(self, groups, params, grads, state_key, keeps, work) -> None:
+        self.groups = groups
+        self.params = params
+        self.param_key = tuple(map(torch.Tensor.data_ptr, params))
+        self.grad_ids = list(map(id, grads))
+        self.alive = True
+        me = weakref.ref(self)
+
+        def died(_ref) -> None:
+            owner = me()
+            if owner is not None:
+                owner.alive = False
+
+        # (While every referent is alive, equal ids mean the same objects.)
+        self.refs = list(map(weakref.ref, grads, repeat(died)))
+        self.state_key = state_key
+        self.keeps = keeps
+        self.work = work
 
 
 class UpdateRoutes:
@@ -76,6 +112,35 @@ class UpdateRoutes:
         groups = self._groups
         all_grads = [[p.grad for p in g["params"]] for g in groups]
         return [self._collect(g, gi, grads) for gi, (g, grads) in enumerate(zip(groups, all_grads))]
+
+    def _collect_cached(self) -> list:
+        """``_collect_all`` for an eager step, reused from the last step when nothing it read
+        changed (see ``_Collected``): per parameter one grad read, one id and one address, no
+        per-tensor checks. Only answers without sparse gradients are kept."""
+        groups = self._groups
+        memo = self.__dict__.get("_collected")
+        state_key = (id(self.state), len(self.state), *(self._state_cache.get(gi) for gi in range(len(groups))))
+        keeps = tuple(map(self._keeps_state, groups))
+        if memo is not None and memo.alive and memo.keeps == keeps and len(memo.groups) == len(groups) and all(
+            g["params"] is ps and len(ps) == n for g, (ps, n) in zip(groups, memo.groups)
+        ) and len(memo.state_key) == len(state_key) and all(map(operator.is_, memo.state_key[2:], state_key[2:])) \
+                and memo.state_key[:2] == state_key[:2]:
+            params = memo.params
+            if list(map(id, map(_GRAD, params))) == memo.grad_ids and memo.alive \
+                    and tuple(map(torch.Tensor.data_ptr, params)) == memo.param_key:
+                return memo.work
+        self._collected = None
+        collected = self._collect_all()
+        if all(c[3] is None for c in collected) and not any(self._sharded):
+            params = [p for g in groups for p in g["params"]]
+            grads = list(map(_GRAD, params))
+            if all(g is not None for g in grads):
+                # (The state cache as _collect_all left it: the key is read again.)
+                state_key = (id(self.state), len(self.state),
+                             *(self._state_cache.get(gi) for gi in range(len(groups))))
+                self._collected = _Collected(tuple((g["params"], len(g["params"])) for g in groups), params, grads,
+                                             state_key, keeps, collected)
+        return collected
 
     def _collect(self, group: dict[str, Any], gi: int, grads: list):
         """The group's parameters with a gradient, their grads and state lists (each empty when the
@@ -131,6 +196,8 @@ class UpdateRoutes:
     def _store_states(self, gi: int, owners: list[Tensor], new: list[list], old: list[list], sharded=False) -> None:
         """Put the state tensors an update made (``new`` where it is not ``old``) in ``self.state``."""
         for key, news, olds in zip(self._kernel.state_lists, new, old):
+            if news is olds:
+                continue  # the update kept the very list it was given: no new tensor
             for p, b, was in zip(owners, news, olds):
                 if b is not was:
                     self.state[p][key] = like_param(b, p) if sharded else b
