@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 
 import torch
@@ -331,7 +331,7 @@ def set_hyper(plan: Plan, spec: KernelSpec, hyper: tuple[tuple, ...]) -> None:
 
 
 
-def same_grads(plan: Plan, grads: Sequence[Tensor | None]) -> bool:
+def same_grads(plan: Plan, grads: Iterable[Tensor | None]) -> bool:
     """Whether ``grads`` are the very tensor objects the grad table was set from (no other check
     needed: same objects, same addresses and layouts; see the module docstring). The references
     are alive whenever ``grad_refs`` is set, so a None grad never matches."""

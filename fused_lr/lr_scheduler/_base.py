@@ -330,13 +330,14 @@ class _FusedLRScheduler(LRScheduler):
         # Everything is checked before anything changes (assigned LRs included). Inside
         # torch.compile the groups' float LRs are not read: a guard on them would recompile at
         # every new LR (an assignment made in a compiled region is taken at the next eager step).
-        changes = [] if torch.compiler.is_compiling() else self._lrs.assignments()
-        owner = self._lrs.owner
+        lrs = self._lrs
+        changes = [] if torch.compiler.is_compiling() else lrs.assignments()
+        owner = lrs.owner
         if isinstance(owner, _stack()) and owner.has(self):
             owner.member_step(self, epoch, changes)  # one of several schedulers driving these LRs
             return
         # Assignments made while another scheduler (or none) drove the LRs: taken there first.
-        self._lrs.apply(changes)
+        lrs.apply(changes)
         if initial:
             self.base_lrs = [_lr_value(b) for b in self.base_lrs]
             self._build_schedule()
@@ -355,7 +356,7 @@ class _FusedLRScheduler(LRScheduler):
                 if isinstance(self._join(), _stack()):
                     self._lrs.owner.initial_step(self)
                     return
-            elif self._lrs.defers_schedule(sched):
+            elif lrs.defers_schedule(sched):
                 # Triton path: the next update kernel advances the counter and writes the LRs.
                 sched.defer_advance()
             else:

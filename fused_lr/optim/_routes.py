@@ -338,8 +338,8 @@ class UpdateRoutes:
     def _step_torch(self, work, grad_scale=None, found_inf=None, clip_coef=None, norm_done=False) -> None:
         """The pure-PyTorch path. ``clip_coef``/``norm_done``: the Triton path already computed the
         coefficient over every gradient (its kernel tensors and these)."""
-        all_grads = [g for (_, gs, _) in work for g in gs]
         if self.max_grad_norm is not None and not norm_done:
+            all_grads = [g for (_, gs, _) in work for g in gs]
             total = grad_norm_torch(all_grads, self.norm_type == math.inf).to(self._device)
             dtensor = dtensor_type()
             if dtensor is not None and isinstance(total, dtensor):
