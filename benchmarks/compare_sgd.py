@@ -85,8 +85,10 @@ METHODS: dict[str, Method] = {
 }
 
 
-def make_plan(args, device: torch.device, methods: list[str]) -> Plan:
-    """The cells of a run: every set x schedule, or QUICK's subset (module docstring)."""
+def make_plan(args, device: torch.device, methods: list[str], table: dict[str, Method] | None = None) -> Plan:
+    """The cells of a run: every set x schedule, or QUICK's subset (module docstring). ``table``:
+    the methods the names refer to (default METHODS; compare_adamw.py passes its own)."""
+    table = METHODS if table is None else table
     plan = Plan()
     quick_cpu = args.quick and device.type == "cpu"
     sets = args.sets or list(PARAM_SETS)
@@ -100,8 +102,8 @@ def make_plan(args, device: torch.device, methods: list[str]) -> Plan:
             if args.quick and not args.schedules and not (sc == "cosine_iter" or (sc == "step_epoch" and s == "resnet50")):
                 continue
             compiled_here = not quick_cpu or s == "one_large"
-            plan.cells.append((s, sc, [m for m in methods if compiled_here or not METHODS[m].compiled]))
-    if quick_cpu and any(METHODS[m].compiled for m in methods):
+            plan.cells.append((s, sc, [m for m in methods if compiled_here or not table[m].compiled]))
+    if quick_cpu and any(table[m].compiled for m in methods):
         plan.notes.append("--quick on CPU: torch.compile measured on one_large only (cold CPU compiles take minutes)")
     return plan
 

@@ -74,6 +74,10 @@ section "benchmark: python benchmarks/run.py --device $DEVICE ${RUN_ARGS[*]} --o
 run_rc=$?
 echo "run.py exit status: $run_rc"
 
+section "benchmark: python benchmarks/run.py --optimizer adamw --device $DEVICE ${RUN_ARGS[*]} --out $dir"
+"$PY" benchmarks/run.py --optimizer adamw --device "$DEVICE" "${RUN_ARGS[@]}" --out "$dir" || run_rc=$?
+echo "run.py --optimizer adamw exit status: $run_rc"
+
 section "pytest benchmarks --benchmark-json $dir/pytest-benchmark.json"
 "$PY" -m pytest benchmarks --benchmark-json "$dir/pytest-benchmark.json"
 bench_rc=$?

@@ -4,17 +4,17 @@ On a GPU, small-tensor workloads (ResNet-50's 161 tensors, 1,000 small tensors) 
 Python/C++ work the host does per step, not by the kernels. This comparison measures that host
 work on CPU tensors with every update kernel replaced by a no-op, side by side in one run:
 
-* stock: ``torch.optim.SGD(fused=True)`` + torch's ``CosineAnnealingLR`` (``torch._fused_sgd_``
-  stubbed);
-* torch path, CUDA branch: ``FusedSGD(backend="torch")`` + fused_lr's ``CosineAnnealingLR``, taking
+* stock: ``torch.optim.SGD(fused=True)`` (``torch.optim.AdamW(fused=True)``) + torch's
+  ``CosineAnnealingLR`` (``torch._fused_sgd_`` / ``torch._fused_adamw_`` stubbed);
+* torch path, CUDA branch: ``FusedSGD(backend="torch")`` (``FusedAdamW``) + fused_lr's ``CosineAnnealingLR``, taking
   the code it takes on an accelerator (``fused_lr._device.host_reads_free`` answers False: the LR
   stays a device tensor, AMP skips are decided on the device); ``torch._fused_sgd_`` stubbed;
-* Triton path: ``FusedSGD(backend="triton")`` + fused_lr's ``CosineAnnealingLR``, the kernel
+* Triton path: ``FusedSGD(backend="triton")`` (``FusedAdamW``) + fused_lr's ``CosineAnnealingLR``, the kernel
   launch stubbed (the first step is timed alone: it builds the launch plan).
 
 ::
 
-    python benchmarks/host_overhead.py            # ResNet-50 shapes and 1,000 small tensors
+    python benchmarks/host_overhead.py            # ResNet-50 shapes and 1,000 small tensors, SGD and AdamW
 
 Each figure is the median over rounds that alternate the methods' order (``harness.timing``);
 ratios are to stock in the same run. What it does not include: the cost of the launches
@@ -42,49 +42,61 @@ if str(_HERE) not in sys.path:  # benchmarks/ holds harness and param_sets
 
 import param_sets  # noqa: E402
 from harness import _internal  # noqa: E402
-from harness.methods import Schedule, fused, stock  # noqa: E402
+from harness.methods import Method, Schedule, fused, fused_adamw, stock, stock_adamw  # noqa: E402
 from harness.params import make_params  # noqa: E402
 from harness.timing import interleaved_rounds, spread  # noqa: E402
 
 import fused_lr  # noqa: E402
 
 CPU = torch.device("cpu")
-HYPER = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
+HYPER = {"sgd": dict(lr=0.1, momentum=0.9, weight_decay=1e-4), "adamw": dict(lr=1e-3, weight_decay=0.01)}
 COSINE = Schedule("cosine_iter", "CosineAnnealingLR", dict(T_max=10_000))
 _SWITCH = getattr(fused_lr, "_device", None)  # (older fused_lr versions have no switch to the CUDA branch)
+_TORCH_COLUMN = "fused_lr[torch], CUDA branch" if _SWITCH is not None else "fused_lr[torch], CPU code"
 METHODS = {
-    "stock": stock("torch SGD(fused=True)", "fused"),
-    "torch": fused("fused_lr[torch], CUDA branch" if _SWITCH is not None else "fused_lr[torch], CPU code", "torch"),
-    "triton": fused("fused_lr[triton], launch stubbed", "triton"),
+    "sgd": {
+        "stock": stock("torch SGD(fused=True)", "fused"),
+        "torch": fused(_TORCH_COLUMN, "torch"),
+        "triton": fused("fused_lr[triton], launch stubbed", "triton"),
+    },
+    "adamw": {
+        "stock": Method("torch AdamW(fused=True)", stock_adamw("fused"), torch.optim.lr_scheduler),
+        "torch": Method(_TORCH_COLUMN, fused_adamw("torch"), fused_lr.lr_scheduler),
+        "triton": Method("FusedAdamW[triton], launch stubbed", fused_adamw("triton"), fused_lr.lr_scheduler),
+    },
 }
+_STOCK_KERNELS = ("_fused_sgd_", "_fused_adamw_", "_fused_adam_")
 
 
 @contextlib.contextmanager
 def _accelerator_branch_and_no_kernels():
-    """``torch._fused_sgd_`` does nothing, and fused_lr's torch path takes its accelerator code
+    """torch's fused SGD / Adam / AdamW kernels do nothing, and fused_lr's torch path takes its accelerator code
     (where the installed fused_lr has the switch: ``fused_lr._device``; older versions time their
     CPU code, and the column says so)."""
     _device = _SWITCH
-    real_fused = torch._fused_sgd_
+    real_fused = {name: getattr(torch, name) for name in _STOCK_KERNELS}
     real_free = _device.host_reads_free if _device is not None else None
-    torch._fused_sgd_ = lambda *args, **kwargs: None
+    for name in _STOCK_KERNELS:
+        setattr(torch, name, lambda *args, **kwargs: None)
     if _device is not None:
         _device.host_reads_free = lambda device: False
     try:
         yield
     finally:
-        torch._fused_sgd_ = real_fused
+        for name, fn in real_fused.items():
+            setattr(torch, name, fn)
         if _device is not None:
             _device.host_reads_free = real_free
 
 
-def measure(shapes, rounds: int = 9, steps: int = 30) -> dict[str, float]:
+def measure(shapes, rounds: int = 9, steps: int = 30, optimizer: str = "sgd") -> dict[str, float]:
     """Median microseconds per ``opt.step(); sched.step()`` in steady state of each method (see the
-    module docstring), and the Triton path's first step; alternating order."""
+    module docstring), and the Triton path's first step; alternating order. ``optimizer``: "sgd"
+    (SGD / FusedSGD) or "adamw" (AdamW / FusedAdamW)."""
     if not _internal.triton_kernels_importable():
         raise SystemExit("triton is not installed")
-    with _internal.sgd_launch_stubbed(), _accelerator_branch_and_no_kernels():
-        runners = {k: m.build(make_params(shapes), COSINE, CPU, HYPER) for k, m in METHODS.items()}
+    with _internal.sgd_launch_stubbed(optimizer), _accelerator_branch_and_no_kernels():
+        runners = {k: m.build(make_params(shapes), COSINE, CPU, HYPER[optimizer]) for k, m in METHODS[optimizer].items()}
         t0 = time.perf_counter()
         runners["triton"].iteration()
         first = (time.perf_counter() - t0) * 1e6
@@ -108,14 +120,16 @@ def main() -> None:
         "1,000 small tensors (1k elements each)": param_sets.many_small(1000, 1000),
     }
     print(f"torch {torch.__version__}, 1 thread; microseconds per opt.step() + sched.step() (median; kernels stubbed)")
-    print(f"{'parameter set':40} {'stock':>7} {'torch path CUDA':>21} {'triton steady':>19} {'triton 1st':>11}")
-    print(f"fused_lr from {Path(fused_lr.__file__).parent}; torch path column: {METHODS['torch'].name}")
-    for name, shapes in sets.items():
-        r = measure(shapes)
-        stock_us = r["stock_us"]
-        torch_us, triton_us = r["torch_cuda_branch_us"], r["triton_steady_us"]
-        print(f"{name:40} {stock_us:7.0f} {torch_us:12.0f} ({torch_us / stock_us:4.2f}x) "
-              f"{triton_us:10.0f} ({triton_us / stock_us:4.2f}x) {r['triton_first_us']:11.0f}")
+    print(f"fused_lr from {Path(fused_lr.__file__).parent}; torch path column: {_TORCH_COLUMN}")
+    print(f"{'optimizer':9} {'parameter set':40} {'stock':>7} {'torch path CUDA':>21} {'triton steady':>19} "
+          f"{'triton 1st':>11}")
+    for optimizer in ("sgd", "adamw"):
+        for name, shapes in sets.items():
+            r = measure(shapes, optimizer=optimizer)
+            stock_us = r["stock_us"]
+            torch_us, triton_us = r["torch_cuda_branch_us"], r["triton_steady_us"]
+            print(f"{optimizer:9} {name:40} {stock_us:7.0f} {torch_us:12.0f} ({torch_us / stock_us:4.2f}x) "
+                  f"{triton_us:10.0f} ({triton_us / stock_us:4.2f}x) {r['triton_first_us']:11.0f}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ Run from the repository root::
 
     python benchmarks/run.py            # full: every set x every schedule x every method
     python benchmarks/run.py --quick    # < 2 minutes on a 2-core CPU
+    python benchmarks/run.py --optimizer adamw --quick    # the AdamW comparison
 
-Options: ``--out DIR`` (default ``benchmarks/results``), ``--device cpu|cuda`` (default: CUDA when
+Options: ``--optimizer sgd|adamw`` (default sgd: which comparison),
+``--out DIR`` (default ``benchmarks/results``), ``--device cpu|cuda`` (default: CUDA when
 available), ``--sets NAME ...`` (resnet50 gpt2_small many_small one_large), ``--schedules NAME ...``
 (step_epoch cosine_iter plateau_epoch), ``--repeats N`` (timing rounds), ``--threads N``
 (``torch.set_num_threads``; default torch's choice, recorded), ``--no-compile``, ``--print-slug``,
@@ -16,6 +18,7 @@ What it runs: the comparisons below, declared one per file on the shared harness
 
 * ``compare_sgd.py``  methods x parameter sets x schedules: step time, ratios to stock, GB/s
   against the measured copy bandwidth, peak extra memory, CUDA launches and syncs
+* ``compare_adamw.py``  the same for AdamW (``--optimizer adamw``; files ``adamw-<slug>-<date>.*``)
 
 (``host_overhead.py``, the host work of a Triton-path step measured on CPU, runs on its own: it
 must set ``TRITON_INTERPRET=1`` before Triton is imported.)
@@ -35,15 +38,24 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:  # benchmarks/ holds the comparisons and harness
     sys.path.insert(0, str(_HERE))
 
+import argparse  # noqa: E402
+
+import compare_adamw  # noqa: E402
 import compare_sgd  # noqa: E402
 from harness import cli  # noqa: E402
 
-COMPARISONS = (compare_sgd.COMPARISON,)
+COMPARISONS = {"sgd": compare_sgd.COMPARISON, "adamw": compare_adamw.COMPARISON}
 
 
 def main(argv=None) -> int:
-    (comparison,) = COMPARISONS  # one result file per run: a second comparison needs its own stem
-    return cli.main(comparison, argv, description=__doc__.split("\n\n")[0], prog="run.py")
+    """``--optimizer`` picks the comparison (one result file per run); the rest is ``cli.main``'s."""
+    pick = argparse.ArgumentParser(add_help=False)
+    pick.add_argument("--optimizer", choices=list(COMPARISONS), default="sgd")
+    args, rest = pick.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if argv is None and args.optimizer == "sgd":
+        rest = None  # (the recorded command stays the command line as typed)
+    prog = "run.py" if args.optimizer == "sgd" else f"run.py --optimizer {args.optimizer}"
+    return cli.main(COMPARISONS[args.optimizer], rest, description=__doc__.split("\n\n")[0], prog=prog)
 
 
 if __name__ == "__main__":

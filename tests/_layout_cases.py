@@ -163,12 +163,14 @@ def groups(world: World):
     return [dict(params=world.params[:half]), dict(params=world.params[half:], lr=0.05)]
 
 
-def run(make_fused, dtype, grad_layout, config, close, names=tuple(PARAM_LAYOUTS), steps=STEPS, device="cpu"):
-    """Stock torch.optim.SGD(foreach=False) and ``make_fused(param_groups, **config)`` side by side over
-    the same layouts; ``close(actual, expected, what)`` compares values. Returns (stock world,
-    stock optimizer, fused world, fused optimizer)."""
+def run(make_fused, dtype, grad_layout, config, close, names=tuple(PARAM_LAYOUTS), steps=STEPS, device="cpu",
+        stock=torch.optim.SGD, keys=("momentum_buffer",)):
+    """Stock ``stock(foreach=False)`` (torch.optim.SGD; AdamW / Adam for tests/test_adamw_parity.py)
+    and ``make_fused(param_groups, **config)`` side by side over the same layouts; ``close(actual,
+    expected, what)`` compares values, of the parameters and of each state tensor of ``keys``.
+    Returns (stock world, stock optimizer, fused world, fused optimizer)."""
     a, b = World(dtype, names, device=device), World(dtype, names, device=device)
-    oa = torch.optim.SGD(groups(a), lr=0.1, foreach=False, **config)
+    oa = stock(groups(a), lr=0.1, foreach=False, **config)
     ob = make_fused(groups(b), lr=0.1, **config)
     for t in range(steps):
         layouts = grad_layouts(grad_layout, t, len(a.params))
@@ -181,9 +183,10 @@ def run(make_fused, dtype, grad_layout, config, close, names=tuple(PARAM_LAYOUTS
         b.check_untouched(f"FusedSGD, {what}")
         for name, p, q in zip(a.names, a.params, b.params):
             close(q, p, f"{what}: param {name}")
-            ba = oa.state.get(p, {}).get("momentum_buffer")
-            bb = ob.state.get(q, {}).get("momentum_buffer")
-            assert (ba is None) == (bb is None), f"{what}: momentum buffer presence of {name}"
-            if ba is not None:
-                close(bb, ba, f"{what}: momentum buffer of {name}")
+            for key in keys:
+                ba = oa.state.get(p, {}).get(key)
+                bb = ob.state.get(q, {}).get(key)
+                assert (ba is None) == (bb is None), f"{what}: {key} presence of {name}"
+                if ba is not None:
+                    close(bb, ba, f"{what}: {key} of {name}")
     return a, oa, b, ob

@@ -236,3 +236,61 @@ def test_host_overhead_script_measures_the_steady_state_path():
     result = eval(proc.stdout.strip().splitlines()[-1])  # the dict printed above
     assert result["fast_steps"] == 3 * 5  # every timed step took the steady-state path
     assert 0 < result["triton_steady_us"] < result["triton_first_us"]
+
+
+# ---------------------------------------------------------------------------------------- AdamW
+
+
+def test_adamw_methods_follow_the_stock_forloop_reference():
+    """compare_adamw.py's methods that run on CPU compute torch.optim.AdamW(foreach=False) + the
+    stock scheduler (parameters, moments, step after 45 iterations of step_epoch, which changes the
+    LR at iteration 30); the capturable column is refused on CPU with its reason."""
+    import compare_adamw
+    from harness.methods import stock_adamw
+
+    reference = Method("reference", stock_adamw("forloop"), torch.optim.lr_scheduler)
+    schedule = compare_adamw.SCHEDULES["step_epoch"]
+    ref_params = make_params(TINY.shapes)
+    ref = reference.build(ref_params, schedule, CPU, compare_adamw.HYPER)
+    for _ in range(45):
+        ref.iteration()
+    assert ref.opt.param_groups[0]["lr"] < compare_adamw.HYPER["lr"], "the schedule never moved the LR"
+    names, skipped = cli.available_methods(compare_adamw.COMPARISON, CPU, no_compile=True)
+    assert "stock capturable" in skipped and "fused_lr[torch]" in names and "stock fused" in names
+    for name in names:
+        params = make_params(TINY.shapes)
+        r = compare_adamw.METHODS[name].build(params, schedule, CPU, compare_adamw.HYPER)
+        for _ in range(45):
+            r.iteration()
+        for i, (p, q) in enumerate(zip(params, ref_params)):
+            assert_close(p, q, what=f"{name}: param {i}", **TRAJ_TOL[torch.float32])
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert_close(r.opt.state[p][key], ref.opt.state[q][key], what=f"{name}: {key} {i}",
+                             **TRAJ_TOL[torch.float32])
+
+
+def test_adamw_comparison_writes_its_own_files(tmp_path):
+    """run.py --optimizer adamw: 28 bytes per parameter, files named adamw-<slug>-<date>."""
+    import compare_adamw
+
+    sets = {"tiny": TINY.shapes}
+    cells = [("tiny", "cosine_iter", ["fused_lr[torch]", "stock fused"])]
+    report, j, _ = suite.run(compare_adamw.COMPARISON, sets, cells, device=CPU, repeats=2, target_s=0.005,
+                             out_dir=tmp_path, copy_numel=1 << 16, progress=False, command=["run.py", "--test"])
+    assert j.name.startswith("adamw-" + device_slug(CPU) + "-")
+    assert report["settings"]["bytes_per_param"] == 28 and report["settings"]["optimizer"] == "AdamW"
+    assert [r["status"] for r in report["cells"][0]["methods"].values()] == ["ok", "ok"]
+    assert run.main(["--optimizer", "adamw", "--print-slug", "--device", "cpu"]) == 0
+
+
+def test_host_overhead_adamw_set_measures_the_steady_state_path():
+    pytest.importorskip("triton")
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import host_overhead as h; "
+        "r = h.measure([(64, 8), (300,), (5,)] * 20, rounds=3, steps=5, optimizer='adamw'); print(r)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=_BENCH.parent, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = eval(proc.stdout.strip().splitlines()[-1])
+    assert result["fast_steps"] == 3 * 5
+    assert 0 < result["triton_steady_us"] < result["triton_first_us"]

@@ -79,3 +79,19 @@ def test_demo_exits_nonzero_with_a_warning_when_the_runs_disagree(tmp_path, monk
     assert rc == 1
     assert not result["ok"]
     assert "WARNING: stock and fused parameters differ" in capsys.readouterr().out
+
+
+def test_demo_adamw_against_stock_fused_adamw(tmp_path, monkeypatch, capsys):
+    """--optimizer adamw: torch.optim.AdamW(fused=True) vs FusedAdamW, same LRs, parameters and
+    exp_avg within PARAM_TOL["fused"] (the same kernel), its own PNG name."""
+    rc, result = _run_main(monkeypatch, ["--optimizer", "adamw", "--schedule", "cosine", "--epochs", str(EPOCHS),
+                                         "--out", str(tmp_path), "--seed", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert result["optimizer"] == "adamw" and result["png"] == str(tmp_path / "demo_adamw_cosine.png")
+    assert result["max_param_diff"] <= demo.PARAM_TOL["fused"] and result["max_buffer_diff"] <= demo.PARAM_TOL["fused"]
+    for name in ("stock", "fused"):
+        for e, got in enumerate(result["lrs"][name]):
+            want = demo.ADAMW_LR * (1 + math.cos(math.pi * e / EPOCHS)) / 2
+            assert got == pytest.approx(want, rel=1e-12), f"{name} LR at epoch {e}"
+    assert "torch.optim.AdamW(fused=True)" in out and "fused_lr.FusedAdamW(" in out and "exp_avg:" in out

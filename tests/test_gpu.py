@@ -543,3 +543,137 @@ def test_few_chunks_get_smaller_chunks_on_cuda():
         oa.step()
         ob.step()
     assert_close(pb, pa, what="4M-element tensor, smaller chunks", **CUDA_FP32_TOL)
+
+
+# ---------------------------------------------------------------------------------------- AdamW / Adam
+
+ADAM_PAIRS = {"adamw": (torch.optim.AdamW, fused_lr.FusedAdamW), "adam": (torch.optim.Adam, fused_lr.FusedAdam)}
+ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+# CUDA_FP32_TOL's argument holds for Adam: torch's fused Adam (the torch path) reads its tensor LR
+# as float32 and contracts into FMAs; the kernel rounds the float64 step size once; Adam's
+# normalized update keeps the per-step differences (an ulp or two) from growing.
+
+
+def _adam_compare(ma, oa, mb, ob, what):
+    for i, (p, q) in enumerate(zip(ma.parameters(), mb.parameters())):
+        assert_close(q, p, what=f"{what}: param {i}", **CUDA_FP32_TOL)
+        for key in ADAM_KEYS:
+            a, b = oa.state[p].get(key), ob.state[q].get(key)
+            assert (a is None) == (b is None), f"{what}: param {i} {key} presence"
+            if a is not None:
+                assert_close(b.to(a.device), a, what=f"{what}: param {i} {key}", **CUDA_FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sched", ["step", "cosine", "onecycle"])
+@pytest.mark.parametrize("name", list(ADAM_PAIRS))
+def test_adam_cuda_parity_with_stock(name, sched, backend):
+    """FusedAdamW / FusedAdam (amsgrad, weight decay, two groups) + fused scheduler vs stock's
+    for-loop + stock scheduler on CUDA, parameters and state; OneCycleLR cycles betas[0]."""
+    stock_cls, fused_cls = ADAM_PAIRS[name]
+    ma = _model()
+    mb = copy.deepcopy(ma)
+
+    def groups(m):
+        ps = list(m.parameters())
+        return [dict(params=ps[:2]), dict(params=ps[2:], lr=3e-3, weight_decay=0.05)]
+
+    oa = stock_cls(groups(ma), lr=1e-2, weight_decay=0.1, amsgrad=True, foreach=False)
+    ob = fused_cls(groups(mb), lr=1e-2, weight_decay=0.1, amsgrad=True, backend=backend)
+    assert ob.implementation == backend
+    make_a, make_b = {
+        "step": (lambda o: stock.StepLR(o, 5, 0.5), lambda o: fused.StepLR(o, 5, 0.5)),
+        "cosine": (lambda o: stock.CosineAnnealingLR(o, 8, 1e-4), lambda o: fused.CosineAnnealingLR(o, 8, 1e-4)),
+        "onecycle": (lambda o: stock.OneCycleLR(o, [0.02, 0.01], total_steps=40, three_phase=True),
+                     lambda o: fused.OneCycleLR(o, [0.02, 0.01], total_steps=40, three_phase=True)),
+    }[sched]
+    sa, sb = make_a(oa), make_b(ob)
+    x = torch.randn(16, 33, device="cuda")
+    for _ in range(30):
+        for m, o, s in ((ma, oa, sa), (mb, ob, sb)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+            s.step()
+    _adam_compare(ma, oa, mb, ob, f"cuda {name} {sched} {backend}")
+    for ga, gb in zip(oa.param_groups, ob.param_groups):
+        assert gb["betas"][0] == pytest.approx(ga["betas"][0], rel=1e-12)
+
+
+def test_adamw_one_launch_per_dtype_and_no_host_sync():
+    """Steady state on the Triton path: one adamw_kernel per dtype per step (fp32 model + a bf16
+    parameter: two), nothing else on the device, and no host sync."""
+    m = _model()
+    extra = torch.nn.Parameter(torch.randn(300, device="cuda", dtype=torch.bfloat16))
+    o = fused_lr.FusedAdamW([*m.parameters(), extra], lr=1e-3, amsgrad=True, backend="triton")
+    s = fused.CosineAnnealingLR(o, T_max=10)
+    x = torch.randn(16, 33, device="cuda")
+
+    def step():
+        m(x).square().mean().backward()
+        extra.grad = torch.ones_like(extra)
+        o.step()
+        s.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(4):
+            o.step()
+            s.step()
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 8 and all("adamw_kernel" in k for k in kernels), kernels
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            o.zero_grad()
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert float(o.state[extra]["step"]) == 3 + 4 + 4
+
+
+@pytest.mark.parametrize("backend,sched", [("torch", "step"), ("triton", "step"), ("triton", "onecycle")])
+def test_adamw_cuda_graph_replays_cross_schedule_boundaries(backend, sched):
+    """Capture forward+backward+opt.step()+sched.step() with FusedAdamW; 30 replays (StepLR(4):
+    seven boundaries; OneCycleLR: betas[0] cycled by the kernel) == 30 eager steps, parameters,
+    moments, step counts and the device LR log."""
+    make = {"step": lambda o: fused.StepLR(o, 4, 0.5), "onecycle": lambda o: fused.OneCycleLR(o, 0.01, total_steps=100)}[sched]
+    m_eager = _model()
+    m_graph = copy.deepcopy(m_eager)
+    static_x = torch.randn(16, 33, device="cuda")
+    o_e = fused_lr.FusedAdamW(m_eager.parameters(), lr=1e-2, amsgrad=True, backend=backend, capturable=True)
+    o_g = fused_lr.FusedAdamW(m_graph.parameters(), lr=1e-2, amsgrad=True, backend=backend, capturable=True)
+    s_e, s_g = make(o_e), make(o_g)
+
+    def step(m, o, s):
+        o.zero_grad(set_to_none=False)
+        m(static_x).square().mean().backward()
+        o.step()
+        s.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(m_eager, o_e, s_e)
+            step(m_graph, o_g, s_g)
+    torch.cuda.current_stream().wait_stream(side)
+    o_e.start_lr_log(64)
+    o_g.start_lr_log(64)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(m_graph, o_g, s_g)
+    for _ in range(30):
+        graph.replay()
+        step(m_eager, o_e, s_e)
+    torch.cuda.synchronize()
+    for i, (p, q) in enumerate(zip(m_eager.parameters(), m_graph.parameters())):
+        assert_close(q, p, what=f"graph vs eager {sched} param {i}", rtol=1e-6, atol=1e-7)
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            assert_close(o_g.state[q][key], o_e.state[p][key], what=f"{key} {i}", rtol=1e-6, atol=1e-7)
+        assert float(o_g.state[q]["step"]) == float(o_e.state[p]["step"]) == 33
+    assert_close(o_g.lr_log(), o_e.lr_log(), what="LR log of the replays", rtol=1e-12, atol=0.0)
+    assert o_e.lr_log().shape[0] == 30

@@ -27,18 +27,20 @@ def triton_kernels_importable() -> bool:
 
 
 @contextlib.contextmanager
-def sgd_launch_stubbed() -> Iterator[None]:
-    """Inside: launching the Triton SGD kernel does nothing. fused_lr's device check asks whether
-    the kernels were built by the interpreter, so CPU tensors pass it when ``TRITON_INTERPRET=1``
-    was set before triton is imported."""
-    from fused_lr.kernels import sgd as sgd_kernels
+def sgd_launch_stubbed(kernel: str = "sgd") -> Iterator[None]:
+    """Inside: launching the Triton SGD kernel (``kernel="adamw"``: the AdamW kernel) does
+    nothing. fused_lr's device check asks whether the kernels were built by the interpreter, so CPU
+    tensors pass it when ``TRITON_INTERPRET=1`` was set before triton is imported."""
+    import importlib
 
-    real = sgd_kernels.sgd_kernel
-    sgd_kernels.sgd_kernel = _NoLaunch()
+    module = importlib.import_module(f"fused_lr.kernels.{kernel}")
+    name = f"{kernel}_kernel"
+    real = getattr(module, name)
+    setattr(module, name, _NoLaunch())
     try:
         yield
     finally:
-        sgd_kernels.sgd_kernel = real
+        setattr(module, name, real)
 
 
 def count_steady_steps(opt) -> list[bool]:

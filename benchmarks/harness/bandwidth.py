@@ -3,6 +3,8 @@
 Bytes per parameter (the least traffic the update can have):
 
 * SGD with momentum, fp32: read p, g, buf (12 B), write p, buf (8 B): ``SGD_MOMENTUM_FP32 = 20``.
+* AdamW / Adam, fp32: read p, g, exp_avg, exp_avg_sq (16 B), write p, exp_avg, exp_avg_sq (12 B):
+  ``ADAMW_FP32 = 28``; with amsgrad max_exp_avg_sq is read and written too: ``ADAMW_AMSGRAD_FP32 = 36``.
 
 The yardstick is measured on the same device, as the Triton tutorials judge a bandwidth-bound
 kernel: ``dst.copy_(src)`` of ``COPY_NUMEL`` fp32 elements (128 MiB on CPU, 1 GiB on CUDA, at most a
@@ -21,6 +23,8 @@ import torch
 from .timing import calls_per_round, interleaved_rounds, percentile
 
 SGD_MOMENTUM_FP32 = 20  # bytes per parameter: read p, g, buf (12 B), write p, buf (8 B)
+ADAMW_FP32 = 28  # read p, g, exp_avg, exp_avg_sq (16 B), write p, exp_avg, exp_avg_sq (12 B)
+ADAMW_AMSGRAD_FP32 = 36  # and max_exp_avg_sq read and written (8 B)
 COPY_NUMEL = {"cpu": 2**25, "cuda": 2**28}  # fp32 elements of the copy probe (128 MiB / 1 GiB)
 
 

@@ -13,8 +13,9 @@ arguments, and how often it steps; it is built the way the parity tests build th
 when it is due (with a 0-dim device metric for plateau schedules: a validation loss computed on the
 device; stock's scheduler calls ``float()`` on it, a host sync on a GPU, fused_lr's never reads it).
 
-The stock factories (``stock_sgd("foreach" | "fused" | "forloop")``) are the references
-``tests/test_benchmark_harness.py`` checks every benchmark method against before it is timed.
+The stock factories (``stock_sgd("foreach" | "fused" | "forloop")``, ``stock_adamw(...)``) are the
+references ``tests/test_benchmark_harness.py`` checks every benchmark method against before it is
+timed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from .timing import sync
 # torch.optim.SGD's implementation flags, by the name the benchmarks and tests give them.
 # "default": no flag, torch picks (what torch's compiled-optimizer recipe uses).
 STOCK_SGD = {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True), "default": {}}
+# torch.optim.AdamW's, the same plus "capturable" (foreach with capturable=True: the step counts and
+# bias corrections stay on the device, the form CUDA-graph users run; accelerators only).
+STOCK_ADAMW = dict(STOCK_SGD, capturable=dict(foreach=True, capturable=True))
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,28 @@ def fused_sgd(backend: str) -> Callable[..., torch.optim.Optimizer]:
         return opt
 
     return make
+
+
+def stock_adamw(kind: str) -> Callable[..., torch.optim.Optimizer]:
+    """``torch.optim.AdamW`` with one of its implementations (``STOCK_ADAMW``)."""
+    return functools.partial(torch.optim.AdamW, **STOCK_ADAMW[kind])
+
+
+def fused_adamw(backend: str) -> Callable[..., torch.optim.Optimizer]:
+    """``fused_lr.FusedAdamW(backend=backend)``; raises where it would run another implementation."""
+
+    def make(params, **hyper):
+        opt = fused_lr.FusedAdamW(params, backend=backend, **hyper)
+        if opt.implementation != backend:
+            raise RuntimeError(f"FusedAdamW(backend={backend!r}).implementation == {opt.implementation!r}")
+        return opt
+
+    return make
+
+
+def capturable_unavailable(device: torch.device) -> str | None:
+    """torch's capturable optimizers need an accelerator (it refuses CPU parameters)."""
+    return None if device.type == "cuda" else f"capturable=True needs a CUDA device (this run is on {device.type})"
 
 
 def stock(name: str, kind: str, **kw) -> Method:

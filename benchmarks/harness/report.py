@@ -79,6 +79,14 @@ def _fmt(x: float | None, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+# What the bytes per parameter of a comparison count (harness.bandwidth).
+_BYTES_NOTE = {
+    20: "fp32 SGD with momentum: read p, g, buf; write p, buf",
+    28: "fp32 AdamW: read p, g, exp_avg, exp_avg_sq; write p, exp_avg, exp_avg_sq",
+    36: "fp32 AdamW with amsgrad: max_exp_avg_sq read and written too",
+}
+
+
 def baselines_of(report: dict[str, Any]) -> list[str]:
     """The baselines the cells' ratios refer to, in order of first appearance."""
     seen: list[str] = []
@@ -122,11 +130,12 @@ def _footnotes(report: dict[str, Any], baselines: list[str], cuda: bool) -> list
         "median/p20-p80: one iteration (opt.step() + the scheduler step when due) over "
         f"{settings['repeats']} rounds, alternating method order; {ratios}: median / the baseline's median "
         "(< 1 = faster)",
-        f"GB/s: {settings['bytes_per_param']} bytes/param (fp32 SGD with momentum: read p, g, buf; write p, buf) / "
+        f"GB/s: {settings['bytes_per_param']} bytes/param "
+        f"({_BYTES_NOTE.get(settings['bytes_per_param'], 'the least traffic')}) / "
         "median; % copy: share of the copy bandwidth timed in the same rounds as the cell's methods (column "
         f"'copy GB/s'; before/after the run: {cb['start_gbps']:.1f} / {cb['end_gbps']:.1f} GB/s), counted as "
         "2 x size bytes" + ("" if cuda else "; on a CPU with write-allocate caches a copy really moves 3 x size "
-                            "(dst is read before it is written) while SGD updates p and buf in place, so shares "
+                            "(dst is read before it is written) while the optimizer updates its tensors in place, so shares "
                             "above 100% are possible"),
         "peak extra: " + ("torch.cuda.max_memory_allocated delta" if cuda else
                           "peak of the CPU allocator's live extra bytes (torch.profiler profile_memory)")
@@ -176,12 +185,14 @@ def unique_stem(out_dir: Path, stem: str, suffixes=(".json", ".png")) -> Path:
 
 
 def write_report(
-    report: dict[str, Any], out_dir: Path, plot: Callable[[dict[str, Any], Path], object] | None = None
+    report: dict[str, Any], out_dir: Path, plot: Callable[[dict[str, Any], Path], object] | None = None,
+    prefix: str = "",
 ) -> tuple[Path, Path | None]:
-    """Write ``<device slug>-<date>.json`` (and ``.png`` with ``plot``) into ``out_dir`` at the first
-    free suffix; the name is reserved by creating the JSON exclusively, so two runs cannot share it."""
+    """Write ``<prefix><device slug>-<date>.json`` (and ``.png`` with ``plot``) into ``out_dir`` at the
+    first free suffix; the name is reserved by creating the JSON exclusively, so two runs cannot
+    share it. ``prefix``: a comparison other than SGD's names its files (``adamw-``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = unique_stem(out_dir, f"{report['device']['slug']}-{report['created'][:10]}")
+    base = unique_stem(out_dir, f"{prefix}{report['device']['slug']}-{report['created'][:10]}")
     json_path, png_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".png")
     with open(json_path, "x") as f:
         json.dump(report, f, indent=1, default=str)

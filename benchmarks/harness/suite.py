@@ -59,6 +59,7 @@ class Comparison:
     plan: Callable[[Any, torch.device, list[str]], Plan]  # (parsed args, device, method names) -> Plan
     bytes_per_param: int = SGD_MOMENTUM_FP32
     settings: dict[str, Any] = field(default_factory=dict)  # more settings to record
+    stem: str = ""  # result files are <stem><device slug>-<date>.json / .png
 
     def measure(self, pset: ParamSet, schedule: str, names: list[str], **kw) -> dict[str, Any]:
         return measure([self.methods[m] for m in names], pset, self.schedules[schedule], hyper=self.hyper,
@@ -188,6 +189,7 @@ def run(
     report["elapsed_s"] = time.perf_counter() - t_start
     json_path = png_path = None
     if out_dir is not None:
-        json_path, png_path = write_report(report, out_dir, functools.partial(plot, title=comparison.title))
+        json_path, png_path = write_report(report, out_dir, functools.partial(plot, title=comparison.title),
+                                           prefix=comparison.stem)
     return report, json_path, png_path
 

@@ -44,11 +44,11 @@ def multi_tensor_update_op(
 ) -> None:
     """One update of ``params`` by the kernel of the registered spec named ``spec`` (see
     ``multi_tensor_update``). ``states`` holds the spec's state lists one after the other (each
-    ``len(params)`` long); ``hyper`` the groups' hyper rows one after the other."""
+    ``len(params)`` long; then its scalar states'); ``hyper`` the groups' hyper rows one after the other."""
     kernel = lookup(spec)
     n, width = len(params), len(kernel.hyper_columns)
     rows = [tuple(hyper[i : i + width]) for i in range(0, len(hyper), width)]
-    state_lists = [list(states[k * n : (k + 1) * n]) for k in range(len(kernel.state_lists))]
+    state_lists = [list(states[k * n : (k + 1) * n]) for k in range(kernel.n_tables())]
     multi_tensor_update(
         kernel, params, grads, state_lists, group_index, rows, DeviceLR(desc, table, step),
         ticket=ticket, first_flags=first_flags, flag_slots=slots, cache=_CACHE, clear_first=clear_first,

@@ -106,6 +106,7 @@ def multi_tensor_update(
         states: one list per ``spec.state_lists``: ``states[k][i]`` is ``params[i]``'s tensor,
             required (with the param's strides) where its group keeps state, ignored (may be
             ``None``) otherwise. A state tensor's contents are ignored on the tensor's first step.
+            Then one list per ``spec.scalar_states`` (one-element float32 tensors).
         group_index: ``group_index[i]`` is the parameter group of ``params[i]``: the row of
             ``hyper`` and of ``lr.desc``.
         hyper: one row per group, in ``spec.hyper_columns`` order (``len(hyper) <= lr.desc.shape[0]``).
@@ -138,8 +139,9 @@ def multi_tensor_update(
         ValueError / TypeError: inconsistent lists, devices, dtypes, sizes or layouts.
     """
     n = len(params)
-    if len(states) != len(spec.state_lists):
-        raise ValueError(f"{spec.name} takes {len(spec.state_lists)} state lists {spec.state_lists}, got {len(states)}")
+    if len(states) != spec.n_tables():
+        raise ValueError(f"{spec.name} takes {spec.n_tables()} state lists {spec.state_lists + spec.scalar_states}, "
+                         f"got {len(states)}")
     if not (len(grads) == len(flag_slots) == len(group_index) == n and all(len(s) == n for s in states)):
         raise ValueError(
             f"params, grads, each state list, flag_slots and group_index must have one entry per param: got {n}, "

@@ -81,13 +81,18 @@ class Launch:
     their LRs); chunks: int64 [n_chunks, 3] = (tensor index within this launch, first element, end
     element), ``chunk_blocks`` blocks at most, the chunks of tensors whose every address is aligned
     first; chunk_rows: the same rows in tensor order (host); parts: one ``(aligned, chunks view,
-    programs, partial offset)`` per kernel launch (one, or two when some tensors are misaligned);
-    partial_offset: this dtype's first slot in the plan's norm partials.
+    programs, partial offset)`` per kernel launch (one, or two when some tensors are misaligned and
+    ``may_split``); partial_offset: this dtype's first slot in the plan's norm partials.
+
+    may_split: False for optimizers with scalar states (Adam's ``step``): their kernels' finishing
+    program advances every tensor's scalar state, so each step must be exactly one launch per dtype
+    (two would advance it twice); a misaligned tensor then sends the whole dtype to the unaligned
+    kernel, as before the split existed.
     """
 
     __slots__ = ("dtype", "positions", "param_addrs", "state_addrs", "numels", "chunk_rows", "groups", "chunks",
                  "n_chunks", "chunk_blocks", "static_ok", "static_aligned", "grad_addrs", "slots", "partial_offset",
-                 "order", "parts")
+                 "order", "parts", "may_split")
 
     def __init__(self, dtype: torch.dtype, positions: list[int]) -> None:
         self.dtype = dtype
@@ -96,6 +101,7 @@ class Launch:
         self.chunks: Tensor | None = None
         self.order: tuple | None = None  # per tensor: all its addresses aligned, when chunks was ordered
         self.parts: tuple = ()
+        self.may_split = True
 
 
 class Plan:
@@ -168,11 +174,12 @@ def build_plan(
     cfg: dict[str, int],
 ) -> Plan:
     """The plan of one update: ``states[k][i]`` is ``params[i]``'s tensor of state list ``k``
-    (required where its group keeps state); checked before anything is built. Its tables are
-    uploaded asynchronously (pinned memory): no host sync."""
+    (required where its group keeps state), then of each scalar state; checked before anything
+    is built. Its tables are uploaded asynchronously (pinned memory): no host sync."""
     device = params[0].device
     runtime.check_device(device)
     keeps = [spec.keeps_state(h) for h in hyper]
+    n_lists = len(spec.state_lists)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, p in enumerate(params):
         if p.device != device:
@@ -191,7 +198,9 @@ def build_plan(
         if not 0 <= g < len(hyper):
             raise ValueError(f"param {i}: group index {g} outside [0, {len(hyper)})")
         if keeps[g]:
-            for name, state in zip(spec.state_lists, states):
+            for k, (name, state) in enumerate(zip(spec.state_lists, states)):
+                if not spec.kept(hyper[g], k):
+                    continue  # (a list this group does not keep: address 0)
                 b = state[i]
                 if b is None:
                     raise ValueError(f"param {i}: its group keeps state but no {name} was given")
@@ -201,6 +210,11 @@ def build_plan(
                         f"param's strides {p.stride()} on {device}, got {b.dtype} {tuple(b.shape)} strides "
                         f"{b.stride()} on {b.device}"
                     )
+            for name, state in zip(spec.scalar_states, states[n_lists:]):
+                t = state[i]
+                if t is None or t.device != device or t.dtype != torch.float32 or t.numel() != 1:
+                    got = "None" if t is None else f"{t.dtype} {tuple(t.shape)} on {t.device}"
+                    raise ValueError(f"param {i}: {name} must be a one-element float32 tensor on {device}, got {got}")
         if p.numel() > 0:
             by_dtype.setdefault(p.dtype, []).append(i)
     if any(not isinstance(k, int) or k < 0 for k in flag_slots):
@@ -213,7 +227,8 @@ def build_plan(
     for dtype, positions in by_dtype.items():
         launch = Launch(dtype, positions)
         param_addrs = [params[i].data_ptr() for i in positions]
-        state_addrs = [[state[i].data_ptr() if keeps[group_index[i]] else 0 for i in positions] for state in states]
+        state_addrs = [[state[i].data_ptr() if spec.kept(hyper[group_index[i]], k) else 0 for i in positions]
+                       for k, state in enumerate(states)]
         numels = [params[i].numel() for i in positions]
         # Kernel shape (fused_lr.engine.runtime.chunk_blocks): the chunk size of this launch, each
         # tensor split into equal whole-block chunks; the group table ends with the groups this
@@ -228,9 +243,12 @@ def build_plan(
         launch.groups = _device.upload(groups + [len(absent)] + absent, torch.int32, device)
         launch.slots = _device.upload([flag_slots[i] for i in positions], torch.int32, device)
         launch.n_chunks = len(launch.chunk_rows)
-        # Per tensor: its parameter and state addresses are aligned (its gradient is checked when set).
-        launch.static_ok = [_aligned(a) and all(_aligned(s[k]) for s in state_addrs) for k, a in enumerate(param_addrs)]
+        # Per tensor: its parameter and state-list addresses are aligned (its gradient is checked when
+        # set; scalar states are read one element at a time: their addresses do not matter here).
+        launch.static_ok = [_aligned(a) and all(_aligned(s[k]) for s in state_addrs[:n_lists])
+                            for k, a in enumerate(param_addrs)]
         launch.static_aligned = all(launch.static_ok)
+        launch.may_split = not spec.scalar_states
         launch.partial_offset = offset
         offset += launch.n_chunks
         plan.launches.append(launch)
@@ -284,6 +302,8 @@ def set_grads(plan: Plan, grads: Sequence[Tensor], params: Sequence[Tensor], gra
         addrs = [grads[i].data_ptr() for i in launch.positions]
         launch.grad_addrs = _device.upload(addrs, torch.int64, plan.device, keep, plan.reserve)
         ok = tuple(s and _aligned(a) for s, a in zip(launch.static_ok, addrs))
+        if not launch.may_split and not all(ok):
+            ok = (False,) * len(ok)  # one launch: see Launch.may_split
         if ok != launch.order:
             _order_chunks(plan, launch, ok, keep)
     if keep is not None:

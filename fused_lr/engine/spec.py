@@ -72,6 +72,12 @@ class KernelSpec:
         state addresses of the others are 0, and the kernel must not touch them.
     zero_state: whether a new state tensor of such a group starts as zeros rather than
         uninitialised memory (besides on steps AMP may skip, where it always does).
+    scalar_states: per-parameter one-element float32 state tensors the kernel reads and writes
+        (Adam's ``step``), not shaped like the parameter; one address table each, after the state
+        lists' tables. Kept wherever ``keeps_state`` holds. (Added for Adam; () for SGD.)
+    keeps_list: ``keeps_list(row, k)``: whether a group that keeps state keeps state list ``k``
+        (Adam keeps ``max_exp_avg_sq`` only with amsgrad); None: every list. A list not kept has
+        address 0 and ``None`` tensors, and the kernel must not touch it. (Added for Adam.)
     """
 
     name: str
@@ -81,6 +87,19 @@ class KernelSpec:
     hyper_columns: tuple[str, ...]
     keeps_state: Callable[[tuple], bool] = _always
     zero_state: Callable[[tuple], bool] = _never
+    scalar_states: tuple[str, ...] = ()
+    keeps_list: Callable[[tuple, int], bool] | None = None
+
+    def kept(self, row: tuple, k: int) -> bool:
+        """Whether a group with hyper row ``row`` keeps state list ``k`` (``k`` past the state lists:
+        a scalar state, kept with the group's state)."""
+        if not self.keeps_state(row):
+            return False
+        return k >= len(self.state_lists) or self.keeps_list is None or self.keeps_list(row, k)
+
+    def n_tables(self) -> int:
+        """Address tables after the gradients': the state lists', then the scalar states'."""
+        return len(self.state_lists) + len(self.scalar_states)
 
     def jit(self) -> Any:
         """The ``@triton.jit`` kernel, looked up at each launch (so a patched module attribute,
@@ -120,7 +139,7 @@ def lookup(name: str) -> KernelSpec:
 def _check_convention(spec: KernelSpec, fn: Any) -> None:
     """The kernel's arguments follow kernels/multi_tensor.py and its hyper columns the spec's."""
     names = list(getattr(fn, "arg_names", None) or [])
-    n_addr = 2 + len(spec.state_lists)
+    n_addr = 2 + spec.n_tables()
     want = [*COMMON_SIGNATURE, *COMMON_CONSTEXPRS]
     if names and (len(names) != n_addr + len(want) or names[n_addr:] != want):
         raise TypeError(f"{spec.module}.{spec.kernel} does not take the engine's arguments: {names}")
@@ -180,7 +199,7 @@ def kernel_specializations() -> list[dict[str, Any]]:
         for aligned in (True, False):
             for spec in registered():
                 fn = spec.jit()
-                addrs = {name: "*i64" for name in fn.arg_names[: 2 + len(spec.state_lists)]}
+                addrs = {name: "*i64" for name in fn.arg_names[: 2 + spec.n_tables()]}
                 for scaled in (False, True):
                     add(spec.name, f"{spec.kernel}[{tl_dtype}, ALIGNED={aligned}, SCALED={scaled}]", fn,
                         {**addrs, **COMMON_SIGNATURE}, {**blocks, "ALIGNED": aligned, "SCALED": scaled, **sizes},

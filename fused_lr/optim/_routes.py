@@ -84,6 +84,20 @@ class UpdateRoutes:
 
     # ------------------------------------------------------------------ gathering
 
+    @property
+    def _state_keys(self) -> tuple[str, ...]:
+        """Every per-parameter state key: the kernel spec's state lists (tensors shaped like the
+        parameter), then its scalar states (one-element float32 tensors: Adam's ``step``)."""
+        return self._kernel.state_lists + self._kernel.scalar_states
+
+    def _new_state(self, k: int, p: Tensor, zeros: bool) -> Tensor:
+        """A new tensor for state key ``k`` of (local) parameter ``p``: in ``p``'s layout (zeros or
+        uninitialised), or for a scalar state a zero float32 0-dim tensor on ``p``'s device (where
+        torch's fused and capturable Adam keep ``step``)."""
+        if k >= len(self._kernel.state_lists):
+            return torch.zeros((), dtype=torch.float32, device=p.device)
+        return (torch.zeros_like if zeros else torch.empty_like)(p, memory_format=torch.preserve_format)
+
     def _group_states(self, group: dict[str, Any], gi: int) -> list[list[Tensor | None]]:
         """The group's state tensors, one list per state key in param order, cached between steps.
 
@@ -91,7 +105,7 @@ class UpdateRoutes:
         group) or the state dict's size changes; a tensor swapped into ``opt.state[p]`` by hand is
         not noticed (modify state in place, or use load_state_dict).
         """
-        state, keys = self.state, self._kernel.state_lists
+        state, keys = self.state, self._state_keys
         if torch.compiler.is_compiling():
             # The cache saves eager Python work; in a traced step it would only add a guard on the
             # cache's contents and so one more recompile while the state is being created.
@@ -150,7 +164,7 @@ class UpdateRoutes:
         ps = group["params"]
         keeps = self._keeps_state(group)
         all_states = self._group_states(group, gi) if keeps else None
-        n_keys = len(self._kernel.state_lists)
+        n_keys = len(self._state_keys)
         if all(g is not None for g in grads):
             params = ps
             states = [list(s) for s in all_states] if keeps else [[] for _ in range(n_keys)]
@@ -195,12 +209,14 @@ class UpdateRoutes:
 
     def _store_states(self, gi: int, owners: list[Tensor], new: list[list], old: list[list], sharded=False) -> None:
         """Put the state tensors an update made (``new`` where it is not ``old``) in ``self.state``."""
-        for key, news, olds in zip(self._kernel.state_lists, new, old):
+        n_lists = len(self._kernel.state_lists)
+        for k, (key, news, olds) in enumerate(zip(self._state_keys, new, old)):
             if news is olds:
                 continue  # the update kept the very list it was given: no new tensor
             for p, b, was in zip(owners, news, olds):
                 if b is not was:
-                    self.state[p][key] = like_param(b, p) if sharded else b
+                    # (A scalar state stays a plain tensor, as torch keeps Adam's step of a DTensor.)
+                    self.state[p][key] = like_param(b, p) if sharded and k < n_lists else b
                     self._sparse_state = self._sparse_state or b.is_sparse
                     self._state_cache.pop(gi, None)
 
@@ -252,7 +268,7 @@ class UpdateRoutes:
         (``_lr_buf``; a host read)."""
         if self._impl == "triton" and self._schedule is not None and self._schedule.pending:
             self._schedule.end_update(False, self._lr_buf)  # no kernel will apply the deferred step
-        keys = self._kernel.state_lists
+        keys = self._state_keys
         work = []
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
@@ -280,7 +296,8 @@ class UpdateRoutes:
                                         lr=kept[1] if kept is not None else self._lr_views[gi].item())
             for key, s in zip(keys, states):
                 for p, b in zip(params, s):
-                    self.state[p][key] = b
+                    if b is not None:  # (a state list the group does not keep: Adam's max_exp_avg_sq)
+                        self.state[p][key] = b
             self._state_cache.pop(gi, None)
 
     # ------------------------------------------------------------------ the torch path
@@ -381,7 +398,8 @@ class UpdateRoutes:
     def _step_triton(self, work, grad_scale=None, found_inf=None) -> None:
         """Every group in one engine update per dtype; the LR is computed in the kernel from the schedule."""
         eng, spec = self._engine, self._kernel
-        keys = spec.state_lists
+        keys = self._state_keys
+        n_lists = len(spec.state_lists)  # (then the scalar states: not shaped like the parameter)
         sched = self._schedule
         hyper = self._hyper_rows()
         clipping = self.max_grad_norm is not None
@@ -393,6 +411,7 @@ class UpdateRoutes:
         leftovers = []  # tensors the kernel does not take (layouts it cannot walk flat, exotic dtypes): torch path
         for gi, (_group, (ps, gs, ss)) in enumerate(zip(self._groups, work)):
             keeps = spec.keeps_state(hyper[gi])  # (a cycled momentum lives in the schedule: always kept)
+            kept = [spec.kept(hyper[gi], k) for k in range(len(keys))]
             zeros = found_inf is not None or spec.zero_state(hyper[gi])
             rest = ([], [], [[] for _ in keys])
             sharded = self._sharded[gi]
@@ -401,7 +420,7 @@ class UpdateRoutes:
                 p = owner
                 if sharded:  # DTensors: the kernel updates this rank's shards (see _step_torch)
                     p, g, bs = local(p), local(g), [local(b) for b in bs]
-                if not _flat(p, g, bs) or not (
+                if not _flat(p, g, bs[:n_lists]) or not (
                     p.dtype in engine.KERNEL_DTYPES or (p.is_complex() and p.real.dtype in engine.KERNEL_DTYPES)
                 ) or (clipping and norm_inf and p.is_complex()):
                     # The kernel walks parameter, gradient and state as flat arrays: a non-dense
@@ -414,21 +433,21 @@ class UpdateRoutes:
                     for k, s in enumerate(ss):
                         rest[2][k].append(s[j] if (keeps and s) else None)
                     continue
-                if keeps and any(b is None for b in bs):
+                if keeps and any(b is None and kb for b, kb in zip(bs, kept)):
                     # Zeros, not empty, if AMP may skip this first step (the state stays as allocated
                     # until the next real step, which is the first step: the flag stays set) or the
                     # spec asks for it; in the parameter's layout (dense here), so that the kernel
                     # walks them all flat.
                     for k, b in enumerate(bs):
-                        if b is None:
-                            bs[k] = (torch.zeros_like if zeros else torch.empty_like)(p, memory_format=torch.preserve_format)
-                            new_state.append((owner, keys[k], bs[k], gi, sharded))
+                        if b is None and kept[k]:
+                            bs[k] = self._new_state(k, p, zeros)
+                            new_state.append((owner, keys[k], bs[k], gi, sharded and k < n_lists))
                     new_slots.append(eng.slot_of[id(owner)])
                 real = torch.view_as_real if p.is_complex() else (lambda t: t)
                 params.append(real(p))
                 grads.append(real(g))
                 for k, b in enumerate(bs):
-                    states[k].append(None if b is None else real(b))
+                    states[k].append(None if b is None else real(b) if k < n_lists else b)
                 slots.append(eng.slot_of[id(owner)])
                 gidx.append(gi)
             leftovers.append(rest)
@@ -530,7 +549,7 @@ class UpdateRoutes:
                     return False
         for ps, gs, ss in work:
             for j, (p, g) in enumerate(zip(ps, gs)):
-                if not _flat(p, g, [s[j] for s in ss if s]):
+                if not _flat(p, g, [s[j] for s in ss[: len(self._kernel.state_lists)] if s]):
                     return False
         eng, spec = self._engine, self._kernel
         sched = self._schedule
@@ -540,17 +559,19 @@ class UpdateRoutes:
             sched.end_update(False, self._lr_buf)
         eng.ensure(self._device)
         params, grads, slots, gidx = [], [], [], []
-        states = [[] for _ in spec.state_lists]
+        keys = self._state_keys
+        states = [[] for _ in keys]
         for gi, (ps, gs, ss) in enumerate(work):
             keeps = spec.keeps_state(hyper[gi])
+            kept = [spec.kept(hyper[gi], k) for k in range(len(keys))]
             for j, (p, g) in enumerate(zip(ps, gs)):
                 bs = [s[j] if (keeps and s) else None for s in ss]
                 slot = eng.slot_of[id(p)]
-                if keeps and any(b is None for b in bs):
+                if keeps and any(b is None and kb for b, kb in zip(bs, kept)):
                     for k, b in enumerate(bs):
-                        if b is None:
-                            bs[k] = torch.zeros_like(p, memory_format=torch.preserve_format)  # the parameter's layout
-                            self.state[p][spec.state_lists[k]] = bs[k]
+                        if b is None and kept[k]:
+                            bs[k] = self._new_state(k, p, True)  # the parameter's layout (a scalar: 0-dim)
+                            self.state[p][keys[k]] = bs[k]
                     self._state_cache.pop(gi, None)
                     eng.first_flags[slot] = 1  # a first step (the kernel clears it)
                 params.append(p)
