@@ -154,3 +154,26 @@ def test_torch_path_steady_step_reuses_its_collection_and_notices_changes(accele
             assert walks, f"step {t}: a change was not noticed"
         for i, (p, q) in enumerate(zip(a_ps, k_ps)):
             assert_close(q, p, what=f"step {t} param {i}", **CUDA_BRANCH_TOL)
+
+
+def test_torch_path_keeps_no_collection_while_grads_are_new_each_step(accelerator_branch):
+    """``zero_grad()`` (set_to_none) before every backward: a kept collection would never serve a
+    step, so after one that served none the optimizer stops keeping one (it tries again later);
+    parameters match stock SGD throughout."""
+    g = torch.Generator().manual_seed(2)
+    ref = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(7, 5), (33,), (130,)]]
+    a_ps, k_ps = copy.deepcopy(ref), copy.deepcopy(ref)
+    a = torch.optim.SGD(a_ps, lr=0.1, momentum=0.9, foreach=False)
+    k = fused_lr.FusedSGD(k_ps, lr=0.1, momentum=0.9, backend="torch")
+    kept = []
+    for t in range(8):
+        grads = [torch.randn(p.shape, generator=g) for p in ref]
+        for opt, ps in ((a, a_ps), (k, k_ps)):
+            opt.zero_grad()
+            for p, gr in zip(ps, grads):
+                p.grad = gr.clone()
+            opt.step()
+        kept.append(k._collected is not None)
+        for i, (p, q) in enumerate(zip(a_ps, k_ps)):
+            assert_close(q, p, what=f"step {t} param {i}", **CUDA_BRANCH_TOL)
+    assert not any(kept[3:]), kept

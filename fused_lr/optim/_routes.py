@@ -54,9 +54,10 @@ class _Collected:
     while the groups' params lists, every parameter's storage address, every gradient object
     (weak references: a gradient freed or replaced, ``zero_grad(set_to_none=True)`` included,
     misses), the state dict and its per-group cache, and which groups keep state are as they
-    were. A miss costs one full collection, as without the cache."""
+    were. A miss costs one full collection, as without the cache. It keeps each group's params
+    and state lists, never the grads (``zero_grad()`` frees them)."""
 
-    __slots__ = ("groups", "params", "param_key", "grad_ids", "alive", "refs", "state_key", "keeps", "work",
+    __slots__ = ("groups", "params", "param_key", "grad_ids", "alive", "refs", "state_key", "keeps", "work", "hits",
                  "__weakref__")
 
     def __init__(self, groups, params, grads, state_key, keeps, work) -> None:
@@ -77,6 +78,7 @@ class _Collected:
         self.state_key = state_key
         self.keeps = keeps
         self.work = work
+        self.hits = 0  # steps it served
 
 
 class UpdateRoutes:
@@ -140,12 +142,25 @@ class UpdateRoutes:
         ) and len(memo.state_key) == len(state_key) and all(map(operator.is_, memo.state_key[2:], state_key[2:])) \
                 and memo.state_key[:2] == state_key[:2]:
             params = memo.params
-            if list(map(id, map(_GRAD, params))) == memo.grad_ids and memo.alive \
+            grads = list(map(_GRAD, params))
+            if list(map(id, grads)) == memo.grad_ids and memo.alive \
                     and tuple(map(torch.Tensor.data_ptr, params)) == memo.param_key:
-                return memo.work
+                memo.hits += 1
+                out, i = [], 0
+                for ps, states in memo.work:  # (the grads are not kept: zero_grad() must free them)
+                    out.append((ps, grads[i : i + len(ps)], states, None))
+                    i += len(ps)
+                return out
         self._collected = None
         collected = self._collect_all()
-        if all(c[3] is None for c in collected) and not any(self._sharded):
+        backoff = self.__dict__.get("_collect_backoff", 0)
+        if memo is not None and not memo.hits and not memo.alive:
+            # The last one served no step and a grad it saw was freed (zero_grad() at every step
+            # frees them): keeping one costs more than it saves; tried again after a while.
+            backoff = 16
+        if backoff:
+            self._collect_backoff = backoff - 1
+        elif all(c[3] is None for c in collected) and not any(self._sharded):
             params = [p for g in groups for p in g["params"]]
             grads = list(map(_GRAD, params))
             if all(g is not None for g in grads):
@@ -153,7 +168,7 @@ class UpdateRoutes:
                 state_key = (id(self.state), len(self.state),
                              *(self._state_cache.get(gi) for gi in range(len(groups))))
                 self._collected = _Collected(tuple((g["params"], len(g["params"])) for g in groups), params, grads,
-                                             state_key, keeps, collected)
+                                             state_key, keeps, [(c[0], c[2]) for c in collected])
         return collected
 
     def _collect(self, group: dict[str, Any], gi: int, grads: list):
