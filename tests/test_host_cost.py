@@ -87,3 +87,93 @@ def test_torch_path_cuda_branch_steady_step_launch_counts_and_parity(accelerator
             assert len(sched_ops.ops) <= 2, f"step {t}: scheduler step issued {sched_ops.ops}"
         for i, (p, q) in enumerate(zip(a_ps, k_ps)):
             assert_close(q, p, what=f"{name} step {t} param {i}", **CUDA_BRANCH_TOL)
+
+
+def test_torch_path_steady_step_reuses_its_collection_and_notices_changes(accelerator_branch, monkeypatch):
+    """Gradients kept between steps (``zero_grad(set_to_none=False)``, accumulation in place): a
+    steady step reuses the last step's collection (no per-parameter walk: ``_collect_all`` is not
+    called) and is one fused-kernel call per group plus the LR copy. Each change the walk would see
+    is noticed, and the parameters match stock SGD + the stock scheduler throughout: a grad set to
+    None, a grad replaced by a new tensor, a parameter's storage replaced (``p.data = ...``), an
+    assigned LR, a momentum switched off (state kept or not), a loaded state dict."""
+    g = torch.Generator().manual_seed(1)
+    ref = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(7, 5), (33,), (4, 3, 2), (130,)]]
+    a_ps, k_ps = copy.deepcopy(ref), copy.deepcopy(ref)
+    a = torch.optim.SGD(_groups(a_ps), lr=0.1, momentum=0.9, foreach=False)
+    k = fused_lr.FusedSGD(_groups(k_ps), lr=0.1, momentum=0.9, backend="torch")
+    sa, sk = stock.CosineAnnealingLR(a, 50), fused.CosineAnnealingLR(k, 50)
+    walks = []
+    collect_all = k._collect_all
+    monkeypatch.setattr(k, "_collect_all", lambda: walks.append(1) or collect_all())
+    for ps in (a_ps, k_ps):
+        for p in ps:
+            p.grad = torch.zeros_like(p)
+    for t in range(16):
+        grads = [torch.randn(p.shape, generator=g) for p in ref]
+        for ps in (a_ps, k_ps):
+            for p, gr in zip(ps, grads):
+                if p.grad is not None:
+                    p.grad.copy_(gr)  # the same grad objects
+        changed = True
+        if t == 4:
+            for ps in (a_ps, k_ps):
+                ps[1].grad = None  # not updated this step (stock skips it too)
+        elif t == 5:
+            for ps in (a_ps, k_ps):
+                ps[1].grad = grads[1].clone()  # back, as a new tensor
+        elif t == 7:
+            for ps in (a_ps, k_ps):
+                ps[2].grad = grads[2].clone() * 2  # a new grad object in place of a live one
+        elif t == 9:
+            for ps in (a_ps, k_ps):
+                ps[0].data = ps[0].data.clone()  # new storage (its momentum buffer is kept)
+        elif t == 10:
+            for opt in (a, k):
+                opt.param_groups[1]["lr"] = 0.01  # an assigned LR
+            changed = False  # (no tensor changed: the collection is reused, the LR taken)
+        elif t == 11:
+            for opt in (a, k):
+                opt.param_groups[1]["momentum"] = 0.0
+        elif t == 13:
+            for opt in (a, k):
+                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        else:
+            changed = False
+        walks.clear()
+        a.step()
+        with Launches() as opt_ops:
+            k.step()
+        sa.step()
+        sk.step()
+        if t >= 2 and not changed and t not in (5, 8, 12, 14):  # (a step after a change collects afresh once)
+            assert not walks, f"step {t}: the steady step walked the parameters"
+            if t != 10:  # (an assigned LR is written into the schedule: its own ops)
+                kernels = [op for op in opt_ops.ops if "_fused_sgd_" in op]
+                assert len(kernels) == 2 and len(opt_ops.ops) == 3, f"step {t}: {opt_ops.ops}"
+        if changed:
+            assert walks, f"step {t}: a change was not noticed"
+        for i, (p, q) in enumerate(zip(a_ps, k_ps)):
+            assert_close(q, p, what=f"step {t} param {i}", **CUDA_BRANCH_TOL)
+
+
+def test_torch_path_keeps_no_collection_while_grads_are_new_each_step(accelerator_branch):
+    """``zero_grad()`` (set_to_none) before every backward: a kept collection would never serve a
+    step, so after one that served none the optimizer stops keeping one (it tries again later);
+    parameters match stock SGD throughout."""
+    g = torch.Generator().manual_seed(2)
+    ref = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(7, 5), (33,), (130,)]]
+    a_ps, k_ps = copy.deepcopy(ref), copy.deepcopy(ref)
+    a = torch.optim.SGD(a_ps, lr=0.1, momentum=0.9, foreach=False)
+    k = fused_lr.FusedSGD(k_ps, lr=0.1, momentum=0.9, backend="torch")
+    kept = []
+    for t in range(8):
+        grads = [torch.randn(p.shape, generator=g) for p in ref]
+        for opt, ps in ((a, a_ps), (k, k_ps)):
+            opt.zero_grad()
+            for p, gr in zip(ps, grads):
+                p.grad = gr.clone()
+            opt.step()
+        kept.append(k._collected is not None)
+        for i, (p, q) in enumerate(zip(a_ps, k_ps)):
+            assert_close(q, p, what=f"step {t} param {i}", **CUDA_BRANCH_TOL)
+    assert not any(kept[3:]), kept

@@ -48,10 +48,9 @@ gradient tensor whose storage is swapped in place (``p.grad.set_(...)``) while i
 
 from __future__ import annotations
 
-import operator
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 
 import torch
@@ -109,7 +108,7 @@ class Plan:
     """Every table of one update (one ``Launch`` per dtype) and the stand-in arguments for what a
     step does not use."""
 
-    __slots__ = ("device", "cfg", "launches", "hyper", "hyper_table", "grad_key", "grad_strides", "grad_refs",
+    __slots__ = ("device", "cfg", "launches", "hyper", "hyper_table", "grad_key", "grad_strides", "grad_refs", "grad_ids",
                  "contiguous", "partials", "one32", "zero32", "one64", "zero64", "pinned", "staging", "last_stream", "reserve",
                  "__weakref__")
 
@@ -130,6 +129,7 @@ class Plan:
         self.grad_key: tuple[int, ...] | None = None
         self.grad_strides: tuple | None = None  # the grads' strides when grad_key was set
         self.grad_refs: list | None = None  # weak references to the grads of grad_key (None: compare addresses)
+        self.grad_ids: list[int] = []  # their ids (equal ids while every reference is alive: the same objects)
         self.contiguous = False  # every param is contiguous (then so must every grad be)
         self.pinned: dict[int, Tensor] = {}  # id -> tensor a captured launch references: never freed
         self.staging: list[Tensor] = []  # pinned host tensors copy nodes of captured graphs read
@@ -326,6 +326,7 @@ def _watch(plan: Plan, grads: Sequence[Tensor]) -> None:
             owner.grad_refs = None
 
     refs.extend(map(weakref.ref, grads, repeat(died)))
+    plan.grad_ids = list(map(id, grads))
     plan.grad_refs = refs
 
 
@@ -348,15 +349,15 @@ def set_hyper(plan: Plan, spec: KernelSpec, hyper: tuple[tuple, ...]) -> None:
     plan.hyper = hyper
 
 
-_IS = operator.is_
 
 
-def same_grads(plan: Plan, grads: Sequence[Tensor | None]) -> bool:
+def same_grads(plan: Plan, grads: Iterable[Tensor | None]) -> bool:
     """Whether ``grads`` are the very tensor objects the grad table was set from (no other check
     needed: same objects, same addresses and layouts; see the module docstring). The references
     are alive whenever ``grad_refs`` is set, so a None grad never matches."""
-    refs = plan.grad_refs
-    return refs is not None and all(map(_IS, grads, [r() for r in refs]))
+    # (While grad_refs is set every grad it refers to is alive, so equal ids are the same objects;
+    # a None grad's id is no tensor's.)
+    return plan.grad_refs is not None and list(map(id, grads)) == plan.grad_ids
 
 
 def has_grads(plan: Plan, grads: Sequence[Tensor], grad_key: tuple[int, ...]) -> bool:

@@ -329,10 +329,10 @@ class EngineState:
         if new_hyper and tuple(map(self.spec.keeps_state, hyper)) != f.keeps:
             return False  # state tensors join or leave the tables: the full step rebuilds them
         params = f.params
-        grads = list(map(_GRAD, params))
         if tuple(map(Tensor.data_ptr, params)) != f.param_key:
             return False  # a parameter's storage was replaced (p.data = ..., .half())
-        if not same_grads(plan, grads):
+        if not same_grads(plan, map(_GRAD, params)):  # (one pass: the grads are read, not kept)
+            grads = list(map(_GRAD, params))
             try:
                 grad_key = tuple(map(Tensor.data_ptr, grads))  # TypeError on a None grad, RuntimeError on a sparse one
             except (TypeError, RuntimeError):

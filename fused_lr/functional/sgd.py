@@ -50,6 +50,7 @@ momentum buffers as its one state list and the columns of its hyper row (``hyper
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import torch
 from torch import Tensor
@@ -219,8 +220,13 @@ def _flat_stand_ins(p: Tensor, g: Tensor, b: Tensor | None, copy_back: list) -> 
     return p, g, b
 
 
-def _contiguous(tensors) -> bool:
-    return all(map(Tensor.is_contiguous, tensors))
+def _contiguous_present(*lists) -> bool:
+    """Every entry of ``lists`` is a contiguous tensor (a None, a buffer not made yet: False), in
+    one pass at C level (the steady step's only per-tensor check here)."""
+    try:
+        return all(map(Tensor.is_contiguous, chain(*lists)))
+    except TypeError:  # (a None)
+        return False
 
 
 def sgd(
@@ -275,14 +281,8 @@ def sgd(
     # The kernel reads a tensor LR as float32 on an accelerator (float64 on CPU): a float32 LR
     # (FusedSGD's persistent float32 LR buffer) is passed as it is, anything else converted.
     lr_arg = lr.reshape(()) if on_cpu or lr.dtype == torch.float32 else lr.reshape(()).to(torch.float32)
-    if (
-        uniform
-        and all(b is not None for b in bufs)
-        # (Contiguous tensors of one shape share their strides: the kernel may walk them flat.)
-        and _contiguous(params)
-        and _contiguous(grads)
-        and _contiguous(bufs)
-    ):
+    # (Contiguous tensors of one shape share their strides: the kernel may walk them flat.)
+    if uniform and _contiguous_present(params, grads, bufs):
         torch._fused_sgd_(
             params,
             grads,

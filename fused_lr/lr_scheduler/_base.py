@@ -83,12 +83,17 @@ def _host_work(fn: Callable, *args: Any) -> Any:
     return fn(*args)
 
 
+_STACK: list = []  # the _Stack class, once imported (an import statement costs microseconds per step)
+
+
 def _stack():
     """The class of several schedulers stepped on one optimizer (lr_scheduler/stack.py builds on
     this module, so it is imported when first needed)."""
-    from .stack import _Stack
+    if not _STACK:
+        from .stack import _Stack
 
-    return _Stack
+        _STACK.append(_Stack)
+    return _STACK[0]
 
 
 def _check_optimizer(optimizer: Any, scheduler: str) -> torch.optim.Optimizer:
@@ -325,13 +330,14 @@ class _FusedLRScheduler(LRScheduler):
         # Everything is checked before anything changes (assigned LRs included). Inside
         # torch.compile the groups' float LRs are not read: a guard on them would recompile at
         # every new LR (an assignment made in a compiled region is taken at the next eager step).
-        changes = [] if torch.compiler.is_compiling() else self._lrs.assignments()
-        owner = self._lrs.owner
+        lrs = self._lrs
+        changes = [] if torch.compiler.is_compiling() else lrs.assignments()
+        owner = lrs.owner
         if isinstance(owner, _stack()) and owner.has(self):
             owner.member_step(self, epoch, changes)  # one of several schedulers driving these LRs
             return
         # Assignments made while another scheduler (or none) drove the LRs: taken there first.
-        self._lrs.apply(changes)
+        lrs.apply(changes)
         if initial:
             self.base_lrs = [_lr_value(b) for b in self.base_lrs]
             self._build_schedule()
@@ -350,7 +356,7 @@ class _FusedLRScheduler(LRScheduler):
                 if isinstance(self._join(), _stack()):
                     self._lrs.owner.initial_step(self)
                     return
-            elif self._lrs.defers_schedule(sched):
+            elif lrs.defers_schedule(sched):
                 # Triton path: the next update kernel advances the counter and writes the LRs.
                 sched.defer_advance()
             else:

@@ -13,6 +13,9 @@ sparse gradients (``_step_sparse``: torch's for-loop) and ``differentiable=True`
 from __future__ import annotations
 
 import math
+import operator
+import weakref
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -41,6 +44,41 @@ def _flat(p: Tensor, g: Tensor, states: list) -> bool:
 
 def _pick(xs: list, ix: list[int]) -> list:
     return [xs[i] for i in ix] if xs else []
+
+
+_GRAD = operator.attrgetter("grad")
+
+
+class _Collected:
+    """``_collect_all``'s answer kept for the next steps (the torch path's steady state): valid
+    while the groups' params lists, every parameter's storage address, every gradient object
+    (weak references: a gradient freed or replaced, ``zero_grad(set_to_none=True)`` included,
+    misses), the state dict and its per-group cache, and which groups keep state are as they
+    were. A miss costs one full collection, as without the cache. It keeps each group's params
+    and state lists, never the grads (``zero_grad()`` frees them)."""
+
+    __slots__ = ("groups", "params", "param_key", "grad_ids", "alive", "refs", "state_key", "keeps", "work", "hits",
+                 "__weakref__")
+
+    def __init__(self, groups, params, grads, state_key, keeps, work) -> None:
+        self.groups = groups
+        self.params = params
+        self.param_key = tuple(map(torch.Tensor.data_ptr, params))
+        self.grad_ids = list(map(id, grads))
+        self.alive = True
+        me = weakref.ref(self)
+
+        def died(_ref) -> None:
+            owner = me()
+            if owner is not None:
+                owner.alive = False
+
+        # (While every referent is alive, equal ids mean the same objects.)
+        self.refs = list(map(weakref.ref, grads, repeat(died)))
+        self.state_key = state_key
+        self.keeps = keeps
+        self.work = work
+        self.hits = 0  # steps it served
 
 
 class UpdateRoutes:
@@ -90,6 +128,48 @@ class UpdateRoutes:
         groups = self._groups
         all_grads = [[p.grad for p in g["params"]] for g in groups]
         return [self._collect(g, gi, grads) for gi, (g, grads) in enumerate(zip(groups, all_grads))]
+
+    def _collect_cached(self) -> list:
+        """``_collect_all`` for an eager step, reused from the last step when nothing it read
+        changed (see ``_Collected``): per parameter one grad read, one id and one address, no
+        per-tensor checks. Only answers without sparse gradients are kept."""
+        groups = self._groups
+        memo = self.__dict__.get("_collected")
+        state_key = (id(self.state), len(self.state), *(self._state_cache.get(gi) for gi in range(len(groups))))
+        keeps = tuple(map(self._keeps_state, groups))
+        if memo is not None and memo.alive and memo.keeps == keeps and len(memo.groups) == len(groups) and all(
+            g["params"] is ps and len(ps) == n for g, (ps, n) in zip(groups, memo.groups)
+        ) and len(memo.state_key) == len(state_key) and all(map(operator.is_, memo.state_key[2:], state_key[2:])) \
+                and memo.state_key[:2] == state_key[:2]:
+            params = memo.params
+            grads = list(map(_GRAD, params))
+            if list(map(id, grads)) == memo.grad_ids and memo.alive \
+                    and tuple(map(torch.Tensor.data_ptr, params)) == memo.param_key:
+                memo.hits += 1
+                out, i = [], 0
+                for ps, states in memo.work:  # (the grads are not kept: zero_grad() must free them)
+                    out.append((ps, grads[i : i + len(ps)], states, None))
+                    i += len(ps)
+                return out
+        self._collected = None
+        collected = self._collect_all()
+        backoff = self.__dict__.get("_collect_backoff", 0)
+        if memo is not None and not memo.hits and not memo.alive:
+            # The last one served no step and a grad it saw was freed (zero_grad() at every step
+            # frees them): keeping one costs more than it saves; tried again after a while.
+            backoff = 16
+        if backoff:
+            self._collect_backoff = backoff - 1
+        elif all(c[3] is None for c in collected) and not any(self._sharded):
+            params = [p for g in groups for p in g["params"]]
+            grads = list(map(_GRAD, params))
+            if all(g is not None for g in grads):
+                # (The state cache as _collect_all left it: the key is read again.)
+                state_key = (id(self.state), len(self.state),
+                             *(self._state_cache.get(gi) for gi in range(len(groups))))
+                self._collected = _Collected(tuple((g["params"], len(g["params"])) for g in groups), params, grads,
+                                             state_key, keeps, [(c[0], c[2]) for c in collected])
+        return collected
 
     def _collect(self, group: dict[str, Any], gi: int, grads: list):
         """The group's parameters with a gradient, their grads and state lists (each empty when the
@@ -146,6 +226,8 @@ class UpdateRoutes:
         """Put the state tensors an update made (``new`` where it is not ``old``) in ``self.state``."""
         n_lists = len(self._kernel.state_lists)
         for k, (key, news, olds) in enumerate(zip(self._state_keys, new, old)):
+            if news is olds:
+                continue  # the update kept the very list it was given: no new tensor
             for p, b, was in zip(owners, news, olds):
                 if b is not was:
                     # (A scalar state stays a plain tensor, as torch keeps Adam's step of a DTensor.)
@@ -288,8 +370,8 @@ class UpdateRoutes:
     def _step_torch(self, work, grad_scale=None, found_inf=None, clip_coef=None, norm_done=False) -> None:
         """The pure-PyTorch path. ``clip_coef``/``norm_done``: the Triton path already computed the
         coefficient over every gradient (its kernel tensors and these)."""
-        all_grads = [g for (_, gs, _) in work for g in gs]
         if self.max_grad_norm is not None and not norm_done:
+            all_grads = [g for (_, gs, _) in work for g in gs]
             total = grad_norm_torch(all_grads, self.norm_type == math.inf).to(self._device)
             dtensor = dtensor_type()
             if dtensor is not None and isinstance(total, dtensor):

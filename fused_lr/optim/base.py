@@ -133,6 +133,7 @@ class FusedOptimizer(UpdateRoutes, Optimizer):
         self._uniform: list[bool] = []  # per group: the torch path's single-call fast path applies
         self._sharded: list[bool] = []  # per group: holds DTensors (updated through their local shards)
         self._state_cache: dict[int, tuple] = {}  # per group: (state key, state lists in param order)
+        self._collected = None  # the torch path's last collection, reused while valid (_routes._Collected)
         self._lr_log: Tensor | None = None  # start_lr_log(): [capacity, groups] ring of the LRs used
         self._lr_log_pos: Tensor | None = None  # int64 device count of steps recorded
         self.last_grad_norm: Tensor | None = None
@@ -226,6 +227,7 @@ class FusedOptimizer(UpdateRoutes, Optimizer):
         self._uniform = [self._takes_single_call(g["params"]) for g in groups]
         self._sharded = [has_dtensor(g["params"]) for g in groups]
         self._state_cache.clear()
+        self._collected = None
         self._engine.rebuild_slots([p for g in groups for p in g["params"]])
         kept = self._grad_lrs
         self._grad_lrs = {id(g): kept[id(g)] for g in groups if id(g) in kept and kept[id(g)][0] is g}
@@ -499,7 +501,8 @@ class FusedOptimizer(UpdateRoutes, Optimizer):
         # engine's host-side tables cannot be traced.
         compiling = torch.compiler.is_compiling()
         if compiling or not (self._engine.steady is not None and self._step_steady(grad_scale, found_inf)):
-            collected = self._collect_all()
+            eager_torch = self._impl == "torch" and not compiling
+            collected = self._collect_cached() if eager_torch else self._collect_all()
             work = [c[:3] for c in collected]
             sparse = [(gi, c[3]) for gi, c in enumerate(collected) if c[3] is not None]
             if sparse:
@@ -628,6 +631,7 @@ class FusedOptimizer(UpdateRoutes, Optimizer):
         # torch leaves a loaded None state entry in place; fused_lr treats it as "none yet". The
         # loaded LRs are used until the scheduler next steps, as with torch's optimizer.
         self._state_cache.clear()
+        self._collected = None
         self._engine.steady = None  # new state tensors: the next step collects everything again
         self._rebuild_lr_buf()
         if self._lr_owner is not None:
@@ -680,6 +684,7 @@ class FusedOptimizer(UpdateRoutes, Optimizer):
         self.__dict__.setdefault("_uniform", [self._takes_single_call(g["params"]) for g in self.param_groups])
         self.__dict__.setdefault("_sharded", [has_dtensor(g["params"]) for g in self.param_groups])
         self._state_cache = {}
+        self._collected = None
         device = self._params_device()
         # Meta parameters: None until placed at the first step (_place_on_device)
         self._device = None if device is None or device.type == "meta" else device
