@@ -202,6 +202,38 @@ def case_fsdp2(rank, world, backend="torch"):
         check("FSDP2 buffer vs stock SGD under FSDP2", ours, full(theirs))
 
 
+ADAM_KW = dict(lr=0.01, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1, amsgrad=True)
+
+
+def case_fsdp2_adamw(rank, world, backend="torch"):
+    """fully_shard + FusedAdamW: the local shards updated as stock AdamW (for-loop) updates them
+    under the same FSDP2 setup, with a cosine schedule; exp_avg, exp_avg_sq and max_exp_avg_sq are
+    DTensors sharded like the params, ``step`` a plain tensor (as stock keeps it), all equal to
+    stock's at every step."""
+    from torch.distributed.tensor import DTensor
+
+    name = "CosineAnnealingLR"
+    model, stock_model = fsdp_model(), fsdp_model()
+    opt = fused_lr.FusedAdamW(groups(model), backend=backend, **ADAM_KW)
+    assert opt.implementation == backend
+    sched = getattr(fused, name)(opt, **SCHEDULES[name])
+    stock_opt = torch.optim.AdamW(groups(stock_model), foreach=False, **ADAM_KW)
+    stock_sched = getattr(stock, name)(stock_opt, **SCHEDULES[name])
+    stock_steps = train_local(stock_model, stock_opt, stock_sched, range(STEPS), rank, world)
+    for t, _ in zip(train_local(model, opt, sched, range(STEPS), rank, world), stock_steps):
+        what = f"FSDP2 AdamW {backend} path, rank {rank} step {t}"
+        for i, (p, q) in enumerate(zip(model.parameters(), stock_model.parameters())):
+            assert isinstance(p, DTensor)
+            check(f"{what} param {i}", p, full(q))
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                ours, theirs = opt.state[p][key], stock_opt.state[q][key]
+                assert isinstance(ours, DTensor) and ours.placements == theirs.placements, f"{what}: {key} {i}"
+                check(f"{what} {key} {i}", ours, full(theirs))
+            check(f"{what} step {i}", opt.state[p]["step"], full(stock_opt.state[q]["step"]).to(opt.state[p]["step"]))
+        got, lrs = [float(g["lr"]) for g in opt.param_groups], [g["lr"] for g in stock_opt.param_groups]
+        assert all(abs(a - e) <= 1e-15 + 1e-9 * abs(e) for a, e in zip(got, lrs)), f"{what}: LRs {got} vs {lrs}"
+
+
 CLIP = 0.05  # below every step's total grad norm here: each step is really clipped
 
 
@@ -288,6 +320,11 @@ def worker(rank, world, port, ckpt_dir):
                 case_fsdp2(rank, world, backend="triton")
             if rank == 0:
                 print("fsdp2_triton: ok", flush=True)
+        case_fsdp2_adamw(rank, world)
+        if engine.triton_available(torch.device("cpu")):
+            case_fsdp2_adamw(rank, world, backend="triton")
+        if rank == 0:
+            print("fsdp2_adamw: ok", flush=True)
         case_fsdp2_clip(rank, world)
         if engine.triton_available(torch.device("cpu")):
             case_fsdp2_clip(rank, world, backend="triton")  # routed to the torch path (docs/distributed.md)

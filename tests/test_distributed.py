@@ -1,4 +1,4 @@
-"""FusedSGD + fused_lr schedulers under torch.distributed: DDP, FSDP2 (fully_shard), DCP checkpoints.
+"""FusedSGD (and FusedAdamW under FSDP2) + fused_lr schedulers under torch.distributed: DDP, FSDP2 (fully_shard), DCP checkpoints.
 
 Two gloo ranks on CPU, in a child process (tests/_distributed_worker.py holds the cases and their
 tolerance): one process group serves every case, so the whole file costs one start-up (~8 s on
@@ -52,6 +52,13 @@ def test_fsdp2_on_the_triton_path(worker_output):
     (TRITON_INTERPRET=1): the kernel updates the local shards."""
     pytest.importorskip("triton")
     _assert_case(worker_output, "fsdp2_triton")
+
+
+def test_fsdp2_adamw_updates_local_shards_like_stock(worker_output):
+    """fully_shard + FusedAdamW (amsgrad, weight decay, cosine) on both paths (the kernel
+    interpreted on CPU): params, DTensor moments and step equal stock AdamW's under FSDP2 at every
+    step (float64; the same shards and the same arithmetic: tests/_distributed_worker.py's TOL)."""
+    _assert_case(worker_output, "fsdp2_adamw")
 
 
 def test_fsdp2_fused_clipping_reduces_the_norm_across_ranks(worker_output):
