@@ -438,22 +438,27 @@ def case_clip():
 def case_compile():
     """FusedAdamW(backend="triton") inside torch.compile (aot_eager): the update is the kernel
     through the custom op (counted), the scheduler step traced as torch ops; eager kernel steps
-    before and after; every step as stock eager; no recompile after the warm-up."""
+    before and after; every step as stock eager; no recompile after the warm-up. Twice: amsgrad
+    with StepLR, and without amsgrad (a state list the groups do not keep) with OneCycleLR cycling
+    betas[0] every step."""
     from fused_lr.engine import compiled as C
 
     calls = []
     update = C.multi_tensor_update
     C.multi_tensor_update = lambda *a, **k: (calls.append(1), update(*a, **k))[1]
     try:
-        for name in PAIRS:
+        for name, amsgrad in itertools.product(PAIRS, (True, False)):
             stock_cls, fused_cls = PAIRS[name]
             torch._dynamo.reset()
             torch.manual_seed(0)
             ma = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
             mb = copy.deepcopy(ma)
-            oa = stock_cls(ma.parameters(), lr=0.01, weight_decay=0.1, amsgrad=True, foreach=False)
-            ob = fused_cls(mb.parameters(), lr=0.01, weight_decay=0.1, amsgrad=True, backend="triton")
-            sa, sb = stock.StepLR(oa, 3, 0.5), fused.StepLR(ob, 3, 0.5)
+            oa = stock_cls(ma.parameters(), lr=0.01, weight_decay=0.1, amsgrad=amsgrad, foreach=False)
+            ob = fused_cls(mb.parameters(), lr=0.01, weight_decay=0.1, amsgrad=amsgrad, backend="triton")
+            if amsgrad:
+                sa, sb = stock.StepLR(oa, 3, 0.5), fused.StepLR(ob, 3, 0.5)
+            else:
+                sa, sb = stock.OneCycleLR(oa, 0.02, total_steps=16), fused.OneCycleLR(ob, 0.02, total_steps=16)
 
             def step(x, y, mb=mb, ob=ob, sb=sb):
                 ob.zero_grad()
@@ -478,7 +483,8 @@ def case_compile():
                     with torch.compiler.set_stance("fail_on_recompile"):
                         compiled(x, y)
                 compare(list(ma.parameters()), oa, list(mb.parameters()), ob, TRAJ_TOL[torch.float32],
-                        f"{name} compiled step {t}")
+                        f"{name} amsgrad={amsgrad} compiled step {t}")
+                assert ob.param_groups[0]["betas"] == oa.param_groups[0]["betas"], f"{name} step {t}: betas"
             assert len(calls) - before == 8, f"{name}: {len(calls) - before} custom-op updates in 8 compiled steps"
     finally:
         C.multi_tensor_update = update

@@ -31,7 +31,7 @@ def multi_tensor_update_op(
     spec: str,
     params: list[Tensor],
     grads: list[Tensor],
-    states: list[Tensor | None],
+    states: list[Tensor],
     first_flags: Tensor,
     ticket: Tensor,
     desc: Tensor,
@@ -44,11 +44,15 @@ def multi_tensor_update_op(
 ) -> None:
     """One update of ``params`` by the kernel of the registered spec named ``spec`` (see
     ``multi_tensor_update``). ``states`` holds the spec's state lists one after the other (each
-    ``len(params)`` long; then its scalar states'); ``hyper`` the groups' hyper rows one after the other."""
+    ``len(params)`` long; then its scalar states'), any tensor (an empty placeholder) where the
+    tensor's group does not keep that state (``spec.kept``: it becomes None here; a None in a
+    mutated list argument is not supported by torch 2.13's functionalization); ``hyper`` the groups'
+    hyper rows one after the other."""
     kernel = lookup(spec)
     n, width = len(params), len(kernel.hyper_columns)
     rows = [tuple(hyper[i : i + width]) for i in range(0, len(hyper), width)]
-    state_lists = [list(states[k * n : (k + 1) * n]) for k in range(kernel.n_tables())]
+    state_lists = [[s if kernel.kept(rows[group_index[i]], k) else None for i, s in enumerate(states[k * n : (k + 1) * n])]
+                   for k in range(kernel.n_tables())]
     multi_tensor_update(
         kernel, params, grads, state_lists, group_index, rows, DeviceLR(desc, table, step),
         ticket=ticket, first_flags=first_flags, flag_slots=slots, cache=_CACHE, clear_first=clear_first,

@@ -598,8 +598,13 @@ class UpdateRoutes:
         if not params:
             return True
         lr = eng.device_lr(sched, self._lr_buf, len(self._groups))
+        # No None in a mutated list argument: torch 2.13's auto_functionalize fails on one (a list
+        # arg holding None: "'dict' object has no attribute 'append'"). A state a group does not
+        # keep is passed as an empty placeholder, which the op turns back into None (spec.kept).
+        absent = torch.empty(0, device=self._device)
+        flat_states = [absent if b is None else b for s in states for b in s]
         torch.ops.fused_lr.multi_tensor_update(
-            spec.name, params, grads, [b for s in states for b in s], eng.first_flags, eng.ticket, lr.desc, lr.table,
+            spec.name, params, grads, flat_states, eng.first_flags, eng.ticket, lr.desc, lr.table,
             lr.step, [x for h in hyper for x in h], gidx, slots, True,
         )
         eng.steady = None  # eager steps afterwards rebuild their plan (state may be new)
