@@ -15,9 +15,14 @@ Everything else takes an algorithm that follows strides (see ``fused_lr.function
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import chain
+
+import torch
 from torch import Tensor
 
-__all__ = ["is_dense", "same_strides", "flat_ok", "overlaps_itself"]
+__all__ = ["is_dense", "same_strides", "flat_ok", "overlaps_itself", "real_view", "contiguous_present",
+           "flat_stand_ins"]
 
 
 def is_dense(t: Tensor) -> bool:
@@ -50,3 +55,37 @@ def overlaps_itself(t: Tensor) -> bool:
     where torch refuses an in-place write ("more than one element of the written-to tensor refers
     to a single memory location")."""
     return any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride()))
+
+
+def real_view(t: Tensor) -> Tensor:
+    """``t`` as real numbers: a complex tensor as ``torch.view_as_real`` (as torch's optimizers
+    update complex parameters), any other as itself."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def contiguous_present(*lists: Sequence[Tensor | None]) -> bool:
+    """Every entry of ``lists`` is a contiguous tensor (a None, a state not made yet: False), in
+    one pass at C level (the steady step's only per-tensor check in the torch path)."""
+    try:
+        return all(map(Tensor.is_contiguous, chain(*lists)))
+    except TypeError:  # (a None)
+        return False
+
+
+def flat_stand_ins(p: Tensor, g: Tensor, states: Sequence[Tensor | None], copy_back: list) -> tuple[Tensor, Tensor, list]:
+    """Parameter, gradient and states (None: absent) with one dense layout, for a kernel that walks
+    them flat: each not already in it is copied into a new tensor in it (``p``'s own layout when it
+    is dense, else a dense one). The stand-ins of ``p`` and of the states are appended to
+    ``copy_back`` as (original, stand-in) pairs, to be copied back after the update (a step the
+    kernel skips on ``found_inf`` copies back the unchanged values). Exact: copies do not round."""
+
+    def stand_in(t: Tensor) -> Tensor:
+        new = torch.empty_like(p, memory_format=torch.preserve_format).copy_(t)
+        copy_back.append((t, new))
+        return new
+
+    if not is_dense(p):
+        p = stand_in(p)
+    if not same_strides(p, g):
+        g = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
+    return p, g, [s if s is None or same_strides(p, s) else stand_in(s) for s in states]

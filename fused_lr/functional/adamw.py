@@ -50,16 +50,12 @@ import torch
 from torch import Tensor
 
 from .. import _device, engine
-from .._layout import flat_ok, is_dense, same_strides
+from .._layout import contiguous_present, flat_ok, flat_stand_ins, real_view
 
 __all__ = ["adamw", "adamw_triton", "ADAMW_KERNEL", "hyper_row", "takes_single_call"]
 
 # Dtypes the stock fused kernel handles (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16)).
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _real(t: Tensor) -> Tensor:
-    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def new_states(params: Sequence[Tensor], exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad: bool):
@@ -86,9 +82,9 @@ def _foreach_adamw(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_
     """torch's capturable foreach Adam algorithm (``_multi_tensor_adam`` with ``capturable=True``),
     in place, for code traced by torch.compile: the LR and the step counts stay tensors, so a new
     LR never recompiles; the user's grads are not modified. ``state_steps`` are already incremented."""
-    params, grads, exp_avgs, exp_avg_sqs = ([_real(t) for t in ts] for ts in (params, grads, exp_avgs, exp_avg_sqs))
+    params, grads, exp_avgs, exp_avg_sqs = ([real_view(t) for t in ts] for ts in (params, grads, exp_avgs, exp_avg_sqs))
     if amsgrad:
-        max_exp_avg_sqs = [_real(t) for t in max_exp_avg_sqs]
+        max_exp_avg_sqs = [real_view(t) for t in max_exp_avg_sqs]
     if maximize:
         grads = torch._foreach_neg(grads)
     if weight_decay != 0:
@@ -118,24 +114,6 @@ def _foreach_adamw(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_
     torch._foreach_addcdiv_(params, exp_avgs, denom)
 
 
-def _flat_stand_ins(p: Tensor, g: Tensor, states: list, copy_back: list) -> tuple[Tensor, Tensor, list]:
-    """Parameter, gradient and moments with one dense layout, for a kernel that walks them flat:
-    each not already in it is copied into a new tensor in it (``p``'s layout when dense, else a
-    dense one); the stand-ins of ``p`` and the moments are appended to ``copy_back`` as (original,
-    stand-in) pairs, copied back after the update. Exact: copies do not round."""
-    def stand_in(t: Tensor, keep: bool) -> Tensor:
-        new = torch.empty_like(p, memory_format=torch.preserve_format).copy_(t)
-        if keep:
-            copy_back.append((t, new))
-        return new
-
-    if not is_dense(p):
-        p = stand_in(p, True)
-    if not same_strides(p, g):
-        g = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
-    return p, g, [s if s is None or same_strides(p, s) else stand_in(s, True) for s in states]
-
-
 def _fused_calls(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, amsgrad: bool,
                  decoupled_weight_decay: bool, found_inf: Tensor | None, **hp) -> None:
     """``torch._fused_adam(w)_`` over tensors of any dtypes and layouts (one call per dtype)."""
@@ -145,19 +123,15 @@ def _fused_calls(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_st
     for i, p in enumerate(params):
         g, moments = grads[i], [exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad else None]
         if not all(flat_ok(p, g, s) for s in moments):
-            p, g, moments = _flat_stand_ins(p, g, moments, copy_back)
-        lists = by_dtype.setdefault(_real(p).dtype, [[], [], [], [], [], []])
+            p, g, moments = flat_stand_ins(p, g, moments, copy_back)
+        lists = by_dtype.setdefault(real_view(p).dtype, [[], [], [], [], [], []])
         for k, t in enumerate((p, g, *moments, state_steps[i])):
             if t is not None:
-                lists[k].append(_real(t) if k < 5 else t)
+                lists[k].append(real_view(t) if k < 5 else t)
     for ps, gs, ms, vs, vmaxs, steps in by_dtype.values():
         fn(ps, gs, ms, vs, vmaxs, steps, amsgrad=amsgrad, found_inf=found_inf, **hp)
     for original, stand_in in copy_back:
         original.copy_(stand_in)
-
-
-def _contiguous(tensors) -> bool:
-    return all(map(Tensor.is_contiguous, tensors))
 
 
 def adamw(
@@ -224,8 +198,7 @@ def adamw(
     else:
         torch._foreach_add_(steps, 1)
         lr_arg = lr.reshape(()).to(torch.float32)  # the CUDA kernel reads a tensor LR as float32
-    if (uniform and _contiguous(params) and _contiguous(grads) and _contiguous(m) and _contiguous(v)
-            and (not amsgrad or _contiguous(vmax))):
+    if uniform and contiguous_present(params, grads, m, v, vmax if amsgrad else ()):
         fn = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
         fn(params, grads, m, v, vmax if amsgrad else [], steps, lr=lr_arg, beta1=hp["beta1"], beta2=hp["beta2"],
            weight_decay=hp["weight_decay"], eps=hp["eps"], amsgrad=hp["amsgrad"], maximize=hp["maximize"],

@@ -29,7 +29,7 @@ for any layout: a sliced column's update lands on its neighbours (tests/test_lay
 So on CPU every other layout (non-dense views, gradients with other strides, expanded gradients)
 takes the for-loop, which follows strides. On CUDA the kernel refuses such tensors, and the
 for-loop would read the LR on the host (a sync): there they are updated through dense stand-ins
-(``_flat_stand_ins``): copies in the parameter's layout, updated by the kernel, copied back.
+(``fused_lr._layout.flat_stand_ins``): copies in the parameter's layout, updated by the kernel, copied back.
 
 Momentum buffers are created in the parameter's layout (``empty_like(param)``, as torch's fused SGD
 makes them), dense even for a non-dense parameter. torch's for-loop clones the gradient instead;
@@ -50,22 +50,17 @@ momentum buffers as its one state list and the columns of its hyper row (``hyper
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
 
 import torch
 from torch import Tensor
 
 from .. import _device, engine
-from .._layout import flat_ok, is_dense, same_strides
+from .._layout import contiguous_present, flat_ok, flat_stand_ins, real_view
 
 __all__ = ["sgd", "sgd_loop", "sgd_triton", "SGD_KERNEL", "hyper_row", "takes_single_call"]
 
 # Dtypes the stock fused kernel handles (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16)).
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _real(t: Tensor) -> Tensor:
-    return torch.view_as_real(t) if t.is_complex() else t
 
 
 # (device type, dtype) pairs where torch._fused_sgd_ is wrong and the for-loop algorithm is used.
@@ -168,7 +163,7 @@ def _fused_call(
     is_first_step: bool,
     found_inf: Tensor | None = None,
 ) -> None:
-    """``torch._fused_sgd_`` over tensors of any dtypes and layouts (see ``_flat_stand_ins``)."""
+    """``torch._fused_sgd_`` over tensors of any dtypes and layouts (see ``fused_lr._layout.flat_stand_ins``)."""
     if not params:
         return
     copy_back: list[tuple[Tensor, Tensor]] = []
@@ -177,7 +172,7 @@ def _fused_call(
     for i, p in enumerate(params):
         g, b = grads[i], (bufs[i] if bufs else None)
         if not flat_ok(p, g, b):
-            p, g, b = _flat_stand_ins(p, g, b, copy_back)
+            p, g, (b,) = flat_stand_ins(p, g, [b], copy_back)
         entry = by_dtype.setdefault(p.dtype, ([], [], []))
         entry[0].append(p)
         entry[1].append(g)
@@ -199,34 +194,6 @@ def _fused_call(
         )
     for original, stand_in in copy_back:
         original.copy_(stand_in)
-
-
-def _flat_stand_ins(p: Tensor, g: Tensor, b: Tensor | None, copy_back: list) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Parameter, gradient and buffer with one dense layout, for a kernel that walks them flat:
-    each that is not already in that layout is copied into a new tensor in it (``p``'s own layout
-    when it is dense, else a dense one). The stand-ins of ``p`` and ``b`` are appended to
-    ``copy_back`` as (original, stand-in) pairs, to be copied back after the update (a step the
-    kernel skips on ``found_inf`` copies back the unchanged values). Exact: copies do not round."""
-    if not is_dense(p):
-        stand_in = torch.empty_like(p, memory_format=torch.preserve_format).copy_(p)
-        copy_back.append((p, stand_in))
-        p = stand_in
-    if not same_strides(p, g):
-        g = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
-    if b is not None and not same_strides(p, b):
-        stand_in = torch.empty_like(p, memory_format=torch.preserve_format).copy_(b)
-        copy_back.append((b, stand_in))
-        b = stand_in
-    return p, g, b
-
-
-def _contiguous_present(*lists) -> bool:
-    """Every entry of ``lists`` is a contiguous tensor (a None, a buffer not made yet: False), in
-    one pass at C level (the steady step's only per-tensor check here)."""
-    try:
-        return all(map(Tensor.is_contiguous, chain(*lists)))
-    except TypeError:  # (a None)
-        return False
 
 
 def sgd(
@@ -282,7 +249,7 @@ def sgd(
     # (FusedSGD's persistent float32 LR buffer) is passed as it is, anything else converted.
     lr_arg = lr.reshape(()) if on_cpu or lr.dtype == torch.float32 else lr.reshape(()).to(torch.float32)
     # (Contiguous tensors of one shape share their strides: the kernel may walk them flat.)
-    if uniform and _contiguous_present(params, grads, bufs):
+    if uniform and contiguous_present(params, grads, bufs):
         torch._fused_sgd_(
             params,
             grads,
@@ -338,7 +305,7 @@ def sgd(
         maximize=bool(maximize),
     )
     if momentum == 0:
-        _fused_call([_real(p) for p in params], [_real(g) for g in grads], [], is_first_step=False,
+        _fused_call([real_view(p) for p in params], [real_view(g) for g in grads], [], is_first_step=False,
                     found_inf=found_inf, **hp)
         return []
 
@@ -348,13 +315,13 @@ def sgd(
     for p, g, b in zip(params, grads, momentum_buffers, strict=True):
         if b is None:
             b = torch.empty_like(p, memory_format=torch.preserve_format)
-            new_p.append(_real(p))
-            new_g.append(_real(g))
-            new_b.append(_real(b))
+            new_p.append(real_view(p))
+            new_g.append(real_view(g))
+            new_b.append(real_view(b))
         else:
-            old_p.append(_real(p))
-            old_g.append(_real(g))
-            old_b.append(_real(b))
+            old_p.append(real_view(p))
+            old_g.append(real_view(g))
+            old_b.append(real_view(b))
         out_bufs.append(b)
     _fused_call(old_p, old_g, old_b, is_first_step=False, found_inf=found_inf, **hp)
     _fused_call(new_p, new_g, new_b, is_first_step=True, **hp)
