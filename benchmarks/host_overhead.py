@@ -10,7 +10,11 @@ work on CPU tensors with every update kernel replaced by a no-op, side by side i
   the code it takes on an accelerator (``fused_lr._device.host_reads_free`` answers False: the LR
   stays a device tensor, AMP skips are decided on the device); ``torch._fused_sgd_`` stubbed;
 * Triton path: ``FusedSGD(backend="triton")`` (``FusedAdamW``) + fused_lr's ``CosineAnnealingLR``, the kernel
-  launch stubbed (the first step is timed alone: it builds the launch plan).
+  launch stubbed (the first step is timed alone: it builds the launch plan);
+* floor: torch's step wrapper around an empty step plus reading every parameter's ``.grad`` and
+  address and comparing them with the last step's (``_Floor``): the least a step that reuses
+  device address tables can do in Python while staying memory-safe. No Triton-path figure can be
+  below it.
 
 ::
 
@@ -27,6 +31,7 @@ scales with the tensor count.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import sys
 import time
@@ -89,6 +94,43 @@ def _accelerator_branch_and_no_kernels():
             _device.host_reads_free = real_free
 
 
+class _EmptyStep(torch.optim.Optimizer):
+    """A torch optimizer whose step does nothing: what torch's step wrapper (profiler label, step
+    hooks) and ``torch.no_grad()`` cost by themselves; every torch optimizer pays them."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        return None
+
+
+class _Floor:
+    """A lower bound for the host cost of any Python optimizer step that keeps device address
+    tables across steps (fused_lr's Triton path): torch's step wrapper around an empty step, plus
+    the per-tensor reads such tables need each step to stay memory-safe, reading every
+    parameter's ``.grad`` (a grad replaced by ``zero_grad()`` + backward) and every parameter's
+    address (``p.data = ...``) and comparing them with the last step's. No scheduler step, no
+    launch, no other check. (Stock fused SGD passes its lists to C++ each step and needs neither.)"""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params = params
+        self.opt = _EmptyStep(params)
+        self.grad_ids = [id(p.grad) for p in params]
+        self.addresses = tuple(p.data_ptr() for p in params)
+
+    def iteration(self) -> None:
+        self.opt.step()
+        same = list(map(id, map(_GRAD, self.params))) == self.grad_ids
+        same = tuple(map(torch.Tensor.data_ptr, self.params)) == self.addresses and same
+        if not same:
+            raise RuntimeError("the floor's parameters changed")
+
+
+_GRAD = operator.attrgetter("grad")
+
+
 def measure(shapes, rounds: int = 9, steps: int = 30, optimizer: str = "sgd") -> dict[str, float]:
     """Median microseconds per ``opt.step(); sched.step()`` in steady state of each method (see the
     module docstring), and the Triton path's first step; alternating order. ``optimizer``: "sgd"
@@ -97,6 +139,10 @@ def measure(shapes, rounds: int = 9, steps: int = 30, optimizer: str = "sgd") ->
         raise SystemExit("triton is not installed")
     with _internal.sgd_launch_stubbed(optimizer), _accelerator_branch_and_no_kernels():
         runners = {k: m.build(make_params(shapes), COSINE, CPU, HYPER[optimizer]) for k, m in METHODS[optimizer].items()}
+        floor_params = make_params(shapes)
+        for p in floor_params:
+            p.grad = torch.zeros_like(p)
+        runners["floor"] = _Floor(floor_params)
         t0 = time.perf_counter()
         runners["triton"].iteration()
         first = (time.perf_counter() - t0) * 1e6
@@ -109,6 +155,7 @@ def measure(shapes, rounds: int = 9, steps: int = 30, optimizer: str = "sgd") ->
         "triton_steady_us": spread(times["triton"])["median_s"] * 1e6,
         "torch_cuda_branch_us": spread(times["torch"])["median_s"] * 1e6,
         "stock_us": spread(times["stock"])["median_s"] * 1e6,
+        "floor_us": spread(times["floor"])["median_s"] * 1e6,
         "fast_steps": sum(steady),
     }
 
@@ -122,14 +169,17 @@ def main() -> None:
     print(f"torch {torch.__version__}, 1 thread; microseconds per opt.step() + sched.step() (median; kernels stubbed)")
     print(f"fused_lr from {Path(fused_lr.__file__).parent}; torch path column: {_TORCH_COLUMN}")
     print(f"{'optimizer':9} {'parameter set':40} {'stock':>7} {'torch path CUDA':>21} {'triton steady':>19} "
-          f"{'triton 1st':>11}")
+          f"{'triton 1st':>11} {'floor':>17}")
     for optimizer in ("sgd", "adamw"):
         for name, shapes in sets.items():
             r = measure(shapes, optimizer=optimizer)
             stock_us = r["stock_us"]
             torch_us, triton_us = r["torch_cuda_branch_us"], r["triton_steady_us"]
             print(f"{optimizer:9} {name:40} {stock_us:7.0f} {torch_us:12.0f} ({torch_us / stock_us:4.2f}x) "
-                  f"{triton_us:10.0f} ({triton_us / stock_us:4.2f}x) {r['triton_first_us']:11.0f}")
+                  f"{triton_us:10.0f} ({triton_us / stock_us:4.2f}x) {r['triton_first_us']:11.0f} "
+                  f"{r['floor_us']:8.0f} ({r['floor_us'] / stock_us:4.2f}x)")
+    print("floor: torch's step wrapper around an empty step + reading and comparing every parameter's .grad and "
+          "address (what a step reusing device address tables must check; a lower bound for the triton column)")
 
 
 if __name__ == "__main__":

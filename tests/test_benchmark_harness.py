@@ -236,6 +236,7 @@ def test_host_overhead_script_measures_the_steady_state_path():
     result = eval(proc.stdout.strip().splitlines()[-1])  # the dict printed above
     assert result["fast_steps"] == 3 * 5  # every timed step took the steady-state path
     assert 0 < result["triton_steady_us"] < result["triton_first_us"]
+    assert result["floor_us"] > 0  # (the floor's runner raises if its grads or addresses changed between steps)
 
 
 # ---------------------------------------------------------------------------------------- AdamW

@@ -282,8 +282,10 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
     # (all of them: its tables are shared) in the second one, so that the first does not clear the
     # flags the second still reads.
     last = len(plan.launches) - 1
+    n_table = table.numel()
+    advance = int(advance)
     for k, part in enumerate(plan.launches):
-        tl_dtype = runtime.triton_dtype(part.dtype)
+        kwargs = part.kwargs if part.kwargs is not None else _update_kwargs(plan, part)
         last_part = len(part.parts) - 1
         for j, (aligned, chunks, programs, _) in enumerate(part.parts):
             write_back = 1 if (lr_out is not None and k == last) else 0
@@ -300,8 +302,8 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
                 step,
                 desc,
                 table,
-                table.numel(),
-                int(advance),
+                n_table,
+                advance,
                 lr_out if lr_out is not None else desc,
                 ticket,
                 n_groups,
@@ -311,15 +313,28 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
                 scale_arg,
                 inf_arg,
                 coef_arg,
-                DTYPE=tl_dtype,
-                COMPUTE_DTYPE=compute_dtype(tl_dtype),
                 ALIGNED=aligned,
                 SCALED=scaled,
-                BLOCK_SIZE=cfg["BLOCK_SIZE"],
-                CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-                **runtime.kernel_options(cfg, part.dtype),
+                **kwargs,
             )
     return lr_out is not None and bool(plan.launches)
+
+
+def _update_kwargs(plan: Plan, part) -> dict:
+    """The update kernel's compile-time arguments for ``part`` other than ALIGNED and SCALED (its
+    dtypes, block sizes and ``runtime.kernel_options``): fixed for a plan (its launch
+    configuration and the part's dtype), so made once and kept on the part (a few microseconds a
+    launch otherwise)."""
+    cfg = plan.cfg
+    tl_dtype = runtime.triton_dtype(part.dtype)
+    part.kwargs = dict(
+        DTYPE=tl_dtype,
+        COMPUTE_DTYPE=runtime.mt_kernels.compute_dtype(tl_dtype),
+        BLOCK_SIZE=cfg["BLOCK_SIZE"],
+        CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
+        **runtime.kernel_options(cfg, part.dtype),
+    )
+    return part.kwargs
 
 
 class _Compile:

@@ -92,7 +92,7 @@ class Launch:
 
     __slots__ = ("dtype", "positions", "param_addrs", "state_addrs", "numels", "chunk_rows", "groups", "chunks",
                  "n_chunks", "chunk_blocks", "static_ok", "static_aligned", "grad_addrs", "slots", "partial_offset",
-                 "order", "parts", "may_split")
+                 "order", "parts", "may_split", "kwargs")
 
     def __init__(self, dtype: torch.dtype, positions: list[int]) -> None:
         self.dtype = dtype
@@ -102,6 +102,7 @@ class Launch:
         self.order: tuple | None = None  # per tensor: all its addresses aligned, when chunks was ordered
         self.parts: tuple = ()
         self.may_split = True
+        self.kwargs: dict | None = None  # the update kernel's compile-time arguments (launch.py), made at the first launch
 
 
 class Plan:

@@ -376,13 +376,16 @@ class _FusedLRScheduler(LRScheduler):
         runs eagerly (one graph break, where stock's scheduler step is never traced at all)."""
         # (At construction a tensor LR is read, as torch's schedulers read it: the user may have
         # changed it in place. Later steps use the value the host last set: no device read.)
-        previous = [_lr_value(g["lr"]) for g in self.optimizer.param_groups] if initial else self._lrs.current()
+        if initial:
+            previous = [_lr_value(g["lr"]) for g in self.optimizer.param_groups]
+        else:  # (only host-driven groups read them: none in the common case)
+            previous = self._lrs.current() if self._host_driven else None
         if self._grow_tables(self.last_epoch):
             self._rebuild()
         sched = self._sched
         if initial:
             self._start_from(previous)
-        else:
+        elif previous is not None:
             self._drive_on_host(previous)
         if not sched.pending:
             self._lrs.write(sched)
@@ -445,8 +448,9 @@ class _FusedLRScheduler(LRScheduler):
         """``group["lr"]`` of every group from the host's closed form (no device read), as torch's
         step sets it; ``get_last_lr()`` returns the same values."""
         values = self._sched.host_lrs(max(self.last_epoch, 0))
-        self._lrs.publish(values)
-        self._last_lr = [
+        lrs = self._lrs
+        lrs.publish(values)
+        self._last_lr = list(values) if not lrs.has_tensor_lrs else [
             g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else v
             for g, v in zip(self.optimizer.param_groups, values)
         ]

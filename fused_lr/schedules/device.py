@@ -16,7 +16,7 @@ from .rows import DESC_WIDTH, EDIT_COLS, Col, Kind, col
 __all__ = ["DeviceSchedule", "HOST_BLOCK"]
 
 # Steps the host evaluates at once from the CPU mirror (DeviceSchedule._host_values).
-HOST_BLOCK = 64
+HOST_BLOCK = 256
 _INT64_MAX = 2**63 - 1
 
 
