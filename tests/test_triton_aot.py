@@ -158,7 +158,27 @@ def _sass_hot_loops(loops: list[dict]) -> list[dict]:
 
 
 def _child(out_path: str) -> None:
-    """Compile everything and write a JSON report: {name: {cc: {...}}}."""
+    """Compile everything and write a JSON report: {name: {cc: {...}}}. The compiles (each
+    specialization for each capability) are independent: they run in one worker process per CPU
+    core, each worker listing the specializations itself (a ``JITFunction`` does not pickle)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fused_lr import engine
+
+    jobs = [(i, cc) for i in range(len(engine.kernel_specializations())) for cc in CAPABILITIES]
+    workers = max(1, min(len(jobs), len(os.sched_getaffinity(0))))
+    report: dict = {}
+    # (spawn: a fresh interpreter per worker, nothing inherited from this one's imports)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for name, cc, entry in pool.map(_compile_job, jobs):
+            report.setdefault(name, {})[cc] = entry
+    Path(out_path).write_text(json.dumps(report, indent=1))
+
+
+def _compile_job(job: tuple[int, int]) -> tuple[str, str, dict]:
+    """Worker of ``_child``: specialization ``job[0]`` compiled for capability ``job[1]``, and
+    what the tests read of it."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -166,63 +186,59 @@ def _child(out_path: str) -> None:
     from fused_lr import engine
 
     assert not engine.interpreting(), "the AOT child must run without TRITON_INTERPRET"
-    report = {}
-    for spec in engine.kernel_specializations():
-        report[spec["name"]] = entry = {}
-        for cc in CAPABILITIES:
-            src = triton.compiler.ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"])
-            kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=spec["options"])
-            ptx = kernel.asm["ptx"]
-            loops = _loops(ptx)
-            ptxas = _ptxas_report(ptx, cc, spec["options"])
-            sass_loops = _sass_loops(kernel.asm["cubin"])
-            if spec["kind"] not in UPDATE_ACCESSES:
-                # The norm kernels: the partials kernel's hot loop is the innermost loop that loads.
-                hot = _hot_loop(loops, 0)
-                loads, stores = _global_accesses(hot)
-                entry[str(cc)] = dict(
-                    kind=spec["kind"], loads=loads, stores=stores, itemsize=spec["dtype"].itemsize,
-                    aligned=spec["aligned"], block=spec["constexprs"].get("BLOCK_SIZE"),
-                    threads=32 * spec["options"]["num_warps"], ptxas=ptxas, sass_loops=sass_loops,
-                )
-                continue
-            # The hot loops: the innermost loops that store (lr_at's loops only load; PTX block
-            # layout can also make an outer label-to-branch range that encloses one) with the most
-            # stores: the update stores param and buffer vectors, the flag-clearing loop fewer.
-            # SCALED=True has two copies of the update loop: multiply by the reciprocal of a
-            # power-of-two scale, divide by any other.
-            hot = _hot_loop(loops, 1)
-            n_hot_stores = len(_global_accesses(hot)[1])
-            hots = [body for body in loops if len(_global_accesses(body)[1]) == n_hot_stores and not any(
-                o is not body and len(o) < len(body) and set(map(id, o)) <= set(map(id, body)) for o in loops
-                if _global_accesses(o)[1])]
-            entry[str(cc)] = dict(
-                kind=spec["kind"],
-                scaled=spec["constexprs"]["SCALED"],
-                hot_loops=[dict(
-                    loads=_global_accesses(body)[0],
-                    stores=_global_accesses(body)[1],
-                    div_rn=any(re.search(r"\bdiv\.rn\.f(32|64)", line) for line in body),
-                    div_any=any(re.search(r"\bdiv\.", line) for line in body),
-                    div_approx=any(re.search(r"\bdiv\.(full|approx)\.", line) for line in body),
-                    sqrt_approx=any(re.search(r"\bsqrt\.approx\.", line) for line in body),
-                    sqrt_rn=any(re.search(r"\bsqrt\.rn\.f(32|64)", line) for line in body),
-                ) for body in hots],
-                loads=_global_accesses(hot)[0],
-                stores=_global_accesses(hot)[1],
-                itemsize=spec["dtype"].itemsize,
-                bf16=spec["dtype"] == torch.bfloat16,
-                aligned=spec["aligned"],
-                block=spec["constexprs"]["BLOCK_SIZE"],
-                threads=32 * spec["options"]["num_warps"],
-                pi64="0d400921FB54442D18" in ptx,
-                sqrt_rn="sqrt.rn.f64" in ptx,
-                libdevice_cos="__internal_trig_reduction" in ptx,
-                bf16_hw=bool(re.search(r"\bcvt\.rn\.bf16\.f32\b", ptx)),
-                ptxas=ptxas,
-                sass_loops=sass_loops,
-            )
-    Path(out_path).write_text(json.dumps(report, indent=1))
+    index, cc = job
+    spec = engine.kernel_specializations()[index]
+    src = triton.compiler.ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"])
+    kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=spec["options"])
+    ptx = kernel.asm["ptx"]
+    loops = _loops(ptx)
+    ptxas = _ptxas_report(ptx, cc, spec["options"])
+    sass_loops = _sass_loops(kernel.asm["cubin"])
+    if spec["kind"] not in UPDATE_ACCESSES:
+        # The norm kernels: the partials kernel's hot loop is the innermost loop that loads.
+        hot = _hot_loop(loops, 0)
+        loads, stores = _global_accesses(hot)
+        return spec["name"], str(cc), dict(
+            kind=spec["kind"], loads=loads, stores=stores, itemsize=spec["dtype"].itemsize,
+            aligned=spec["aligned"], block=spec["constexprs"].get("BLOCK_SIZE"),
+            threads=32 * spec["options"]["num_warps"], ptxas=ptxas, sass_loops=sass_loops,
+        )
+    # The hot loops: the innermost loops that store (lr_at's loops only load; PTX block
+    # layout can also make an outer label-to-branch range that encloses one) with the most
+    # stores: the update stores param and buffer vectors, the flag-clearing loop fewer.
+    # SCALED=True has two copies of the update loop: multiply by the reciprocal of a
+    # power-of-two scale, divide by any other.
+    hot = _hot_loop(loops, 1)
+    n_hot_stores = len(_global_accesses(hot)[1])
+    hots = [body for body in loops if len(_global_accesses(body)[1]) == n_hot_stores and not any(
+        o is not body and len(o) < len(body) and set(map(id, o)) <= set(map(id, body)) for o in loops
+        if _global_accesses(o)[1])]
+    return spec["name"], str(cc), dict(
+        kind=spec["kind"],
+        scaled=spec["constexprs"]["SCALED"],
+        hot_loops=[dict(
+            loads=_global_accesses(body)[0],
+            stores=_global_accesses(body)[1],
+            div_rn=any(re.search(r"\bdiv\.rn\.f(32|64)", line) for line in body),
+            div_any=any(re.search(r"\bdiv\.", line) for line in body),
+            div_approx=any(re.search(r"\bdiv\.(full|approx)\.", line) for line in body),
+            sqrt_approx=any(re.search(r"\bsqrt\.approx\.", line) for line in body),
+            sqrt_rn=any(re.search(r"\bsqrt\.rn\.f(32|64)", line) for line in body),
+        ) for body in hots],
+        loads=_global_accesses(hot)[0],
+        stores=_global_accesses(hot)[1],
+        itemsize=spec["dtype"].itemsize,
+        bf16=spec["dtype"] == torch.bfloat16,
+        aligned=spec["aligned"],
+        block=spec["constexprs"]["BLOCK_SIZE"],
+        threads=32 * spec["options"]["num_warps"],
+        pi64="0d400921FB54442D18" in ptx,
+        sqrt_rn="sqrt.rn.f64" in ptx,
+        libdevice_cos="__internal_trig_reduction" in ptx,
+        bf16_hw=bool(re.search(r"\bcvt\.rn\.bf16\.f32\b", ptx)),
+        ptxas=ptxas,
+        sass_loops=sass_loops,
+    )
 
 
 @pytest.fixture(scope="module")
