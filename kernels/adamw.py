@@ -33,9 +33,10 @@ fused and capturable Adam keep it). Each program
    (``sqrt`` and ``/`` are the IEEE ``sqrt.rn`` / ``div.rn`` on the GPU, as torch's kernels use:
    Triton's plain ``/`` and ``sqrt`` on float32 are approximate there);
 4. finishes the launch (``_finish``): the program that takes the last ticket stores the schedule's
-   counter and the LRs of the groups with no tensor in this launch (as ``finish_launch``), adds 1
-   to the step count of every tensor of this launch unless AMP skipped the step, and clears the
-   launch's first-step flags.
+   counter and the LRs of the groups with no tensor in this launch (``store_schedule``, as
+   ``finish_launch``), adds 1 to the step count of every tensor whose first chunk is in this launch
+   unless AMP skipped the step (a dtype split by alignment into two launches advances each count
+   once), and clears the launch's first-step flags.
 
 The step counts are advanced by the last program, not by each program or before the launch: every
 program of a tensor (a tensor larger than one chunk has several) must see the same count, and all
@@ -78,6 +79,7 @@ from .multi_tensor import (
     full_blocks,
     group_lr,
     round_to_bf16,
+    store_schedule,
     tensor_ptr,
     unscale,
 )
@@ -247,34 +249,41 @@ def _finish(
     first_step_ptr,  # *int8 [n_flags]: first-step flags
     slots_ptr,  # *int32 [n_tensors]: each tensor's index into first_step_ptr
     state_step_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each tensor's float32 step count
-    n_tensors,  # int: tensors in this launch
+    chunks_ptr,  # *int64 [n_programs, 3]: this launch's chunks (tensor index, first element, end element)
+    n_tensors,  # int: tensors in this launch's tables
 ):
     """The last program to finish (every program reads its step count and the schedule counter
     before the acq_rel ticket, so none is still reading) writes back the schedule as
-    ``finish_launch`` does (the counter, and the LRs of the groups with no tensor in this launch:
-    ``group_lr`` stored the others), advances the step count of every tensor of the launch (a
-    scatter of ``+1`` over their addresses, ``FLAG_BLOCK`` tensors at a time) unless the step was
-    skipped, clears the launch's first-step flags, and resets the ticket. Unlike ``finish_launch``
-    it always takes a ticket: the step counts advance at every step."""
+    ``finish_launch`` does (``store_schedule``), advances the step count of every tensor whose
+    first chunk is in this launch unless the step was skipped, clears the first-step flags of the
+    tensors of the launch's tables when told to, and resets the ticket. Unlike ``finish_launch``
+    it always takes a ticket: the step counts advance at every step.
+
+    Step counts follow the chunks, not the tables: a dtype split by alignment in two launches
+    shares one set of tables, and each tensor's first chunk (element 0; every tensor of the tables
+    has exactly one) is in exactly one of the two launches, so every count advances once, after
+    every program of both launches has read it (the launches run in stream order)."""
     done = tl.atomic_add(ticket_ptr, 1)
     if done == tl.num_programs(0) - 1:
         if write_back != 0:
-            n_absent = tl.minimum(tl.load(groups_ptr + n_tensors), n_groups)
-            for j in range(0, n_absent):
-                group = tl.load(groups_ptr + n_tensors + 1 + j)
-                tl.store(lr_out_ptr + group, lr_at(step, desc_ptr, table_ptr, table_numel, group))
-            tl.store(step_ptr, step)
+            store_schedule(step, step_ptr, desc_ptr, table_ptr, table_numel, lr_out_ptr, n_groups, groups_ptr,
+                           n_tensors)
         lanes = tl.arange(0, _FLAG_BLOCK)
-        count_bound = tl.where(updated, n_tensors, 0)
-        flag_bound = tl.where(clear_first != 0, n_tensors, 0)
-        for start in range(0, n_tensors, _FLAG_BLOCK):
+        n_programs = tl.where(updated, tl.num_programs(0), 0)
+        for start in range(0, n_programs, _FLAG_BLOCK):
             idx = start + lanes
-            in_count = idx < count_bound
-            counts = tl.load(state_step_addrs_ptr + idx, mask=in_count, other=0).to(tl.pointer_type(tl.float32))
-            tl.store(counts, tl.load(counts, mask=in_count, other=0.0) + 1.0, mask=in_count)
-            in_flags = idx < flag_bound
-            slot = tl.load(slots_ptr + idx, mask=in_flags, other=0)
-            tl.store(first_step_ptr + slot, tl.zeros([_FLAG_BLOCK], dtype=tl.int8), mask=in_flags)
+            row = chunks_ptr + 3 * idx.to(tl.int64)
+            in_launch = idx < n_programs
+            first = in_launch & (tl.load(row + 1, mask=in_launch, other=1) == 0)
+            tensor = tl.load(row, mask=first, other=0)
+            counts = tl.load(state_step_addrs_ptr + tensor, mask=first, other=0).to(tl.pointer_type(tl.float32))
+            tl.store(counts, tl.load(counts, mask=first, other=0.0) + 1.0, mask=first)
+        if clear_first != 0:
+            for start in range(0, n_tensors, _FLAG_BLOCK):
+                idx = start + lanes
+                in_flags = idx < n_tensors
+                slot = tl.load(slots_ptr + idx, mask=in_flags, other=0)
+                tl.store(first_step_ptr + slot, tl.zeros([_FLAG_BLOCK], dtype=tl.int8), mask=in_flags)
         tl.store(ticket_ptr, 0)
 
 
@@ -376,4 +385,4 @@ def adamw_kernel(
                      decoupled_decay, l2, grad_scale, grad_scale, clip_coef, DTYPE, COMPUTE_DTYPE, UNSCALE_NONE,
                      BLOCK_SIZE)
     _finish(ticket_ptr, write_back, clear_first, updated, step, step_ptr, desc_ptr, table_ptr, table_numel,
-            lr_out_ptr, n_groups, groups_ptr, first_step_ptr, slots_ptr, state_step_addrs_ptr, n_tensors)
+            lr_out_ptr, n_groups, groups_ptr, first_step_ptr, slots_ptr, state_step_addrs_ptr, chunks_ptr, n_tensors)

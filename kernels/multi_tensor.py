@@ -65,15 +65,16 @@ from .schedule import lr_at
 
 __all__ = ["ALIGNMENT", "FLAG_BLOCK", "UNSCALE_NONE", "UNSCALE_DIVIDE", "UNSCALE_RECIPROCAL", "compute_dtype",
            "round_to_bf16", "round_to_bf16_software", "chunk_of", "full_blocks", "tensor_ptr", "group_lr",
-           "amp_scaling", "amp_reciprocal", "unscale", "finish_launch"]
+           "amp_scaling", "amp_reciprocal", "unscale", "store_schedule", "finish_launch"]
 
 # Bytes every parameter / grad / state address must be a multiple of for the ALIGNED=True
 # specialization (one 16-byte vector load).
 ALIGNMENT = 16
 _ALIGNMENT = tl.constexpr(ALIGNMENT)
 
-# First-step flags cleared per iteration by the finishing program (a plain vector width; the loop
-# runs once per launch on one program, over the launch's tensors: not performance-relevant).
+# First-step flags cleared (AdamW: step counts advanced) per iteration by the finishing program (a
+# plain vector width; the loop runs once per launch on one program, over the launch's tensors or
+# chunks: not performance-relevant).
 FLAG_BLOCK = 128
 _FLAG_BLOCK = tl.constexpr(FLAG_BLOCK)
 
@@ -267,6 +268,18 @@ def unscale(
 
 
 @triton.jit
+def store_schedule(step, step_ptr, desc_ptr, table_ptr, table_numel, lr_out_ptr, n_groups, groups_ptr, n_tensors):
+    """The finishing program's write-back of a schedule step (every update kernel's; arguments as
+    ``finish_launch``'s): the LRs at ``step`` of the groups with no tensor in this launch
+    (``group_lr`` stored the others) and the counter."""
+    n_absent = tl.minimum(tl.load(groups_ptr + n_tensors), n_groups)
+    for j in range(0, n_absent):
+        group = tl.load(groups_ptr + n_tensors + 1 + j)
+        tl.store(lr_out_ptr + group, lr_at(step, desc_ptr, table_ptr, table_numel, group))
+    tl.store(step_ptr, step)
+
+
+@triton.jit
 def finish_launch(
     ticket_ptr,  # *int32 [1]: 0 between launches; counts finished programs
     write_back,  # int: 1: store the advanced counter and the LRs of the groups absent from this launch
@@ -296,11 +309,8 @@ def finish_launch(
         done = tl.atomic_add(ticket_ptr, 1)
         if done == tl.num_programs(0) - 1:
             if write_back != 0:
-                n_absent = tl.minimum(tl.load(groups_ptr + n_tensors), n_groups)
-                for j in range(0, n_absent):
-                    group = tl.load(groups_ptr + n_tensors + 1 + j)
-                    tl.store(lr_out_ptr + group, lr_at(step, desc_ptr, table_ptr, table_numel, group))
-                tl.store(step_ptr, step)
+                store_schedule(step, step_ptr, desc_ptr, table_ptr, table_numel, lr_out_ptr, n_groups, groups_ptr,
+                               n_tensors)
             if (clear_first != 0) & updated:
                 flag_lanes = tl.arange(0, _FLAG_BLOCK)
                 for start in range(0, n_tensors, _FLAG_BLOCK):

@@ -108,19 +108,28 @@ def _set(ps, gs):
 
 
 class CountLaunches:
-    """Counts adamw_kernel launches (the interpreter's grid-indexing entry point)."""
+    """Counts adamw_kernel launches (the interpreter's grid-indexing entry point) and records the
+    ``ALIGNED`` argument of each."""
 
     def __init__(self):
         self.n = 0
+        self.aligned = []
         self._orig = type(K.adamw_kernel).__getitem__
 
     def __enter__(self):
         counter = self
 
         def getitem(fn, grid):
-            if fn is K.adamw_kernel:
-                counter.n += 1
-            return counter._orig(fn, grid)
+            launch = counter._orig(fn, grid)
+            if fn is not K.adamw_kernel:
+                return launch
+            counter.n += 1
+
+            def run(*args, **kwargs):
+                counter.aligned.append(kwargs.get("ALIGNED"))
+                return launch(*args, **kwargs)
+
+            return run
 
         type(K.adamw_kernel).__getitem__ = getitem
         return self
@@ -358,12 +367,15 @@ def case_layouts():
 
 def case_misaligned():
     """An aligned and a misaligned (4 bytes past a 16-byte boundary) float32 parameter in one
-    dtype: one kernel launch per step (a dtype split in two launches would advance each ``step``
-    twice, engine.plan.Launch.may_split), parameters and state vs stock's for-loop every step."""
+    dtype: two kernel launches per step, the aligned tensor's with ALIGNED=True (the vector path)
+    and the misaligned one's with ALIGNED=False, sharing the dtype's tables; each ``step`` count
+    advances once a step (the finishing programs follow the chunks: kernels/adamw.py ``_finish``),
+    parameters and state vs stock's for-loop every step, AMP-skipped steps included."""
     for name, (stock_cls, fused_cls) in PAIRS.items():
         torch.manual_seed(3)
-        a0, b0 = torch.randn(257), torch.randn(300)
-        storage = torch.zeros(301)
+        # 1300 and 700 elements: 3 and 2 chunks of 512 (the launch config of this file's main).
+        a0, b0 = torch.randn(1300), torch.randn(700)
+        storage = torch.zeros(701)
         storage[1:] = b0
         ours = [torch.nn.Parameter(a0.clone()), torch.nn.Parameter(storage[1:])]
         assert ours[0].data_ptr() % 16 == 0 and ours[1].data_ptr() % 16 == 4
@@ -371,14 +383,17 @@ def case_misaligned():
         kw = dict(lr=0.01, weight_decay=0.1, amsgrad=True)
         ref_opt, opt = stock_cls(refs, foreach=False, **kw), fused_cls(ours, backend="triton", **kw)
         with CountLaunches() as launches:
-            for step in range(4):
+            for step in range(5):
                 gs = [torch.randn_like(p) for p in refs]
                 _set(refs, gs)
                 _set(ours, gs)
-                ref_opt.step()
-                opt.step()
+                if step == 2:  # AMP found an inf: nothing changes, the step counts included
+                    opt.step(grad_scale=torch.ones(1), found_inf=torch.ones(1))
+                else:
+                    ref_opt.step()
+                    opt.step()
                 compare(refs, ref_opt, ours, opt, TRAJ_TOL[torch.float32], f"{name} misaligned, step {step}")
-        assert launches.n == 4, f"{name}: {launches.n} launches in 4 steps"
+        assert launches.aligned == [True, False] * 5, f"{name}: launches {launches.aligned} in 5 steps"
 
 
 def case_optim_db():

@@ -89,9 +89,10 @@ def test_every_layout_on_the_kernel(child):
 
 
 
-def test_misaligned_tensor_keeps_one_launch_and_one_step_count(child):
-    """An aligned and a misaligned parameter of one dtype: one launch per step, ``step`` advanced
-    once (a split into two launches advanced it twice), parameters and state as stock."""
+def test_misaligned_tensor_splits_the_launch_and_advances_each_step_count_once(child):
+    """An aligned and a misaligned parameter of one dtype (3 and 2 chunks): two launches per step,
+    the aligned one's on the vector path (ALIGNED=True); each ``step`` advanced once per step and
+    not on an AMP-skipped one; parameters and state as stock's."""
     _check(child, "misaligned")
 
 def test_torch_optim_db_on_the_kernel(child):

@@ -280,7 +280,8 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
     # launches, and the finishing program stores the groups absent from the dtype; the counter is
     # already current: ``advance`` is 0). A dtype split in two launches clears its first-step flags
     # (all of them: its tables are shared) in the second one, so that the first does not clear the
-    # flags the second still reads.
+    # flags the second still reads. (AdamW's step counts follow the chunks instead: each launch's
+    # finishing program advances those of the tensors whose first chunk it ran.)
     last = len(plan.launches) - 1
     n_table = table.numel()
     advance = int(advance)

@@ -81,18 +81,16 @@ class Launch:
     their LRs); chunks: int64 [n_chunks, 3] = (tensor index within this launch, first element, end
     element), ``chunk_blocks`` blocks at most, the chunks of tensors whose every address is aligned
     first; chunk_rows: the same rows in tensor order (host); parts: one ``(aligned, chunks view,
-    programs, partial offset)`` per kernel launch (one, or two when some tensors are misaligned and
-    ``may_split``); partial_offset: this dtype's first slot in the plan's norm partials.
-
-    may_split: False for optimizers with scalar states (Adam's ``step``): their kernels' finishing
-    program advances every tensor's scalar state, so each step must be exactly one launch per dtype
-    (two would advance it twice); a misaligned tensor then sends the whole dtype to the unaligned
-    kernel, as before the split existed.
+    programs, partial offset)`` per kernel launch (one, or two when some tensors are misaligned:
+    both launches read the same tables, each its own rows of the chunk table; a kernel's finishing
+    program does per-tensor work of the whole tables only in the second, or per chunk, as AdamW's
+    step counts: see kernels/adamw.py); partial_offset: this dtype's first slot in the plan's norm
+    partials.
     """
 
     __slots__ = ("dtype", "positions", "param_addrs", "state_addrs", "numels", "chunk_rows", "groups", "chunks",
                  "n_chunks", "chunk_blocks", "static_ok", "static_aligned", "grad_addrs", "slots", "partial_offset",
-                 "order", "parts", "may_split", "kwargs")
+                 "order", "parts", "kwargs")
 
     def __init__(self, dtype: torch.dtype, positions: list[int]) -> None:
         self.dtype = dtype
@@ -101,7 +99,6 @@ class Launch:
         self.chunks: Tensor | None = None
         self.order: tuple | None = None  # per tensor: all its addresses aligned, when chunks was ordered
         self.parts: tuple = ()
-        self.may_split = True
         self.kwargs: dict | None = None  # the update kernel's compile-time arguments (launch.py), made at the first launch
 
 
@@ -249,7 +246,6 @@ def build_plan(
         launch.static_ok = [_aligned(a) and all(_aligned(s[k]) for s in state_addrs[:n_lists])
                             for k, a in enumerate(param_addrs)]
         launch.static_aligned = all(launch.static_ok)
-        launch.may_split = not spec.scalar_states
         launch.partial_offset = offset
         offset += launch.n_chunks
         plan.launches.append(launch)
@@ -303,8 +299,6 @@ def set_grads(plan: Plan, grads: Sequence[Tensor], params: Sequence[Tensor], gra
         addrs = [grads[i].data_ptr() for i in launch.positions]
         launch.grad_addrs = _device.upload(addrs, torch.int64, plan.device, keep, plan.reserve)
         ok = tuple(s and _aligned(a) for s, a in zip(launch.static_ok, addrs))
-        if not launch.may_split and not all(ok):
-            ok = (False,) * len(ok)  # one launch: see Launch.may_split
         if ok != launch.order:
             _order_chunks(plan, launch, ok, keep)
     if keep is not None:
