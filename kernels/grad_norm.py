@@ -57,7 +57,7 @@ def _partial_block(g_ptr, offs, end, acc, nan_seen, COMPUTE_DTYPE: tl.constexpr,
     return acc, nan_seen
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["offset"])
 def grad_norm_partials_kernel(
     grad_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each gradient (contiguous, DTYPE)
     numels_ptr,  # *int64 [n_tensors]: elements of each gradient
@@ -91,7 +91,7 @@ def grad_norm_partials_kernel(
     tl.store(partials_ptr + offset + tl.program_id(0).to(tl.int64), partial)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_partials"])
 def grad_norm_finalize_kernel(
     partials_ptr,  # *fp64 [n_partials]: every partials launch's output
     n_partials,  # int: entries of partials_ptr to reduce

@@ -268,6 +268,24 @@ def test_every_specialization_compiles(aot_report):
         assert sorted(aot_report[name]) == [str(cc) for cc in CAPABILITIES], name
 
 
+def test_no_kernel_specializes_on_an_integer_argument():
+    """Every integer argument of every engine kernel (counts, offsets, flags: values that change
+    with the parameter set, the schedule or the step) is in the kernel's ``do_not_specialize``:
+    Triton would otherwise compile a new variant mid-run when one becomes 1 or stops being a
+    multiple of 16 (e.g. the norm partials' ``offset`` of a second dtype), which ``opt.warmup()``
+    cannot foresee."""
+    from fused_lr import engine
+
+    for spec in engine.kernel_specializations():
+        fn = spec["fn"]
+        # (a JITFunction keeps the list itself; an InterpretedFunction, under TRITON_INTERPRET, its kwargs)
+        kept = getattr(fn, "do_not_specialize", None)
+        unspecialized = set(kept if kept is not None else getattr(fn, "kwargs", {}).get("do_not_specialize", ()))
+        ints = {name for name, kind in spec["signature"].items() if kind in ("i32", "i64")}
+        assert ints, spec["name"]
+        assert ints <= unspecialized, f"{spec['name']}: {sorted(ints - unspecialized)} specialized"
+
+
 def test_every_kernel_takes_its_options_from_one_place():
     """The update and both norm kernels compile (and launch: fused_lr/engine/launch.py passes the
     same call) with runtime.kernel_options: the same warps and floating-point contraction, and the
