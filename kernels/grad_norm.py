@@ -57,7 +57,7 @@ def _partial_block(g_ptr, offs, end, acc, nan_seen, COMPUTE_DTYPE: tl.constexpr,
     return acc, nan_seen
 
 
-@triton.jit(do_not_specialize=["offset"])
+@triton.jit(do_not_specialize=["offset"], do_not_specialize_on_alignment=["chunks_ptr"])
 def grad_norm_partials_kernel(
     grad_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each gradient (contiguous, DTYPE)
     numels_ptr,  # *int64 [n_tensors]: elements of each gradient

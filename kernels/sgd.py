@@ -171,7 +171,8 @@ def _sgd_chunk(
                    COMPUTE_DTYPE, UNSCALE)
 
 
-@triton.jit(do_not_specialize=["table_numel", "advance", "n_groups", "write_back", "n_tensors", "clear_first"])
+@triton.jit(do_not_specialize=["table_numel", "advance", "n_groups", "write_back", "n_tensors", "clear_first"],
+            do_not_specialize_on_alignment=["chunks_ptr"])
 def sgd_kernel(
     param_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each parameter (dense, DTYPE)
     grad_addrs_ptr,  # *int64 [n_tensors]: data_ptr() of each gradient (the parameter's strides)

@@ -329,7 +329,9 @@ def test_cuda_graph_of_opt_step_only_with_eager_scheduler_steps(backend):
     torch.cuda.synchronize()
     for p, q in zip(m_e.parameters(), m_g.parameters()):
         assert_close(q, p, what="opt.step graph vs eager", rtol=1e-6, atol=1e-7)
-    assert s_g.get_last_lr() == s_e.get_last_lr()
+    # The device state, not only the host's floats: the same counter, the same LRs in the buffer.
+    assert int(s_g.step_counter) == int(s_e.step_counter) == s_e.last_epoch
+    assert_close(o_g.lr_tensor, o_e.lr_tensor, what="LR buffer, graph vs eager", rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -602,7 +604,8 @@ def test_adam_cuda_parity_with_stock(name, sched, backend):
 
 def test_adamw_one_launch_per_dtype_and_no_host_sync():
     """Steady state on the Triton path: one adamw_kernel per dtype per step (fp32 model + a bf16
-    parameter: two), nothing else on the device, and no host sync."""
+    parameter: two), and the scheduler's one counter increment per step (capturable: see the
+    capture tests); nothing else on the device, and no host sync."""
     m = _model()
     extra = torch.nn.Parameter(torch.randn(300, device="cuda", dtype=torch.bfloat16))
     o = fused_lr.FusedAdamW([*m.parameters(), extra], lr=1e-3, amsgrad=True, backend="triton")
@@ -624,7 +627,7 @@ def test_adamw_one_launch_per_dtype_and_no_host_sync():
             s.step()
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    assert len(kernels) == 8 and all("adamw_kernel" in k for k in kernels), kernels
+    assert len(kernels) == 12 and sum("adamw_kernel" in k for k in kernels) == 8, kernels
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(4):
@@ -633,6 +636,38 @@ def test_adamw_one_launch_per_dtype_and_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert float(o.state[extra]["step"]) == 3 + 4 + 4
+
+
+def test_adamw_misaligned_gradient_splits_the_launch_and_matches_stock():
+    """A gradient 4 bytes off the 16-byte alignment (as a DDP bucket view can be): two adamw_kernel
+    launches per step (the aligned tensors' on the vector path), every ``step`` advanced once a
+    step, parameters and state as stock's for-loop."""
+    ma = _model()
+    mb = copy.deepcopy(ma)
+    oa = torch.optim.AdamW(ma.parameters(), lr=1e-2, weight_decay=0.1, amsgrad=True, foreach=False)
+    ob = fused_lr.FusedAdamW(mb.parameters(), lr=1e-2, weight_decay=0.1, amsgrad=True, backend="triton")
+    x = torch.randn(16, 33, device="cuda")
+
+    def misalign(m):
+        p = next(m.parameters())
+        g = torch.empty(p.numel() + 1, device="cuda")[1:].view_as(p)
+        g.copy_(p.grad)
+        p.grad = g
+
+    for _ in range(6):
+        for m, o in ((ma, oa), (mb, ob)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            misalign(m)
+            o.step()
+    _adam_compare(ma, oa, mb, ob, "misaligned gradient")
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        ob.step()
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert sum("adamw_kernel" in k for k in kernels) == 2, kernels
+    assert all(float(ob.state[p]["step"]) == 7 for p in mb.parameters())
 
 
 @pytest.mark.parametrize("backend,sched", [("torch", "step"), ("triton", "step"), ("triton", "onecycle")])

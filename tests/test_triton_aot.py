@@ -268,22 +268,32 @@ def test_every_specialization_compiles(aot_report):
         assert sorted(aot_report[name]) == [str(cc) for cc in CAPABILITIES], name
 
 
-def test_no_kernel_specializes_on_an_integer_argument():
+def _not_specialized(fn, what: str) -> set:
+    """The arguments ``fn`` lists in ``do_not_specialize`` (``what``) or
+    ``do_not_specialize_on_alignment``: a JITFunction keeps the list itself, an InterpretedFunction
+    (under TRITON_INTERPRET) its kwargs."""
+    kept = getattr(fn, what, None)
+    return set(kept if kept is not None else getattr(fn, "kwargs", {}).get(what, ()))
+
+
+def test_no_kernel_specializes_on_what_changes_mid_run():
     """Every integer argument of every engine kernel (counts, offsets, flags: values that change
-    with the parameter set, the schedule or the step) is in the kernel's ``do_not_specialize``:
-    Triton would otherwise compile a new variant mid-run when one becomes 1 or stops being a
-    multiple of 16 (e.g. the norm partials' ``offset`` of a second dtype), which ``opt.warmup()``
-    cannot foresee."""
+    with the parameter set, the schedule or the step) is in the kernel's ``do_not_specialize``,
+    and the chunk table pointer (a launch's rows of its dtype's table: the second launch of a
+    dtype split by alignment starts 24 bytes x the first's rows in, not always a multiple of 16)
+    in ``do_not_specialize_on_alignment``. Triton would otherwise compile a new variant mid-run
+    when a count becomes 1 or an offset or pointer stops being a multiple of 16 (a misaligned
+    gradient appearing), which ``opt.warmup()`` cannot foresee."""
     from fused_lr import engine
 
     for spec in engine.kernel_specializations():
         fn = spec["fn"]
-        # (a JITFunction keeps the list itself; an InterpretedFunction, under TRITON_INTERPRET, its kwargs)
-        kept = getattr(fn, "do_not_specialize", None)
-        unspecialized = set(kept if kept is not None else getattr(fn, "kwargs", {}).get("do_not_specialize", ()))
+        unspecialized = _not_specialized(fn, "do_not_specialize")
         ints = {name for name, kind in spec["signature"].items() if kind in ("i32", "i64")}
         assert ints, spec["name"]
         assert ints <= unspecialized, f"{spec['name']}: {sorted(ints - unspecialized)} specialized"
+        if "chunks_ptr" in spec["signature"]:
+            assert "chunks_ptr" in _not_specialized(fn, "do_not_specialize_on_alignment"), spec["name"]
 
 
 def test_every_kernel_takes_its_options_from_one_place():

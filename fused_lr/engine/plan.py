@@ -139,7 +139,7 @@ class Plan:
         table, chunk table and the hyper table once), if there is none unused."""
         if self.device.type != "cuda" or (self.reserve is not None and self.reserve.used == 0):
             return
-        words = sum(len(x.positions) + 2 * x.n_chunks + 8 for x in self.launches)
+        words = sum(len(x.positions) + 3 * x.n_chunks + 8 for x in self.launches)  # (grads; chunk rows of 3)
         if self.hyper_table is not None:
             words += self.hyper_table.numel() + 8
         self.reserve = _device.Reserve(8 * words, self.device)
