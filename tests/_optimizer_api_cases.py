@@ -1,4 +1,5 @@
-"""torch.optim.Optimizer API checks of FusedSGD beside stock torch.optim.SGD, for either backend.
+"""torch.optim.Optimizer API checks of FusedSGD beside stock torch.optim.SGD (and, in
+``check_adam_groups_edited_directly_and_hooks``, of FusedAdamW beside torch.optim.AdamW), for either backend.
 
 Each ``check_*`` function takes the backend ("torch" or "triton") and raises AssertionError on the
 first difference. tests/test_optimizer_api.py runs them for backend="torch" in the pytest process;
@@ -17,6 +18,7 @@ import warnings
 import torch
 import torch.optim.lr_scheduler as stock
 from conftest import TRAJ_TOL, assert_close
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import fused_lr
 import fused_lr.lr_scheduler as fused
@@ -592,6 +594,95 @@ def check_cliquey_flags(backend):
         assert type(eb) is type(ea) is RuntimeError and str(eb) == str(ea), (kw, ea, eb)
 
 
+# ---------------------------------------------------------------- Adam / AdamW
+
+ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _compare_adam(a_params, a_opt, b_params, b_opt, what, tol=TOL):
+    """Parameters and every Adam state tensor of stock (a) and fused_lr (b), pairwise."""
+    for i, (p, q) in enumerate(zip(a_params, b_params)):
+        assert_close(q, p, **tol, what=f"{what}: param {i}")
+        sa, sb = a_opt.state.get(p, {}), b_opt.state.get(q, {})
+        for key in ADAM_KEYS:
+            x, y = sa.get(key), sb.get(key)
+            assert (x is None) == (y is None), f"{what}: param {i} {key} presence {x is not None} vs {y is not None}"
+            if x is not None:
+                assert_close(y, x, **tol, what=f"{what}: param {i} {key}")
+
+
+def _step_both_adam(a, ap, b, bp, steps, what, seed=0):
+    for t in range(steps):
+        gs = _grads_for(t, ap, seed)
+        _set(ap, gs), _set(bp, gs)
+        a.step(), b.step()
+        _compare_adam(ap, a, bp, b, f"{what} step {t}")
+
+
+def check_adam_groups_edited_directly_and_hooks(backend):
+    """FusedAdamW beside torch.optim.AdamW (for-loop) with ``param_groups`` edited directly: a
+    group appended with every key, a parameter appended to a group (its state starts at step 0
+    while the others go on), a group's list replaced, a group removed: every state tensor
+    (``step``, moments, ``max_exp_avg_sq``) follows its parameter, and state_dict packs as
+    torch's. Then step pre/post hooks (global and per optimizer) see what torch's see, and a pre
+    hook's replaced arguments reach the step."""
+    kw = dict(lr=0.01, weight_decay=0.1, amsgrad=True)
+
+    def pair():
+        ma, mb = _model(), _model()
+        a = torch.optim.AdamW(ma.parameters(), foreach=False, **kw)
+        b = fused_lr.FusedAdamW(mb.parameters(), backend=backend, **kw)
+        return a, list(ma.parameters()), b, list(mb.parameters())
+
+    a, ap, b, bp = pair()
+    _step_both_adam(a, ap, b, bp, 2, "before")
+    xa, xb = torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(5))
+    over = dict(lr=0.05, betas=(0.8, 0.99), amsgrad=False, weight_decay=0.0)
+    a.param_groups.append({"params": [xa], **_stock_like(a.param_groups[0], **over)})
+    b.param_groups.append({"params": [xb], **_stock_like(b.param_groups[0], **over)})
+    _step_both_adam(a, ap + [xa], b, bp + [xb], 3, "appended group")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert [float(g["lr"]) for g in sb["param_groups"]] == [g["lr"] for g in sa["param_groups"]] == [0.01, 0.05]
+    assert [g["params"] for g in sb["param_groups"]] == [g["params"] for g in sa["param_groups"]]
+    assert sb["state"].keys() == sa["state"].keys()
+    ya, yb = torch.nn.Parameter(torch.full((3,), 2.0)), torch.nn.Parameter(torch.full((3,), 2.0))
+    a.param_groups[0]["params"].append(ya)
+    b.param_groups[0]["params"].append(yb)
+    _step_both_adam(a, ap + [xa, ya], b, bp + [xb, yb], 2, "param appended to a group")
+    assert float(b.state[yb]["step"]) == 2 and float(b.state[bp[0]]["step"]) == 7
+    a.param_groups[0]["params"] = a.param_groups[0]["params"][2:]
+    b.param_groups[0]["params"] = b.param_groups[0]["params"][2:]
+    _step_both_adam(a, ap + [xa, ya], b, bp + [xb, yb], 2, "group's params replaced")
+    del a.param_groups[0], b.param_groups[0]
+    _step_both_adam(a, [xa], b, [xb], 2, "first group removed")
+    assert [float(g["lr"]) for g in b.param_groups] == [0.05]
+
+    # Step hooks: the same calls in the same order, with the arguments a pre hook substituted.
+    seen = {}
+    a, ap, b, bp = pair()
+    for name, opt, ps in (("stock", a, ap), ("fused", b, bp)):
+        log = seen[name] = []
+        handles = [
+            register_optimizer_step_pre_hook(lambda o, args, kwargs: log.append("global pre")),
+            register_optimizer_step_post_hook(lambda o, args, kwargs: log.append("global post")),
+            opt.register_step_pre_hook(lambda o, args, kwargs: (log.append(("pre", len(args), dict(kwargs))),
+                                                                (args, {"closure": lambda: log.append("closure") or 1.5}))[1]),
+            opt.register_step_post_hook(lambda o, args, kwargs: log.append(("post", sorted(kwargs)))),
+        ]
+        try:
+            _set(ps, _grads_for(0, ps))
+            log.append(("loss", opt.step()))
+            handles[2].remove()
+            _set(ps, _grads_for(1, ps))
+            log.append(("loss", opt.step()))
+        finally:
+            for h in handles:
+                h.remove()
+    assert seen["fused"] == seen["stock"], f"fused {seen['fused']}\nstock {seen['stock']}"
+    assert ("loss", 1.5) in seen["stock"] and seen["stock"].count("closure") == 1
+    _compare_adam(ap, a, bp, b, "after hooked steps")
+
+
 CHECKS = {
     "named_parameters": check_named_parameters,
     "groups_edited_directly": check_groups_edited_directly,
@@ -601,4 +692,5 @@ CHECKS = {
     "meta_parameters": check_meta_parameters,
     "differentiable": check_differentiable,
     "cliquey_flags": check_cliquey_flags,
+    "adam_groups_edited_directly_and_hooks": check_adam_groups_edited_directly_and_hooks,
 }
