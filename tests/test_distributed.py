@@ -54,6 +54,14 @@ def test_fsdp2_on_the_triton_path(worker_output):
     _assert_case(worker_output, "fsdp2_triton")
 
 
+def test_ddp_adamw_with_bucket_view_grads_matches_stock(worker_output):
+    """DDP with gradient_as_bucket_view=True (grads are views into a flat bucket, some off the
+    16-byte alignment) + FusedAdamW on both paths = stock AdamW under the same DDP setup: params,
+    step, moments and LRs at every step; on the Triton path the dtype's launch is split (the
+    aligned tensors on the vector path)."""
+    _assert_case(worker_output, "ddp_adamw")
+
+
 def test_fsdp2_adamw_updates_local_shards_like_stock(worker_output):
     """fully_shard + FusedAdamW (amsgrad, weight decay, cosine) on both paths (the kernel
     interpreted on CPU): params, DTensor moments and step equal stock AdamW's under FSDP2 at every
