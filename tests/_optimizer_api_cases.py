@@ -244,18 +244,21 @@ def check_groups_edited_directly(backend):
 # ---------------------------------------------------------------- state keys and hooks
 
 
-def check_state_keys_and_hooks(backend):
+def check_state_keys_and_hooks(backend, stock_cls=torch.optim.SGD, fused_cls=fused_lr.FusedSGD, hyper=None):
+    """(With ``stock_cls``/``fused_cls``/``hyper``: the same for another optimizer pair.)"""
+    hyper = dict(lr=0.1, momentum=0.9) if hyper is None else hyper
+
     def make(cls):
         m = _model()
-        kw = {} if cls is torch.optim.SGD else {"backend": backend}
-        opt = cls(m.parameters(), lr=0.1, momentum=0.9, **kw)
+        kw = {} if cls is stock_cls else {"backend": backend}
+        opt = cls(m.parameters(), **hyper, **kw)
         ps = list(m.parameters())
         _set(ps, _grads_for(0, ps))
         opt.step()
         return opt, ps
 
     seen = {}
-    for cls in (torch.optim.SGD, fused_lr.FusedSGD):
+    for cls in (stock_cls, fused_cls):
         opt, _ = make(cls)
         opt.state["note"] = {"epoch": 3}  # state under a key that is not a parameter
         log = seen[cls] = []
@@ -284,11 +287,11 @@ def check_state_keys_and_hooks(backend):
         )
         opt.load_state_dict(sd)
         log.append(("after", float(opt.param_groups[0]["lr"]), opt.state["note"]))
-    assert seen[fused_lr.FusedSGD] == seen[torch.optim.SGD], f"fused {seen[fused_lr.FusedSGD]}\nstock {seen[torch.optim.SGD]}"
-    assert ("post", "float", 0.3) in seen[torch.optim.SGD]
+    assert seen[fused_cls] == seen[stock_cls], f"fused {seen[fused_cls]}\nstock {seen[stock_cls]}"
+    assert ("post", "float", 0.3) in seen[stock_cls]
 
     # The non-parameter key survives a round trip through torch.save, both ways between the two.
-    for src_cls, dst_cls in ((fused_lr.FusedSGD, torch.optim.SGD), (torch.optim.SGD, fused_lr.FusedSGD)):
+    for src_cls, dst_cls in ((fused_cls, stock_cls), (stock_cls, fused_cls)):
         src, _ = make(src_cls)
         src.state["note"] = {"epoch": 7}
         buf = io.BytesIO()
@@ -299,7 +302,7 @@ def check_state_keys_and_hooks(backend):
         assert dst.state["note"] == {"epoch": 7} and "note" in dst.state_dict()["state"]
 
     # A load pre-hook returning something that is not a state dict: a clear error, nothing changed.
-    opt, _ = make(fused_lr.FusedSGD)
+    opt, _ = make(fused_cls)
     opt.register_load_state_dict_pre_hook(lambda o, d: {"state": {}})
     snap = _snapshot(opt)
     e = _error(lambda: opt.load_state_dict(opt.state_dict()))
@@ -439,18 +442,21 @@ def check_sparse_gradients(backend):
 # ---------------------------------------------------------------- meta-device parameters
 
 
-def check_meta_parameters(backend):
+def check_meta_parameters(backend, stock_cls=torch.optim.SGD, fused_cls=fused_lr.FusedSGD, hyper=None, step_both=None):
+    """(With ``stock_cls``/``fused_cls``/``hyper``/``step_both``: the same for another optimizer pair.)"""
+    hyper = dict(lr=0.1, momentum=0.9) if hyper is None else hyper
+    step_both = _step_both if step_both is None else step_both
     swap = torch.__future__.get_swap_module_params_on_conversion()
     try:
-        # Kept parameter objects (swap_tensors): FusedSGD places itself at the first step.
+        # Kept parameter objects (swap_tensors): the fused optimizer places itself at the first step.
         torch.__future__.set_swap_module_params_on_conversion(True)
         models, opts = [], []
-        for cls in (torch.optim.SGD, fused_lr.FusedSGD):
+        for cls in (stock_cls, fused_cls):
             with torch.device("meta"):
                 m = _model()
-            kw = {} if cls is torch.optim.SGD else {"backend": backend}
-            opt = cls([{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.05}], lr=0.1, momentum=0.9, **kw)
-            if cls is fused_lr.FusedSGD:
+            kw = {} if cls is stock_cls else {"backend": backend}
+            opt = cls([{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.05}], **hyper, **kw)
+            if cls is fused_cls:
                 assert float(opt.param_groups[1]["lr"]) == 0.05 and opt.state_dict()["param_groups"][1]["lr"] == 0.05
                 snap = [float(g["lr"]) for g in opt.param_groups]
                 assert opt.step() is None and [float(g["lr"]) for g in opt.param_groups] == snap  # no grads: nothing to do
@@ -460,24 +466,24 @@ def check_meta_parameters(backend):
                     p.copy_(v)
             models.append(m), opts.append(opt)
         (ma, mb), (a, b) = models, opts
-        _step_both(a, list(ma.parameters()), b, list(mb.parameters()), 3, "meta, then to_empty")
+        step_both(a, list(ma.parameters()), b, list(mb.parameters()), 3, "meta, then to_empty")
         assert b.implementation == backend and b.lr_tensor.device.type == "cpu"
         # Gradients on parameters still on the meta device: a clear error.
         torch.__future__.set_swap_module_params_on_conversion(False)
         with torch.device("meta"):
             m = _model()
-        opt = fused_lr.FusedSGD(m.parameters(), lr=0.1, backend=backend)
+        opt = fused_cls(m.parameters(), **hyper, backend=backend)
         m(torch.ones(2, 3, device="meta")).sum().backward()
         e = _error(opt.step)
         assert type(e) is RuntimeError and "meta device" in str(e), e
         # Replaced parameter objects (to_empty's default): stock's and FusedSGD's steps both see
         # the old meta parameters, without gradients, and change nothing.
         outs = []
-        for cls in (torch.optim.SGD, fused_lr.FusedSGD):
+        for cls in (stock_cls, fused_cls):
             with torch.device("meta"):
                 m = _model()
-            kw = {} if cls is torch.optim.SGD else {"backend": backend}
-            opt = cls(m.parameters(), lr=0.1, **kw)
+            kw = {} if cls is stock_cls else {"backend": backend}
+            opt = cls(m.parameters(), **hyper, **kw)
             m.to_empty(device="cpu")
             with torch.no_grad():
                 for p, v in zip(m.parameters(), _model(seed=3).parameters()):
@@ -683,6 +689,19 @@ def check_adam_groups_edited_directly_and_hooks(backend):
     _compare_adam(ap, a, bp, b, "after hooked steps")
 
 
+ADAM_HYPER = dict(lr=0.01, weight_decay=0.1, amsgrad=True)
+
+
+def check_adam_state_keys_and_hooks(backend):
+    """``check_state_keys_and_hooks`` with FusedAdamW beside torch.optim.AdamW."""
+    check_state_keys_and_hooks(backend, torch.optim.AdamW, fused_lr.FusedAdamW, ADAM_HYPER)
+
+
+def check_adam_meta_parameters(backend):
+    """``check_meta_parameters`` with FusedAdamW beside torch.optim.AdamW (every Adam state compared)."""
+    check_meta_parameters(backend, torch.optim.AdamW, fused_lr.FusedAdamW, ADAM_HYPER, _step_both_adam)
+
+
 CHECKS = {
     "named_parameters": check_named_parameters,
     "groups_edited_directly": check_groups_edited_directly,
@@ -693,4 +712,6 @@ CHECKS = {
     "differentiable": check_differentiable,
     "cliquey_flags": check_cliquey_flags,
     "adam_groups_edited_directly_and_hooks": check_adam_groups_edited_directly_and_hooks,
+    "adam_state_keys_and_hooks": check_adam_state_keys_and_hooks,
+    "adam_meta_parameters": check_adam_meta_parameters,
 }
