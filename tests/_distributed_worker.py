@@ -205,6 +205,35 @@ def case_fsdp2(rank, world, backend="torch"):
 ADAM_KW = dict(lr=0.01, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1, amsgrad=True)
 
 
+def adamw_beside_stock(label, model, stock_model, backend, rank, world):
+    """FusedAdamW and stock AdamW (for-loop), each with a cosine schedule, on ``model`` and
+    ``stock_model`` (wrapped by FSDP2 or DDP alike; a DDP model's groups are its module's), trained
+    side by side on each rank's slice. Yields ``(what, opt)`` after every step, once each step's
+    params, every AdamW state tensor (DTensors: placed as stock's) and the LRs equal stock's."""
+    from torch.distributed.tensor import DTensor
+
+    name = "CosineAnnealingLR"
+    opt = fused_lr.FusedAdamW(groups(getattr(model, "module", model)), backend=backend, **ADAM_KW)
+    assert opt.implementation == backend
+    sched = getattr(fused, name)(opt, **SCHEDULES[name])
+    stock_opt = torch.optim.AdamW(groups(getattr(stock_model, "module", stock_model)), foreach=False, **ADAM_KW)
+    stock_sched = getattr(stock, name)(stock_opt, **SCHEDULES[name])
+    stock_steps = train_local(stock_model, stock_opt, stock_sched, range(STEPS), rank, world)
+    for t, _ in zip(train_local(model, opt, sched, range(STEPS), rank, world), stock_steps):
+        what = f"{label} AdamW {backend} path, rank {rank} step {t}"
+        for i, (p, q) in enumerate(zip(model.parameters(), stock_model.parameters())):
+            check(f"{what} param {i}", p, full(q))
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                ours, theirs = opt.state[p][key], stock_opt.state[q][key]
+                if isinstance(theirs, DTensor):
+                    assert isinstance(ours, DTensor) and ours.placements == theirs.placements, f"{what}: {key} {i}"
+                check(f"{what} {key} {i}", ours, full(theirs))
+            check(f"{what} step {i}", opt.state[p]["step"], full(stock_opt.state[q]["step"]).to(opt.state[p]["step"]))
+        got, lrs = [float(g["lr"]) for g in opt.param_groups], [g["lr"] for g in stock_opt.param_groups]
+        assert all(abs(a - e) <= 1e-15 + 1e-9 * abs(e) for a, e in zip(got, lrs)), f"{what}: LRs {got} vs {lrs}"
+        yield what, opt
+
+
 def case_fsdp2_adamw(rank, world, backend="torch"):
     """fully_shard + FusedAdamW: the local shards updated as stock AdamW (for-loop) updates them
     under the same FSDP2 setup, with a cosine schedule; exp_avg, exp_avg_sq and max_exp_avg_sq are
@@ -212,26 +241,12 @@ def case_fsdp2_adamw(rank, world, backend="torch"):
     stock's at every step."""
     from torch.distributed.tensor import DTensor
 
-    name = "CosineAnnealingLR"
-    model, stock_model = fsdp_model(), fsdp_model()
-    opt = fused_lr.FusedAdamW(groups(model), backend=backend, **ADAM_KW)
-    assert opt.implementation == backend
-    sched = getattr(fused, name)(opt, **SCHEDULES[name])
-    stock_opt = torch.optim.AdamW(groups(stock_model), foreach=False, **ADAM_KW)
-    stock_sched = getattr(stock, name)(stock_opt, **SCHEDULES[name])
-    stock_steps = train_local(stock_model, stock_opt, stock_sched, range(STEPS), rank, world)
-    for t, _ in zip(train_local(model, opt, sched, range(STEPS), rank, world), stock_steps):
-        what = f"FSDP2 AdamW {backend} path, rank {rank} step {t}"
-        for i, (p, q) in enumerate(zip(model.parameters(), stock_model.parameters())):
-            assert isinstance(p, DTensor)
-            check(f"{what} param {i}", p, full(q))
+    model = fsdp_model()
+    for what, opt in adamw_beside_stock("FSDP2", model, fsdp_model(), backend, rank, world):
+        for i, p in enumerate(model.parameters()):
+            assert isinstance(p, DTensor), f"{what}: param {i}"
             for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                ours, theirs = opt.state[p][key], stock_opt.state[q][key]
-                assert isinstance(ours, DTensor) and ours.placements == theirs.placements, f"{what}: {key} {i}"
-                check(f"{what} {key} {i}", ours, full(theirs))
-            check(f"{what} step {i}", opt.state[p]["step"], full(stock_opt.state[q]["step"]).to(opt.state[p]["step"]))
-        got, lrs = [float(g["lr"]) for g in opt.param_groups], [g["lr"] for g in stock_opt.param_groups]
-        assert all(abs(a - e) <= 1e-15 + 1e-9 * abs(e) for a, e in zip(got, lrs)), f"{what}: LRs {got} vs {lrs}"
+                assert isinstance(opt.state[p][key], DTensor), f"{what}: {key} {i}"
 
 
 def case_ddp_adamw(rank, world, backend="torch"):
@@ -240,29 +255,17 @@ def case_ddp_adamw(rank, world, backend="torch"):
     AdamW (for-loop) under the same DDP setup, params and every state tensor at every step."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    name = "CosineAnnealingLR"
     model = DDP(make_model(), gradient_as_bucket_view=True)
+    plan = None
     stock_model = DDP(make_model(), gradient_as_bucket_view=True)
-    opt = fused_lr.FusedAdamW(groups(model.module), backend=backend, **ADAM_KW)
-    assert opt.implementation == backend
-    sched = getattr(fused, name)(opt, **SCHEDULES[name])
-    stock_opt = torch.optim.AdamW(groups(stock_model.module), foreach=False, **ADAM_KW)
-    stock_sched = getattr(stock, name)(stock_opt, **SCHEDULES[name])
-    stock_steps = train_local(stock_model, stock_opt, stock_sched, range(STEPS), rank, world)
-    for t, _ in zip(train_local(model, opt, sched, range(STEPS), rank, world), stock_steps):
-        what = f"DDP AdamW {backend} path, rank {rank} step {t}"
+    for what, opt in adamw_beside_stock("DDP", model, stock_model, backend, rank, world):
         # (DDP rebuilds its buckets after the first step, in the order the grads became ready: the
         # misaligned ones change, 1 and 3 then 0 and 2 here; some are aligned at every step.)
         misaligned = [i for i, p in enumerate(model.parameters()) if p.grad.data_ptr() % 16]
         assert 0 < len(misaligned) < 4, f"{what}: grads off the 16-byte alignment: {misaligned}"
-        for i, (p, q) in enumerate(zip(model.parameters(), stock_model.parameters())):
-            check(f"{what} param {i}", p, q)
-            for key in ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                check(f"{what} {key} {i}", opt.state[p][key], stock_opt.state[q][key])
-        got, lrs = [float(g["lr"]) for g in opt.param_groups], [g["lr"] for g in stock_opt.param_groups]
-        assert all(abs(a - e) <= 1e-15 + 1e-9 * abs(e) for a, e in zip(got, lrs)), f"{what}: LRs {got} vs {lrs}"
+        plan = opt._engine.steady.plan if backend == "triton" else None
     if backend == "triton":
-        parts = [aligned for launch in opt._engine.steady.plan.launches for aligned, *_ in launch.parts]
+        parts = [aligned for launch in plan.launches for aligned, *_ in launch.parts]
         assert parts == [True, False], parts  # the aligned grads' tensors kept the vector path
 
 
