@@ -173,6 +173,37 @@ def _stock_like(group, **over):
     return out
 
 
+def _edit_groups_directly(a, ap, b, bp, step_both, over, before, first_lr):
+    """Stock ``a`` and fused ``b`` (parameters ``ap`` / ``bp``, one group) stepped ``before``
+    times, then both ``param_groups`` edited directly, stepped and compared after each edit
+    (``step_both``): a group appended with every key (torch's own tests do this; its
+    hyper-parameters from the first group's, ``over`` on top), packed as torch packs it; a
+    parameter appended to a group's list; a group's list replaced; a group removed (``first_lr``:
+    the first group's LR, as built). The state
+    (and, on the Triton path, the first-step flags) follows its parameters. Returns the appended
+    parameters of ``b`` (group, list)."""
+    step_both(a, ap, b, bp, before, "before")
+    xa, xb = torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(5))
+    a.param_groups.append({"params": [xa], **_stock_like(a.param_groups[0], **over)})
+    b.param_groups.append({"params": [xb], **_stock_like(b.param_groups[0], **over)})
+    step_both(a, ap + [xa], b, bp + [xb], 3, "appended group")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert [float(g["lr"]) for g in sb["param_groups"]] == [g["lr"] for g in sa["param_groups"]] == [first_lr, over["lr"]]
+    assert [g["params"] for g in sb["param_groups"]] == [g["params"] for g in sa["param_groups"]]
+    assert sb["state"].keys() == sa["state"].keys()
+    ya, yb = torch.nn.Parameter(torch.full((3,), 2.0)), torch.nn.Parameter(torch.full((3,), 2.0))
+    a.param_groups[0]["params"].append(ya)
+    b.param_groups[0]["params"].append(yb)
+    step_both(a, ap + [xa, ya], b, bp + [xb, yb], 2, "param appended to a group")
+    a.param_groups[0]["params"] = a.param_groups[0]["params"][2:]
+    b.param_groups[0]["params"] = b.param_groups[0]["params"][2:]
+    step_both(a, ap + [xa, ya], b, bp + [xb, yb], 2, "group's params replaced")
+    del a.param_groups[0], b.param_groups[0]
+    step_both(a, [xa], b, [xb], 2, "first group removed")
+    assert [float(g["lr"]) for g in b.param_groups] == [over["lr"]]
+    return xb, yb
+
+
 def check_groups_edited_directly(backend):
     def pair():
         ma, mb = _model(), _model()
@@ -180,30 +211,8 @@ def check_groups_edited_directly(backend):
         b = fused_lr.FusedSGD(mb.parameters(), lr=0.1, momentum=0.9, backend=backend)
         return a, list(ma.parameters()), b, list(mb.parameters())
 
-    a, ap, b, bp = pair()
-    _step_both(a, ap, b, bp, 1, "before")
-    # Appended with every key (torch's own tests do this): stepped and packed as torch does.
-    xa, xb = torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(5))
-    a.param_groups.append({"params": [xa], **_stock_like(a.param_groups[0], lr=0.5, momentum=0.3, nesterov=True, dampening=0.0)})
-    b.param_groups.append({"params": [xb], **_stock_like(b.param_groups[0], lr=0.5, momentum=0.3, nesterov=True, dampening=0.0)})
-    _step_both(a, ap + [xa], b, bp + [xb], 3, "appended group")
-    sa, sb = a.state_dict(), b.state_dict()
-    assert [float(g["lr"]) for g in sb["param_groups"]] == [g["lr"] for g in sa["param_groups"]] == [0.1, 0.5]
-    assert [g["params"] for g in sb["param_groups"]] == [g["params"] for g in sa["param_groups"]]
-    assert sb["state"].keys() == sa["state"].keys()
-
-    # A parameter appended to a group's list, a group's list replaced, a group removed: the
-    # momentum buffers (and, on the Triton path, first-step flags) follow their parameters.
-    ya, yb = torch.nn.Parameter(torch.full((3,), 2.0)), torch.nn.Parameter(torch.full((3,), 2.0))
-    a.param_groups[0]["params"].append(ya)
-    b.param_groups[0]["params"].append(yb)
-    _step_both(a, ap + [xa, ya], b, bp + [xb, yb], 2, "param appended to a group")
-    a.param_groups[0]["params"] = a.param_groups[0]["params"][2:]
-    b.param_groups[0]["params"] = b.param_groups[0]["params"][2:]
-    _step_both(a, ap + [xa, ya], b, bp + [xb, yb], 2, "group's params replaced")
-    del a.param_groups[0], b.param_groups[0]
-    _step_both(a, [xa], b, [xb], 2, "first group removed")
-    assert [float(g["lr"]) for g in b.param_groups] == [0.5]
+    _edit_groups_directly(*pair(), _step_both, dict(lr=0.5, momentum=0.3, nesterov=True, dampening=0.0), before=1,
+                          first_lr=0.1)
 
     # torch's own test_state_dict: the group list extended by itself, then packed.
     a, ap, b, bp = pair()
@@ -641,27 +650,11 @@ def check_adam_groups_edited_directly_and_hooks(backend):
         return a, list(ma.parameters()), b, list(mb.parameters())
 
     a, ap, b, bp = pair()
-    _step_both_adam(a, ap, b, bp, 2, "before")
-    xa, xb = torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(5))
     over = dict(lr=0.05, betas=(0.8, 0.99), amsgrad=False, weight_decay=0.0)
-    a.param_groups.append({"params": [xa], **_stock_like(a.param_groups[0], **over)})
-    b.param_groups.append({"params": [xb], **_stock_like(b.param_groups[0], **over)})
-    _step_both_adam(a, ap + [xa], b, bp + [xb], 3, "appended group")
-    sa, sb = a.state_dict(), b.state_dict()
-    assert [float(g["lr"]) for g in sb["param_groups"]] == [g["lr"] for g in sa["param_groups"]] == [0.01, 0.05]
-    assert [g["params"] for g in sb["param_groups"]] == [g["params"] for g in sa["param_groups"]]
-    assert sb["state"].keys() == sa["state"].keys()
-    ya, yb = torch.nn.Parameter(torch.full((3,), 2.0)), torch.nn.Parameter(torch.full((3,), 2.0))
-    a.param_groups[0]["params"].append(ya)
-    b.param_groups[0]["params"].append(yb)
-    _step_both_adam(a, ap + [xa, ya], b, bp + [xb, yb], 2, "param appended to a group")
-    assert float(b.state[yb]["step"]) == 2 and float(b.state[bp[0]]["step"]) == 7
-    a.param_groups[0]["params"] = a.param_groups[0]["params"][2:]
-    b.param_groups[0]["params"] = b.param_groups[0]["params"][2:]
-    _step_both_adam(a, ap + [xa, ya], b, bp + [xb, yb], 2, "group's params replaced")
-    del a.param_groups[0], b.param_groups[0]
-    _step_both_adam(a, [xa], b, [xb], 2, "first group removed")
-    assert [float(g["lr"]) for g in b.param_groups] == [0.05]
+    _, yb = _edit_groups_directly(a, ap, b, bp, _step_both_adam, over, before=2, first_lr=0.01)
+    # A parameter appended to a group starts at step 0: 2 steps there, 2 after its list was replaced;
+    # the first parameter took 2 + 3 + 2 steps before its group's list dropped it.
+    assert float(b.state[yb]["step"]) == 4 and float(b.state[bp[0]]["step"]) == 7
 
     # Step hooks: the same calls in the same order, with the arguments a pre hook substituted.
     seen = {}
