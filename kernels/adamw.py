@@ -76,6 +76,7 @@ from .multi_tensor import (
     amp_reciprocal,
     amp_scaling,
     chunk_of,
+    clear_first_flags,
     full_blocks,
     group_lr,
     round_to_bf16,
@@ -279,11 +280,7 @@ def _finish(
             counts = tl.load(state_step_addrs_ptr + tensor, mask=first, other=0).to(tl.pointer_type(tl.float32))
             tl.store(counts, tl.load(counts, mask=first, other=0.0) + 1.0, mask=first)
         if clear_first != 0:
-            for start in range(0, n_tensors, _FLAG_BLOCK):
-                idx = start + lanes
-                in_flags = idx < n_tensors
-                slot = tl.load(slots_ptr + idx, mask=in_flags, other=0)
-                tl.store(first_step_ptr + slot, tl.zeros([_FLAG_BLOCK], dtype=tl.int8), mask=in_flags)
+            clear_first_flags(first_step_ptr, slots_ptr, n_tensors)
         tl.store(ticket_ptr, 0)
 
 

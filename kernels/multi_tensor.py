@@ -65,7 +65,7 @@ from .schedule import lr_at
 
 __all__ = ["ALIGNMENT", "FLAG_BLOCK", "UNSCALE_NONE", "UNSCALE_DIVIDE", "UNSCALE_RECIPROCAL", "compute_dtype",
            "round_to_bf16", "round_to_bf16_software", "chunk_of", "full_blocks", "tensor_ptr", "group_lr",
-           "amp_scaling", "amp_reciprocal", "unscale", "store_schedule", "finish_launch"]
+           "amp_scaling", "amp_reciprocal", "unscale", "store_schedule", "clear_first_flags", "finish_launch"]
 
 # Bytes every parameter / grad / state address must be a multiple of for the ALIGNED=True
 # specialization (one 16-byte vector load).
@@ -280,6 +280,17 @@ def store_schedule(step, step_ptr, desc_ptr, table_ptr, table_numel, lr_out_ptr,
 
 
 @triton.jit
+def clear_first_flags(first_step_ptr, slots_ptr, n_tensors):
+    """The finishing program clears the first-step flag of each of the launch tables' tensors
+    (arguments as ``finish_launch``'s), ``FLAG_BLOCK`` at a time."""
+    lanes = tl.arange(0, _FLAG_BLOCK)
+    for start in range(0, n_tensors, _FLAG_BLOCK):
+        idx = start + lanes
+        slot = tl.load(slots_ptr + idx, mask=idx < n_tensors, other=0)
+        tl.store(first_step_ptr + slot, tl.zeros([_FLAG_BLOCK], dtype=tl.int8), mask=idx < n_tensors)
+
+
+@triton.jit
 def finish_launch(
     ticket_ptr,  # *int32 [1]: 0 between launches; counts finished programs
     write_back,  # int: 1: store the advanced counter and the LRs of the groups absent from this launch
@@ -312,9 +323,5 @@ def finish_launch(
                 store_schedule(step, step_ptr, desc_ptr, table_ptr, table_numel, lr_out_ptr, n_groups, groups_ptr,
                                n_tensors)
             if (clear_first != 0) & updated:
-                flag_lanes = tl.arange(0, _FLAG_BLOCK)
-                for start in range(0, n_tensors, _FLAG_BLOCK):
-                    idx = start + flag_lanes
-                    slot = tl.load(slots_ptr + idx, mask=idx < n_tensors, other=0)
-                    tl.store(first_step_ptr + slot, tl.zeros([_FLAG_BLOCK], dtype=tl.int8), mask=idx < n_tensors)
+                clear_first_flags(first_step_ptr, slots_ptr, n_tensors)
             tl.store(ticket_ptr, 0)
