@@ -14,18 +14,21 @@ work on CPU tensors with every update kernel replaced by a no-op, side by side i
 * floor: torch's step wrapper around an empty step plus reading every parameter's ``.grad`` and
   address and comparing them with the last step's (``_Floor``): the least a step that reuses
   device address tables can do in Python while staying memory-safe. No Triton-path figure can be
-  below it.
+  below it;
+* Triton's launcher, apart (``_TritonLauncher``): the Python work ``JITFunction.run`` does for the
+  launches of one steady Triton-path step before it calls the driver (binding and specializing the
+  arguments, the compiled-kernel cache key), with Triton's binder built for a CUDA sm_90 target.
+  The Triton column stubs the launch, so this comes on top of it on a GPU.
 
 ::
 
     python benchmarks/host_overhead.py            # ResNet-50 shapes, 1,000 small tensors, 2 tensors; SGD and AdamW
 
 Each figure is the median over rounds that alternate the methods' order (``harness.timing``);
-ratios are to stock in the same run. What it does not include: the cost of the launches
-themselves (Triton's launcher packs arguments, ~tens of microseconds per launch on a GPU; each
-tiny torch op the CPU runs here is one CUDA launch there, a few microseconds each), and whatever
-the GPU driver adds. It is a lower bound for each method's host cost, and shows how that cost
-scales with the tensor count.
+ratios are to stock in the same run. What it does not include: the C part of Triton's launcher
+and the driver, stock's C++ ``_fused_sgd_`` / ``_fused_adamw_`` call (stubbed), and the launches of
+the scheduler's tiny torch ops (each one CUDA launch on a GPU, a few microseconds each). It is a
+lower bound for each method's host cost, and shows how that cost scales with the tensor count.
 """
 
 from __future__ import annotations
@@ -131,13 +134,57 @@ class _Floor:
 _GRAD = operator.attrgetter("grad")
 
 
+class _TritonLauncher:
+    """The Python part of Triton's launcher (``JITFunction.run`` before the driver is called) for
+    the launches one steady Triton-path step makes, as they would run for a CUDA sm_90 device:
+    binding the arguments and computing their specialization (``create_function_from_signature``'s
+    binder, built with the CUDA backend), then the compiled-kernel cache key. Not included: the
+    driver's device and stream queries, the C launcher packing the arguments, ``cuLaunchKernel``.
+    Uses Triton internals; ``error`` says why it cannot run where they differ."""
+
+    def __init__(self, kernel, launches: list) -> None:
+        self.launches = launches
+        self.error: str | None = None
+        try:
+            from triton import knobs
+            from triton.backends.compiler import GPUTarget
+            from triton.compiler import make_backend
+            from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
+
+            # Under TRITON_INTERPRET=1 the kernel is an InterpretedFunction: the same function and
+            # jit options as a JITFunction, which is what a GPU run launches.
+            jit = JITFunction(kernel.fn, **kernel.kwargs)
+            self._binder = create_function_from_signature(jit.signature, jit.params,
+                                                          make_backend(GPUTarget("cuda", 90, 32)))
+            self._key = compute_cache_key
+            self._knobs = knobs
+            self._key_cache: dict = {}
+            self.iteration()
+        except Exception as e:  # noqa: BLE001 - another Triton version: reported, not measured
+            self.error = f"{type(e).__name__}: {e}"
+
+    def iteration(self) -> None:
+        knobs = self._knobs
+        for grid, args, kwargs in self.launches:
+            kwargs = dict(kwargs)
+            kwargs["debug"] = kwargs.get("debug", False) or knobs.runtime.debug
+            kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+            kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+            bound, specialization, options = self._binder(*args, **kwargs)
+            self._key(self._key_cache, specialization, options)
+            if callable(grid):
+                grid(bound)
+            tuple(bound.values())
+
+
 def measure(shapes, rounds: int = 9, steps: int = 30, optimizer: str = "sgd") -> dict[str, float]:
     """Median microseconds per ``opt.step(); sched.step()`` in steady state of each method (see the
     module docstring), and the Triton path's first step; alternating order. ``optimizer``: "sgd"
-    (SGD / FusedSGD) or "adamw" (AdamW / FusedAdamW)."""
+    (SGD / FusedSGD) or "adamw" (AdamW / FusedAdamW). ``launcher_us``: Triton's launcher
+    (``_TritonLauncher``) for the launches of one steady step, None where it cannot be measured."""
     if not _internal.triton_kernels_importable():
         raise SystemExit("triton is not installed")
-    with _internal.sgd_launch_stubbed(optimizer), _accelerator_branch_and_no_kernels():
+    with _internal.sgd_launch_stubbed(optimizer) as (kernel, stub), _accelerator_branch_and_no_kernels():
         runners = {k: m.build(make_params(shapes), COSINE, CPU, HYPER[optimizer]) for k, m in METHODS[optimizer].items()}
         floor_params = make_params(shapes)
         for p in floor_params:
@@ -146,6 +193,12 @@ def measure(shapes, rounds: int = 9, steps: int = 30, optimizer: str = "sgd") ->
         t0 = time.perf_counter()
         runners["triton"].iteration()
         first = (time.perf_counter() - t0) * 1e6
+        stub.record = launches = []
+        runners["triton"].iteration()  # (a steady step: its launches)
+        stub.record = None
+        launcher = _TritonLauncher(kernel, launches)
+        if launcher.error is None:
+            runners["launcher"] = launcher
         steady = _internal.count_steady_steps(runners["triton"].opt)
         times, errors = interleaved_rounds({k: (r.iteration, steps) for k, r in runners.items()}, rounds, CPU)
     if errors:
@@ -156,6 +209,9 @@ def measure(shapes, rounds: int = 9, steps: int = 30, optimizer: str = "sgd") ->
         "torch_cuda_branch_us": spread(times["torch"])["median_s"] * 1e6,
         "stock_us": spread(times["stock"])["median_s"] * 1e6,
         "floor_us": spread(times["floor"])["median_s"] * 1e6,
+        "launches": len(launches),
+        "launcher_us": spread(times["launcher"])["median_s"] * 1e6 if "launcher" in times else None,
+        "launcher_error": launcher.error,
         "fast_steps": sum(steady),
     }
 
@@ -171,18 +227,27 @@ def main() -> None:
     print(f"torch {torch.__version__}, 1 thread; microseconds per opt.step() + sched.step() (median; kernels stubbed)")
     print(f"fused_lr from {Path(fused_lr.__file__).parent}; torch path column: {_TORCH_COLUMN}")
     print(f"{'optimizer':9} {'parameter set':40} {'stock':>7} {'torch path CUDA':>21} {'triton steady':>19} "
-          f"{'triton 1st':>11} {'floor':>17}")
+          f"{'triton 1st':>11} {'floor':>17} {'+ Triton launcher':>20}")
+    notes = set()
     for optimizer in ("sgd", "adamw"):
         for name, shapes in sets.items():
             r = measure(shapes, optimizer=optimizer)
             stock_us = r["stock_us"]
-            torch_us, triton_us = r["torch_cuda_branch_us"], r["triton_steady_us"]
+            torch_us, triton_us, launcher_us = r["torch_cuda_branch_us"], r["triton_steady_us"], r["launcher_us"]
+            launcher = (f"{launcher_us:6.0f} x{r['launches']} ({launcher_us / stock_us:4.2f}x)" if launcher_us is not None
+                        else f"{'n/a':>20}")
+            if r["launcher_error"]:
+                notes.add(f"Triton launcher not measured: {r['launcher_error']}")
             print(f"{optimizer:9} {name:40} {stock_us:7.0f} {torch_us:12.0f} ({torch_us / stock_us:4.2f}x) "
                   f"{triton_us:10.0f} ({triton_us / stock_us:4.2f}x) {r['triton_first_us']:11.0f} "
-                  f"{r['floor_us']:8.0f} ({r['floor_us'] / stock_us:4.2f}x)")
+                  f"{r['floor_us']:8.0f} ({r['floor_us'] / stock_us:4.2f}x) {launcher}")
     print("floor: torch's step wrapper around an empty step + reading and comparing every parameter's .grad and "
           "address (what a step reusing device address tables must check; a lower bound for the triton column)")
-
+    print("+ Triton launcher: the Python part of Triton's launcher (argument binding and specialization, cache key) "
+          "for the steady step's launches (xN), for a CUDA sm_90 target; not in the triton column, which stubs "
+          "the launch (stock's C++ launch is not in the stock column either)")
+    for note in sorted(notes):
+        print(note)
 
 if __name__ == "__main__":
     main()

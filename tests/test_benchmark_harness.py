@@ -237,6 +237,9 @@ def test_host_overhead_script_measures_the_steady_state_path():
     assert result["fast_steps"] == 3 * 5  # every timed step took the steady-state path
     assert 0 < result["triton_steady_us"] < result["triton_first_us"]
     assert result["floor_us"] > 0  # (the floor's runner raises if its grads or addresses changed between steps)
+    # One launch a steady step (one dtype, every tensor 16-byte aligned), and Triton's launcher
+    # (binder + cache key for a CUDA target) timed for it: its error names the internal that moved.
+    assert result["launches"] == 1 and result["launcher_error"] is None and result["launcher_us"] > 0
 
 
 # ---------------------------------------------------------------------------------------- AdamW
@@ -295,3 +298,4 @@ def test_host_overhead_adamw_set_measures_the_steady_state_path():
     result = eval(proc.stdout.strip().splitlines()[-1])
     assert result["fast_steps"] == 3 * 5
     assert 0 < result["triton_steady_us"] < result["triton_first_us"]
+    assert result["launches"] == 1 and result["launcher_error"] is None and result["launcher_us"] > 0

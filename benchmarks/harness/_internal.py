@@ -13,10 +13,18 @@ from collections.abc import Iterator
 
 
 class _NoLaunch:
-    """Stands in for the jitted kernel: ``kernel[grid](...)`` does nothing."""
+    """Stands in for the jitted kernel: ``kernel[grid](...)`` does nothing (but append
+    ``(grid, args, kwargs)`` to ``record`` while it is a list)."""
+
+    def __init__(self) -> None:
+        self.record: list | None = None
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+        def launch(*args, **kwargs) -> None:
+            if self.record is not None:
+                self.record.append((grid, args, kwargs))
+
+        return launch
 
 
 def triton_kernels_importable() -> bool:
@@ -27,18 +35,20 @@ def triton_kernels_importable() -> bool:
 
 
 @contextlib.contextmanager
-def sgd_launch_stubbed(kernel: str = "sgd") -> Iterator[None]:
+def sgd_launch_stubbed(kernel: str = "sgd") -> Iterator[tuple[object, _NoLaunch]]:
     """Inside: launching the Triton SGD kernel (``kernel="adamw"``: the AdamW kernel) does
     nothing. fused_lr's device check asks whether the kernels were built by the interpreter, so CPU
-    tensors pass it when ``TRITON_INTERPRET=1`` was set before triton is imported."""
+    tensors pass it when ``TRITON_INTERPRET=1`` was set before triton is imported. Yields the real
+    kernel and the stub (set ``stub.record`` to a list to record the launches)."""
     import importlib
 
     module = importlib.import_module(f"fused_lr.kernels.{kernel}")
     name = f"{kernel}_kernel"
     real = getattr(module, name)
-    setattr(module, name, _NoLaunch())
+    stub = _NoLaunch()
+    setattr(module, name, stub)
     try:
-        yield
+        yield real, stub
     finally:
         setattr(module, name, real)
 
