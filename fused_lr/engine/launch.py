@@ -234,7 +234,6 @@ def launch(spec: KernelSpec, plan: Plan, lr: DeviceLR, ticket: Tensor, first_fla
 def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_scale, found_inf, clip) -> bool:
     cfg = plan.cfg
     kernel = spec.jit()
-    compute_dtype = runtime.mt_kernels.compute_dtype
     desc, table, step, advance, lr_out = lr
     desc = desc if desc.is_contiguous() else desc.contiguous()
     scaled = grad_scale is not None or found_inf is not None or clip is not None
@@ -244,7 +243,7 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
     if clip is not None:
         norm = runtime.norm_kernels
         for part in plan.launches:
-            tl_dtype = runtime.triton_dtype(part.dtype)
+            kwargs = _part_kwargs(plan, part)  # (the update kernel's: dtypes, block sizes, warps, FP contraction, registers)
             for aligned, chunks, programs, offset in part.parts:
                 norm.grad_norm_partials_kernel[(programs,)](
                     part.grad_addrs,
@@ -252,13 +251,9 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
                     chunks,
                     plan.partials,
                     offset,
-                    DTYPE=tl_dtype,
-                    COMPUTE_DTYPE=compute_dtype(tl_dtype),
                     ALIGNED=aligned,
                     NORM_INF=bool(clip.norm_inf),
-                    BLOCK_SIZE=cfg["BLOCK_SIZE"],
-                    CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-                    **runtime.kernel_options(cfg, part.dtype),  # warps, FP contraction, registers
+                    **kwargs,
                 )
         norm.grad_norm_finalize_kernel[(1,)](
             plan.partials,
@@ -286,7 +281,7 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
     n_table = table.numel()
     advance = int(advance)
     for k, part in enumerate(plan.launches):
-        kwargs = part.kwargs if part.kwargs is not None else _update_kwargs(plan, part)
+        kwargs = _part_kwargs(plan, part)
         last_part = len(part.parts) - 1
         for j, (aligned, chunks, programs, _) in enumerate(part.parts):
             write_back = 1 if (lr_out is not None and k == last) else 0
@@ -321,20 +316,21 @@ def _launch(spec, plan, lr, ticket, first_flags, n_groups, clear_first, grad_sca
     return lr_out is not None and bool(plan.launches)
 
 
-def _update_kwargs(plan: Plan, part) -> dict:
-    """The update kernel's compile-time arguments for ``part`` other than ALIGNED and SCALED (its
-    dtypes, block sizes and ``runtime.kernel_options``): fixed for a plan (its launch
-    configuration and the part's dtype), so made once and kept on the part (a few microseconds a
-    launch otherwise)."""
-    cfg = plan.cfg
-    tl_dtype = runtime.triton_dtype(part.dtype)
-    part.kwargs = dict(
-        DTYPE=tl_dtype,
-        COMPUTE_DTYPE=runtime.mt_kernels.compute_dtype(tl_dtype),
-        BLOCK_SIZE=cfg["BLOCK_SIZE"],
-        CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
-        **runtime.kernel_options(cfg, part.dtype),
-    )
+def _part_kwargs(plan: Plan, part) -> dict:
+    """The compile-time arguments ``part``'s update kernel and norm-partials kernel share (its
+    dtypes, block sizes and ``runtime.kernel_options``; not ALIGNED, SCALED, NORM_INF): fixed for a
+    plan (its launch configuration and the part's dtype), so made at the first launch and kept on
+    the part (a few microseconds a launch otherwise)."""
+    if part.kwargs is None:
+        cfg = plan.cfg
+        tl_dtype = runtime.triton_dtype(part.dtype)
+        part.kwargs = dict(
+            DTYPE=tl_dtype,
+            COMPUTE_DTYPE=runtime.mt_kernels.compute_dtype(tl_dtype),
+            BLOCK_SIZE=cfg["BLOCK_SIZE"],
+            CHUNK_BLOCKS=cfg["CHUNK_BLOCKS"],
+            **runtime.kernel_options(cfg, part.dtype),
+        )
     return part.kwargs
 
 

@@ -99,7 +99,7 @@ class Launch:
         self.chunks: Tensor | None = None
         self.order: tuple | None = None  # per tensor: all its addresses aligned, when chunks was ordered
         self.parts: tuple = ()
-        self.kwargs: dict | None = None  # the update kernel's compile-time arguments (launch.py), made at the first launch
+        self.kwargs: dict | None = None  # compile-time arguments of its update and norm kernels (launch._part_kwargs)
 
 
 class Plan:
