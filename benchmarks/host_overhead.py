@@ -249,5 +249,6 @@ def main() -> None:
     for note in sorted(notes):
         print(note)
 
+
 if __name__ == "__main__":
     main()
